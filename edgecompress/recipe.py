@@ -1,0 +1,172 @@
+"""The recipe schema: everything a run does, as data.
+
+Frozen pydantic models with extra="forbid", so a typo in a YAML key fails at load time with the field's
+path, before any work starts. Closed sets are Literals. Stage configs live here (not in the stage modules)
+so that validating a recipe never imports torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgecompress.errors import UserInputError
+
+PACKAGED_TEACHER = "packaged:all-MiniLM-L6-v2"
+PACKAGED_DATA = "packaged:vader"
+
+
+class Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainCfg(Cfg):
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    max_train_samples: Optional[int] = Field(None, ge=1, description="None = the whole train split")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+
+
+class TeacherCfg(Cfg):
+    source: str = Field(PACKAGED_TEACHER, description="packaged:all-MiniLM-L6-v2 or a local model directory")
+    # A model that already has a task head skips fine-tuning (finetune: null).
+    finetune: Optional[TrainCfg] = TrainCfg(epochs=1, learning_rate=5e-5, batch_size=32, max_train_samples=6000)
+
+
+class DataCfg(Cfg):
+    source: str = Field(PACKAGED_DATA, description="packaged:vader or a directory with train/validation/test .csv/.jsonl")
+    text_column: str = "text"
+    label_column: str = "label"
+    domain_column: Optional[str] = "domain"
+    max_seq_len: int = Field(128, ge=8, le=4096, description="tokens; longer texts are truncated in training")
+
+
+class StudentCfg(Cfg):
+    # DistilBERT-style: initialise a shallower student from chosen teacher layers, same width.
+    from_teacher_layers: list[int] = Field([0, 2, 4], min_length=1)
+
+    @field_validator("from_teacher_layers")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v) or any(i < 0 for i in v):
+            raise ValueError("layers must be distinct non-negative teacher layer indices")
+        return v
+
+
+class DistillCfg(Cfg):
+    kind: Literal["distill"] = "distill"
+    student: StudentCfg = StudentCfg()
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of CE on labels; 1-alpha goes to the KD term")
+    temperature: float = Field(2.0, gt=0)
+    train: TrainCfg = TrainCfg(epochs=2, learning_rate=1e-4, batch_size=32)
+
+
+class PruneCfg(Cfg):
+    kind: Literal["prune"] = "prune"
+    method: Literal["magnitude"] = "magnitude"
+    scope: Literal["global", "per_layer"] = "global"
+    sparsity: float = Field(0.3, ge=0, lt=1, description="fraction of encoder Linear weights set to zero")
+
+
+StageCfg = Annotated[Union[DistillCfg, PruneCfg], Field(discriminator="kind")]
+
+
+class QuantSpec(Cfg):
+    """Quantization as an intent; each exporter realizes it with its own toolchain."""
+    scheme: Literal["int8"] = "int8"
+    activations: Literal["dynamic"] = "dynamic"
+    per_channel: bool = True  # per-tensor QInt8 measured cos 0.91 vs fp32 on MiniLM, per-channel 0.98
+
+
+Format = Literal["onnx", "ptl", "pte"]
+Precision = Literal["fp32", "int8"]
+
+
+class ExportCfg(Cfg):
+    formats: list[Format] = Field(["onnx", "ptl", "pte"], min_length=1)
+    precisions: list[Precision] = Field(["int8"], min_length=1)
+    max_seq_len: int = Field(128, ge=8, le=4096, description="upper bound of the sequence axis in exported files")
+    parity_shapes: list[tuple[int, int]] = Field(
+        [(1, 17), (3, 41)], description="(batch, seq) shapes for parity, on purpose not the export shape")
+    max_test_samples: Optional[int] = Field(None, ge=1, description="None = the whole test split")
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> "ExportCfg":
+        for b, s in self.parity_shapes:
+            if b < 1 or not 1 <= s <= self.max_seq_len:
+                raise ValueError(f"parity shape ({b}, {s}) must have batch >= 1 and 1 <= seq <= max_seq_len")
+        return self
+
+
+class BenchCfg(Cfg):
+    threads: int = Field(1, ge=1)
+    batch: int = Field(1, ge=1)
+    seq_len: int = Field(128, ge=1)
+    warmup_runs: int = Field(5, ge=0)
+    runs: int = Field(50, ge=1)
+    timeout_s: float = Field(600, gt=0)
+
+
+class Recipe(Cfg):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    teacher: TeacherCfg = TeacherCfg()
+    data: DataCfg = DataCfg()
+    stages: list[StageCfg] = Field(default_factory=lambda: [DistillCfg(), PruneCfg()])
+    quantize: QuantSpec = QuantSpec()
+    export: ExportCfg = ExportCfg()
+    bench: BenchCfg = BenchCfg()
+    profile: str = "host"
+
+    @model_validator(mode="after")
+    def _order(self) -> "Recipe":
+        kinds = [s.kind for s in self.stages]
+        if "distill" in kinds and kinds.index("distill") != 0:
+            raise ValueError("distill must be the first stage: it builds the student the other stages compress")
+        if self.bench.seq_len > self.export.max_seq_len:
+            raise ValueError(f"bench.seq_len {self.bench.seq_len} exceeds export.max_seq_len {self.export.max_seq_len}")
+        return self
+
+
+DEFAULT_RECIPE_PATH = Path(__file__).parent / "recipes" / "default.yaml"
+
+
+def _first_error(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'; remove it or check the spelling (see edgecompress/recipes/default.yaml)"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: field '{loc}': {msg} (got {err.get('input')!r})"
+
+
+def parse_recipe(data: object, source: str = "recipe") -> Recipe:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserInputError(f"{source}: the recipe must be a YAML mapping of keys to values, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise UserInputError(_first_error(e, source)) from None
+
+
+def load_recipe(path: Optional[Path] = None) -> Recipe:
+    path = Path(path) if path else DEFAULT_RECIPE_PATH
+    if not path.is_file():
+        raise UserInputError(f"recipe file {path} not found; pass an existing YAML file or omit it for the default")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(f"{path}: not UTF-8 text; save the recipe as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserInputError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}; fix the syntax") from None
+    return parse_recipe(data, str(path))
