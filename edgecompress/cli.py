@@ -15,7 +15,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import logging  # noqa: E402
+
 from edgecompress.errors import EdgeCompressError  # noqa: E402
+
+# torchao (imported by transformers when installed) logs a failed load of CUDA-only kernels on CPU builds, and
+# torch logs pytree deprecations: noise on every run that users cannot act on.
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 
 def _cmd_run(args) -> int:
@@ -45,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=_cmd_plan)
 
-    from edgecompress.bench import commands as bench_commands
-    bench_commands.register(sub)
+    try:
+        from edgecompress.bench import commands as bench_commands
+    except ImportError:  # TEMP until bench commands land
+        bench_commands = None
+    if bench_commands:
+        bench_commands.register(sub)
     return p
 
 

@@ -137,7 +137,15 @@ DEFAULT_RECIPE_PATH = Path(__file__).parent / "recipes" / "default.yaml"
 
 def _first_error(e: ValidationError, source: str) -> str:
     err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    parts: list[str] = []
+    for p in err["loc"]:
+        if isinstance(p, int):
+            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
+        elif p in ("distill", "prune") and parts and parts[-1].endswith("]"):
+            continue  # the discriminator tag pydantic inserts after a list index; the user never wrote it
+        else:
+            parts.append(str(p))
+    loc = ".".join(parts) or "<top level>"
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown key '{loc}'; remove it or check the spelling (see edgecompress/recipes/default.yaml)"
     msg = err["msg"].removeprefix("Value error, ")

@@ -1,1 +1,181 @@
+"""Datasets: the packaged VADER splits or a user's local train/validation/test files (.csv or .jsonl).
 
+Each problem with the data is a one-line UserInputError naming the file, the column and the fix, raised
+while planning, before any training starts.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from edgecompress.errors import UserInputError
+from edgecompress.recipe import PACKAGED_DATA, DataCfg
+
+SPLITS = ("train", "validation", "test")
+PACKAGED_DIR = Path(__file__).parent / "vader"
+
+
+@dataclass
+class Split:
+    name: str
+    texts: list[str]
+    labels: np.ndarray                     # int64 class ids in [0, num_labels)
+    domains: Optional[list[str]] = None
+    label_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, n: Optional[int], seed: int = 0) -> "Split":
+        if n is None or n >= len(self):
+            return self
+        # Stratified by label so a small subset keeps the class balance.
+        rng = np.random.default_rng(seed)
+        idx = []
+        for c in np.unique(self.labels):
+            members = np.flatnonzero(self.labels == c)
+            k = max(1, round(n * len(members) / len(self)))
+            idx.extend(rng.choice(members, size=min(k, len(members)), replace=False))
+        idx = np.sort(np.array(idx[:n] if len(idx) > n else idx))
+        return Split(self.name, [self.texts[i] for i in idx], self.labels[idx],
+                     [self.domains[i] for i in idx] if self.domains else None, self.label_names)
+
+
+def data_dir(cfg: DataCfg) -> Path:
+    if cfg.source == PACKAGED_DATA:
+        return PACKAGED_DIR
+    if cfg.source.startswith("packaged:"):
+        raise UserInputError(f"data.source {cfg.source!r} is not a packaged data set; use {PACKAGED_DATA!r} or a directory")
+    p = Path(cfg.source).expanduser()
+    if not p.is_dir():
+        raise UserInputError(f"data.source {p} is not a directory; give a folder with train/validation/test .csv or .jsonl files")
+    return p
+
+
+def split_file(directory: Path, split: str) -> Path:
+    for ext in (".csv", ".jsonl"):
+        if (directory / f"{split}{ext}").is_file():
+            return directory / f"{split}{ext}"
+    raise UserInputError(f"{directory}: no {split}.csv or {split}.jsonl; every data folder needs train, validation and test files")
+
+
+def fingerprint(cfg: DataCfg) -> str:
+    """sha256 over the split files' bytes: the data's identity in artifact ids."""
+    h = hashlib.sha256()
+    d = data_dir(cfg)
+    for s in SPLITS:
+        f = split_file(d, s)
+        h.update(s.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _read_rows(path: Path) -> Iterator[dict]:
+    try:
+        if path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                yield from csv.DictReader(f)
+        else:
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            yield json.loads(line)
+                        except json.JSONDecodeError:
+                            raise UserInputError(f"{path}:{n}: not a JSON object per line; fix or remove that line") from None
+    except UnicodeDecodeError as e:
+        raise UserInputError(f"{path}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+
+
+def _read_split(path: Path, cfg: DataCfg, name: str) -> tuple[list[str], list, Optional[list[str]]]:
+    texts, labels, domains = [], [], []
+    for n, row in enumerate(_read_rows(path), 2):
+        if n == 2:
+            for col in (cfg.text_column, cfg.label_column):
+                if col not in row:
+                    raise UserInputError(f"{path}: no column {col!r} (has {', '.join(map(str, row))}); "
+                                         f"set data.text_column / data.label_column")
+        text, label = row.get(cfg.text_column), row.get(cfg.label_column)
+        if text is None or str(text).strip() == "":
+            continue
+        if label is None or str(label).strip() == "":
+            raise UserInputError(f"{path}: row {n - 1} has an empty {cfg.label_column!r}; every row needs a label")
+        texts.append(str(text))
+        labels.append(label)
+        if cfg.domain_column and cfg.domain_column in row:
+            domains.append(str(row[cfg.domain_column]))
+    if not texts:
+        raise UserInputError(f"{path}: the {name} split has no rows with text; add data or point data.source elsewhere")
+    return texts, labels, (domains if len(domains) == len(texts) else None)
+
+
+def _to_ids(raw: list, path: Path, label_names: Optional[list[str]]) -> tuple[np.ndarray, list[str]]:
+    as_str = [str(x).strip() for x in raw]
+    if all(s.lstrip("-").isdigit() for s in as_str):
+        ids = np.array([int(s) for s in as_str], dtype=np.int64)
+        if ids.min() < 0:
+            raise UserInputError(f"{path}: label {ids.min()} is negative; integer labels must be 0..num_labels-1")
+        return ids, label_names or [str(i) for i in range(int(ids.max()) + 1)]
+    names = label_names or sorted(set(as_str))
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted(set(as_str) - set(index))
+    if unknown:
+        raise UserInputError(f"{path}: label {unknown[0]!r} does not occur in the train split; every label must be seen in training")
+    return np.array([index[s] for s in as_str], dtype=np.int64), names
+
+
+def load_splits(cfg: DataCfg) -> dict[str, Split]:
+    d = data_dir(cfg)
+    out: dict[str, Split] = {}
+    names: Optional[list[str]] = None
+    for s in SPLITS:
+        path = split_file(d, s)
+        texts, raw, domains = _read_split(path, cfg, s)
+        labels, names_s = _to_ids(raw, path, names)
+        if s == "train":
+            names = names_s
+            if len(np.unique(labels)) < 2:
+                raise UserInputError(f"{path}: the train split has a single class ({names[int(labels[0])]}); a classifier needs at least two")
+        elif labels.max() >= len(names):
+            raise UserInputError(f"{path}: label {int(labels.max())} is outside the train split's labels 0..{len(names) - 1}")
+        out[s] = Split(s, texts, labels, domains, names)
+    return out
+
+
+def num_labels(splits: dict[str, Split]) -> int:
+    return len(splits["train"].label_names)
+
+
+def batches(tokenizer, split: Split, batch_size: int, max_seq_len: int, *, shuffle: bool, seed: int = 0,
+            group_by_length: bool = True) -> list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+    """Tokenized batches with dynamic padding. Length-grouped so short tweets are not padded to a long review:
+    sort by length within chunks of 50 batches, then shuffle the batch order. Returns (inputs, labels, row_index)."""
+    enc = tokenizer(split.texts, truncation=True, max_length=max_seq_len, padding=False)
+    lengths = np.array([len(x) for x in enc["input_ids"]])
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(split)) if shuffle else np.arange(len(split))
+    if group_by_length:
+        chunk = batch_size * 50
+        order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in np.array_split(order, max(1, len(order) // chunk))]) \
+            if len(order) else order
+    groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle:
+        rng.shuffle(groups)
+    pad = tokenizer.pad_token_id or 0
+    out = []
+    for g in groups:
+        width = int(lengths[g].max())
+        ids = np.full((len(g), width), pad, dtype=np.int64)
+        mask = np.zeros((len(g), width), dtype=np.int64)
+        for r, i in enumerate(g):
+            row = enc["input_ids"][i]
+            ids[r, :len(row)] = row
+            mask[r, :len(row)] = 1
+        out.append(({"input_ids": ids, "attention_mask": mask}, split.labels[g], g))
+    return out

@@ -1,0 +1,1 @@
+"""Compression stages: torch model -> torch model, one verb per module, registered in STAGES."""

@@ -1,0 +1,280 @@
+"""Runs a plan: teacher -> compress chain -> export fan-out (+ parity/accuracy in each runtime) -> bench -> report.
+
+Every step is an artifact in the content-addressed store ($EDGECOMPRESS_HOME/store, default
+~/.cache/edgecompress/store), so a finished step is never recomputed and a killed run resumes; the run
+folder (<out>/<recipe name>/) links to the artifacts it used and holds the report.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from edgecompress import progress
+from edgecompress.artifact import Artifact, Store, artifact_id
+from edgecompress.errors import EdgeCompressError, RuntimeFailure
+from edgecompress.plan import Plan, make_plan
+from edgecompress.recipe import Recipe, load_recipe
+
+EVAL_BATCH = 64
+
+
+def home() -> Path:
+    return Path(os.environ.get("EDGECOMPRESS_HOME", Path.home() / ".cache" / "edgecompress"))
+
+
+def _teacher_identity(teacher_dir: Path) -> dict:
+    w = teacher_dir / "model.safetensors"
+    h = hashlib.sha256()
+    with open(w, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return {"weights_sha256": h.hexdigest()[:16], "config": json.loads((teacher_dir / "config.json").read_text())}
+
+
+def _save_model(model, tokenizer, path: Path) -> None:
+    model.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
+
+
+def _load_model(art: Artifact):
+    from transformers import AutoModelForSequenceClassification
+    return AutoModelForSequenceClassification.from_pretrained(str(art.path / "model"), local_files_only=True,
+                                                              use_safetensors=True).eval()
+
+
+def _write_metrics(tmp: Path, metrics: dict) -> None:
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+class Runner:
+    def __init__(self, plan: Plan, run_dir: Path):
+        self.plan = plan
+        self.recipe: Recipe = plan.recipe
+        self.store = Store(home() / "store")
+        self.run_dir = run_dir
+        self.lineage: list[dict] = []
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _step(self, step: str, config: dict, parents: list[str], build: Callable[[Path], None],
+              label: Optional[str] = None) -> Artifact:
+        aid = artifact_id(step, config, parents)
+        art = self.store.get(step, aid)
+        if art is not None:
+            progress.log(f"[{label or step}] reusing {art.path.name}")
+        else:
+            progress.log(f"[{label or step}] running")
+            t0 = time.perf_counter()
+            with self.store.create(step, aid, config, parents) as tmp:
+                build(tmp)
+            art = self.store.get(step, aid)
+            if art is None:
+                raise RuntimeFailure(f"{step}: artifact {aid} vanished right after it was written; check the disk")
+            progress.log(f"[{label or step}] done in {time.perf_counter() - t0:.1f} s -> {art.path}")
+        self.lineage.append({"label": label or step, "step": step, "id": art.id, "parents": parents,
+                             "path": str(art.path), "duration_s": art.manifest.get("duration_s")})
+        link = self.run_dir / "artifacts" / (label or step)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(art.path, target_is_directory=True)
+        return art
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def teacher(self, ctx) -> Artifact:
+        from edgecompress.modeling import load_classifier
+        r = self.recipe
+        config = {"source": _teacher_identity(self.plan.teacher_dir), "finetune": r.teacher.finetune,
+                  "data": self._data_id, "num_labels": self.plan.num_labels, "seed": r.seed,
+                  "max_seq_len": r.data.max_seq_len}
+
+        def build(tmp: Path) -> None:
+            import torch
+            torch.manual_seed(r.seed)
+            model = load_classifier(self.plan.teacher_dir, self.plan.num_labels)
+            ctx.metrics = {}
+            if r.teacher.finetune is not None:
+                from edgecompress.compress.finetune import finetune
+                model = finetune(model, r.teacher.finetune, ctx)
+            else:
+                from edgecompress.compress.train import accuracy
+                ctx.metrics["test_accuracy"] = accuracy(model, ctx.batches("test", EVAL_BATCH, shuffle=False))
+            _save_model(model, ctx.tokenizer, tmp / "model")
+            _write_metrics(tmp, ctx.metrics)
+        return self._step("teacher", config, [], build)
+
+    def stage(self, cfg, parent: Artifact, teacher_model, ctx, index: int) -> Artifact:
+        from edgecompress.registry import STAGES
+        fn = STAGES.get(cfg.kind)
+
+        def build(tmp: Path) -> None:
+            import torch
+            torch.manual_seed(self.recipe.seed + index)
+            model = teacher_model if cfg.kind == "distill" else _load_model(parent)
+            ctx.metrics = {}
+            out = fn(model, cfg, ctx)
+            _save_model(out, ctx.tokenizer, tmp / "model")
+            _write_metrics(tmp, ctx.metrics)
+        return self._step(cfg.kind, {"stage": cfg.model_dump(), "seed": self.recipe.seed, "index": index},
+                          [parent.id], build, label=f"{index + 1}-{cfg.kind}")
+
+    def export(self, fmt: str, precision: str, parent: Artifact, ctx, label: str) -> Artifact:
+        from edgecompress.export.base import IOSpec
+        from edgecompress.export import parity
+        from edgecompress.registry import EXPORTERS
+        r = self.recipe
+        quant = r.quantize if precision == "int8" else None
+        config = {"format": fmt, "precision": precision, "quantize": quant.model_dump() if quant else None,
+                  "export": r.export.model_dump(), "verify_threads": r.bench.threads}
+
+        def build(tmp: Path) -> None:
+            import torch
+            torch.manual_seed(r.seed)
+            model = _load_model(parent)
+            exporter = EXPORTERS.get(fmt)()
+            io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels,
+                        max_seq_len=r.export.max_seq_len, pad_token_id=ctx.tokenizer.pad_token_id or 0)
+            calib = [b[0] for b in ctx.batches("train", 8, shuffle=True, subset=64)]
+            t0 = time.perf_counter()
+            with progress.status(f"exporting {label}"):
+                res = exporter.export(model, io, quant, calib, tmp)
+            export_s = time.perf_counter() - t0
+            io.write(tmp / "io.json")
+            infer = exporter.load(res.file, threads=r.bench.threads)
+            par = parity.compare(model, infer, io, shapes=r.export.parity_shapes, seed=r.seed)
+            test = ctx.splits["test"].subset(r.export.max_test_samples, r.seed)
+            acc = evaluate(infer, ctx.tokenizer, test, r.export.max_seq_len, model=model)
+            expected_inputs = io.example_inputs(r.bench.batch, r.bench.seq_len, seed=r.seed)
+            expected = infer(expected_inputs)
+            (tmp / "expected.json").write_text(json.dumps({
+                "inputs": {k: v.tolist() for k, v in expected_inputs.items()},
+                "logits": np.asarray(expected).tolist(),
+                # int8 kernels differ by CPU (u8/s8, VNNI vs NEON): a device is allowed 4x the host's own drift vs fp32.
+                "atol": max(1e-3, 4 * float(par["max_abs_diff"])), "argmax_must_match": precision == "fp32"}))
+            _write_metrics(tmp, {"format": fmt, "precision": precision, "file": res.file.name,
+                                 "file_mb": res.file.stat().st_size / 1e6, "export_seconds": round(export_s, 2),
+                                 "parity": par, **acc, "notes": res.notes, "details": res.details,
+                                 "runtime": exporter.runtime})
+        return self._step("export", config, [parent.id], build, label=label)
+
+    def bench(self, exp: Artifact, label: str) -> Artifact:
+        from edgecompress.bench.harness import bench_file
+        b = self.recipe.bench
+        config = {"bench": b.model_dump(), "profile": self.recipe.profile, "target": "local"}
+
+        def build(tmp: Path) -> None:
+            m = exp.metrics
+            res = bench_file(exp.path / m["file"], exp.path / "io.json", m["runtime"], threads=b.threads,
+                             warmup_runs=b.warmup_runs, runs=b.runs, batch=b.batch, seq_len=b.seq_len,
+                             timeout_s=b.timeout_s, expected_json=exp.path / "expected.json")
+            if not res.get("ok", False):
+                raise RuntimeFailure(f"benchmark of {label} failed: {res.get('error', 'no result')}")
+            _write_metrics(tmp, res)
+        return self._step("bench", config, [exp.id], build, label=f"bench-{label}")
+
+    # -- whole run -----------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        import torch
+        from edgecompress.compress.base import StageContext
+        from edgecompress.data import fingerprint, load_splits
+        from edgecompress.modeling import load_tokenizer
+        r = self.recipe
+        t_start = time.perf_counter()
+        self._data_id = fingerprint(r.data)
+        splits = load_splits(r.data)
+        tokenizer = load_tokenizer(self.plan.teacher_dir)
+        ctx = StageContext(splits, tokenizer, r.data.max_seq_len, r.seed)
+        teacher_art = self.teacher(ctx)
+        teacher_model = _load_model(teacher_art)
+        ctx.teacher = teacher_model
+        current = teacher_art
+        for i, cfg in enumerate(r.stages):
+            current = self.stage(cfg, current, teacher_model, ctx, i)
+        student_art = current
+        rows, failures = [], []
+        jobs = [(f, p, student_art, f"{f}-{p}") for f in r.export.formats for p in r.export.precisions]
+        if "onnx" in r.export.formats:
+            jobs.insert(0, ("onnx", "fp32", teacher_art, "teacher-onnx-fp32"))
+        for fmt, prec, parent, label in jobs:
+            try:
+                exp = self.export(fmt, prec, parent, ctx, label)
+                bench = self.bench(exp, label)
+                rows.append(_row(label, exp, bench))
+            except EdgeCompressError as e:
+                failures.append({"label": label, "error": str(e)})
+                progress.log(f"[{label}] FAILED: {e}")
+            except Exception as e:  # noqa: BLE001 - one format failing must not lose the others
+                failures.append({"label": label, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+                progress.log(f"[{label}] FAILED: {failures[-1]['error']}")
+                if os.environ.get("EDGECOMPRESS_DEBUG"):
+                    traceback.print_exc()
+        from edgecompress.report import build_report, write_report
+        report = build_report(self, teacher_art, student_art, rows, failures, time.perf_counter() - t_start)
+        write_report(report, self.run_dir)
+        return report
+
+
+def evaluate(infer, tokenizer, split, max_seq_len: int, model=None) -> dict:
+    """Accuracy of an exported file in its runtime on a split (+ per-domain, + label agreement with the torch model)."""
+    from edgecompress.data import batches
+    from edgecompress.compress.train import to_torch
+    preds = np.zeros(len(split), dtype=np.int64)
+    ref = np.zeros(len(split), dtype=np.int64) if model is not None else None
+    bs = batches(tokenizer, split, EVAL_BATCH, max_seq_len, shuffle=False)
+    for inputs, _, idx in progress.track(bs, description="verify on test split"):
+        preds[idx] = np.asarray(infer(inputs)).argmax(-1)
+        if model is not None:
+            import torch
+            with torch.no_grad():
+                ref[idx] = model(**to_torch(inputs)).logits.argmax(-1).numpy()
+    out = {"test_accuracy": float((preds == split.labels).mean()), "test_samples": len(split)}
+    if ref is not None:
+        out["test_label_agreement_vs_torch"] = float((preds == ref).mean())
+    if split.domains:
+        doms = np.array(split.domains)
+        out["test_accuracy_by_domain"] = {d: float((preds[doms == d] == split.labels[doms == d]).mean())
+                                          for d in sorted(set(split.domains))}
+    return out
+
+
+def _row(label: str, exp: Artifact, bench: Artifact) -> dict:
+    m, b = exp.metrics, bench.metrics
+    return {"label": label, "format": m["format"], "precision": m["precision"], "runtime": m["runtime"],
+            "test_accuracy": m["test_accuracy"], "test_accuracy_by_domain": m.get("test_accuracy_by_domain"),
+            "label_agreement_vs_torch": m.get("test_label_agreement_vs_torch"),
+            "parity_max_abs_diff": m["parity"]["max_abs_diff"], "parity": m["parity"],
+            "p50_ms": b.get("p50_ms"), "p90_ms": b.get("p90_ms"), "p99_ms": b.get("p99_ms"),
+            "load_ms": b.get("load_ms"), "peak_rss_mb": b.get("peak_rss_mb"), "file_mb": m["file_mb"],
+            "threads": b.get("threads"), "notes": m.get("notes", []), "export_id": exp.id, "bench_id": bench.id,
+            "export_path": str(exp.path)}
+
+
+def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool = False, json_output: bool = False) -> int:
+    progress.set_quiet(quiet or json_output)
+    t0 = time.perf_counter()
+    recipe = load_recipe(recipe_path)
+    plan = make_plan(recipe)
+    progress.log(f"plan OK in {time.perf_counter() - t0:.2f} s: {' -> '.join(plan.steps)}")
+    run_dir = Path(out_dir) / recipe.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = Runner(plan, run_dir).run()
+    if json_output:
+        print(json.dumps(report, default=_json_default))
+    else:
+        progress.log(f"report: {run_dir / 'report.md'}")
+        print((run_dir / "report.md").read_text())
+    if report["failures"]:
+        return 3
+    return 1 if report.get("budget_violations") else 0

@@ -1,0 +1,114 @@
+"""Validate the whole recipe before any work: schema, teacher folder, tokenizer, data, labels vs head,
+exporters x quantization x profile. Cheap by design (no weights, no torch import) so it runs in well
+under two seconds and `run` can call it first."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from edgecompress.errors import UserInputError
+from edgecompress.recipe import Recipe, load_recipe
+
+# What each format needs importable on the host to export and verify it, and the extra that installs it.
+FORMAT_NEEDS = {
+    "onnx": (("onnx", "onnxruntime", "onnxscript"), "onnx"),
+    "ptl": (("torch",), "all"),
+    "pte": (("executorch", "torchao"), "pte"),
+}
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    teacher_dir: Path
+    data_dir: Path
+    num_labels: int
+    split_sizes: dict[str, int]
+    profile: Optional[object] = None
+    steps: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _tokenizer_vocab_size(model_dir: Path) -> Optional[int]:
+    tj = model_dir / "tokenizer.json"
+    if tj.is_file():
+        try:
+            vocab = json.loads(tj.read_text(encoding="utf-8")).get("model", {}).get("vocab")
+            added = json.loads(tj.read_text(encoding="utf-8")).get("added_tokens", [])
+            if isinstance(vocab, dict):
+                return max(list(vocab.values()) + [t.get("id", 0) for t in added]) + 1
+        except (ValueError, UnicodeDecodeError):
+            raise UserInputError(f"{tj}: not valid JSON; re-save the tokenizer with save_pretrained()") from None
+    vt = model_dir / "vocab.txt"
+    if vt.is_file():
+        return sum(1 for _ in open(vt, encoding="utf-8"))
+    return None
+
+
+def make_plan(recipe: Recipe) -> Plan:
+    from edgecompress.data import data_dir, load_splits, num_labels
+    from edgecompress.modeling import check_model_dir, resolve_model_dir
+
+    teacher_dir = resolve_model_dir(recipe.teacher.source)
+    cfg = check_model_dir(teacher_dir)
+    vocab = _tokenizer_vocab_size(teacher_dir)
+    if vocab is not None and vocab > cfg.get("vocab_size", vocab):
+        raise UserInputError(f"{teacher_dir}: the tokenizer has {vocab} tokens but the model's embedding has "
+                             f"{cfg['vocab_size']}; the tokenizer does not belong to this model")
+    for name, n in (("data.max_seq_len", recipe.data.max_seq_len), ("export.max_seq_len", recipe.export.max_seq_len)):
+        if n > cfg.get("max_position_embeddings", n):
+            raise UserInputError(f"{name} {n} exceeds the model's max_position_embeddings {cfg['max_position_embeddings']}")
+    ddir = data_dir(recipe.data)
+    splits = load_splits(recipe.data)
+    n_labels = num_labels(splits)
+    head = cfg.get("id2label")
+    has_head = any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
+    if has_head and head and len(head) != n_labels:
+        raise UserInputError(f"{teacher_dir}: the model head has {len(head)} labels but the data has {n_labels}; "
+                             "use data with the head's labels or a headless encoder")
+    if not has_head and recipe.teacher.finetune is None:
+        raise UserInputError(f"{teacher_dir}: the model has no classification head and teacher.finetune is null; "
+                             "set teacher.finetune so edgecompress trains one")
+    for s in recipe.stages:
+        if s.kind == "distill":
+            bad = [i for i in s.student.from_teacher_layers if i >= cfg["num_hidden_layers"]]
+            if bad:
+                raise UserInputError(f"stages.distill.student.from_teacher_layers: layer {bad[0]} does not exist; "
+                                     f"the teacher has layers 0..{cfg['num_hidden_layers'] - 1}")
+    for fmt in recipe.export.formats:
+        mods, extra = FORMAT_NEEDS[fmt]
+        missing = [m for m in mods if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UserInputError(f"export format {fmt!r} needs {', '.join(missing)}; run: pip install -e \".[{extra}]\"")
+    profile = None
+    try:
+        from edgecompress.profiles import load_profile
+    except ImportError:  # profiles module not present in this build
+        load_profile = None
+    if load_profile is not None:
+        profile = load_profile(recipe.profile)
+    steps = (["teacher:finetune" if recipe.teacher.finetune else "teacher:load"] + [s.kind for s in recipe.stages]
+             + [f"export:{f}-{p}" for f in recipe.export.formats for p in recipe.export.precisions]
+             + ["export:teacher-onnx-fp32" if "onnx" in recipe.export.formats else None, "bench", "report"])
+    return Plan(recipe, teacher_dir, ddir, n_labels, {k: len(v) for k, v in splits.items()}, profile,
+                [s for s in steps if s])
+
+
+def plan_command(recipe_path: Optional[Path], json_output: bool = False) -> int:
+    plan = make_plan(load_recipe(recipe_path))
+    summary = {"recipe": plan.recipe.name, "teacher": str(plan.teacher_dir), "data": str(plan.data_dir),
+               "num_labels": plan.num_labels, "split_sizes": plan.split_sizes, "profile": plan.recipe.profile,
+               "steps": plan.steps}
+    if json_output:
+        print(json.dumps(summary))
+    else:
+        print(f"recipe {summary['recipe']}: OK")
+        for k, v in summary.items():
+            if k != "recipe":
+                print(f"  {k}: {v}")
+    sys.stdout.flush()
+    return 0

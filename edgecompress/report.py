@@ -1,0 +1,107 @@
+"""report.json + report.md in the run folder: one row per exported file, the fp32 teacher ONNX as baseline."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+from edgecompress.artifact import versions
+
+BASELINE = "teacher-onnx-fp32"
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _budget_violations(runner, rows: list[dict]) -> list[str]:
+    try:
+        from edgecompress.bench.budget import check_budgets
+    except ImportError:
+        return []
+    if runner.plan.profile is None:
+        return []
+    teacher_acc = next((r["test_accuracy"] for r in rows if r["label"] == BASELINE), None)
+    out = []
+    for r in rows:
+        if r["label"] == BASELINE:
+            continue
+        res = dict(r)
+        if teacher_acc is not None:
+            res["accuracy_drop"] = teacher_acc - r["test_accuracy"]
+        out += [v if isinstance(v, str) else getattr(v, "message", str(v))
+                for v in check_budgets(res, runner.plan.profile, f"{r['format']}-{r['precision']}")]
+    return out
+
+
+def build_report(runner, teacher_art, student_art, rows: list[dict], failures: list[dict], seconds: float) -> dict:
+    import os
+    base = next((r for r in rows if r["label"] == BASELINE), None)
+    for r in rows:
+        if base:
+            r["accuracy_vs_teacher"] = r["test_accuracy"] / base["test_accuracy"] if base["test_accuracy"] else None
+            r["speedup_vs_teacher"] = base["p50_ms"] / r["p50_ms"] if r.get("p50_ms") else None
+            r["size_ratio_vs_teacher"] = base["file_mb"] / r["file_mb"] if r.get("file_mb") else None
+    return {
+        "recipe": runner.recipe.model_dump(mode="json"),
+        "run_seconds": round(seconds, 1),
+        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "arch": platform.machine(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+        "versions": versions(),
+        "teacher": {"id": teacher_art.id, **{k: v for k, v in teacher_art.metrics.items() if k != "history"}},
+        "student": {"id": student_art.id, **{k: v for k, v in student_art.metrics.items() if k != "history"}},
+        "rows": rows,
+        "failures": failures,
+        "budget_violations": _budget_violations(runner, rows),
+        "lineage": runner.lineage,
+    }
+
+
+def _f(x, fmt="{:.2f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def to_markdown(report: dict) -> str:
+    rec = report["recipe"]
+    lines = [f"# edgecompress report: {rec['name']}", "",
+             f"Machine: {report['machine']['cpu']} ({report['machine']['cores']} cores, {report['machine']['arch']}); "
+             f"bench: batch {rec['bench']['batch']}, seq {rec['bench']['seq_len']}, {rec['bench']['threads']} thread(s), "
+             f"{rec['bench']['runs']} runs after {rec['bench']['warmup_runs']} warmup; run took {report['run_seconds']} s.", "",
+             "| artifact | runtime | test acc | % of teacher | p50 ms | p90 ms | speedup | load ms | peak RSS MB | file MB | smaller | parity max|Δ| | label agree |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['label']} | {r['runtime']} | {r['test_accuracy']:.4f} | {_f(r.get('accuracy_vs_teacher'), '{:.1%}')} | "
+            f"{_f(r.get('p50_ms'))} | {_f(r.get('p90_ms'))} | {_f(r.get('speedup_vs_teacher'), '{:.2f}x')} | "
+            f"{_f(r.get('load_ms'), '{:.0f}')} | {_f(r.get('peak_rss_mb'), '{:.0f}')} | {r['file_mb']:.2f} | "
+            f"{_f(r.get('size_ratio_vs_teacher'), '{:.1f}x')} | {r['parity_max_abs_diff']:.2e} | "
+            f"{_f(r.get('label_agreement_vs_torch'), '{:.4f}')} |")
+    t, s = report["teacher"], report["student"]
+    lines += ["", f"Teacher (torch fp32): test acc {_f(t.get('test_accuracy'), '{:.4f}')}; "
+              f"student after compression (torch fp32): test acc {_f(s.get('test_accuracy'), '{:.4f}')}"
+              + (f", sparsity {s['sparsity']:.3f}" if "sparsity" in s else "") + "."]
+    notes = [(r["label"], n) for r in report["rows"] for n in r.get("notes", [])]
+    if notes:
+        lines += ["", "## Notes"] + [f"- {label}: {n}" for label, n in notes]
+    if report["failures"]:
+        lines += ["", "## Failures"] + [f"- {f['label']}: {f['error']}" for f in report["failures"]]
+    if report["budget_violations"]:
+        lines += ["", "## Budgets missed"] + [f"- {v}" for v in report["budget_violations"]]
+    lines += ["", "## Steps", "", "| step | artifact | seconds |", "|---|---|---|"]
+    lines += [f"| {s['label']} | {Path(s['path']).name} | {_f(s.get('duration_s'), '{:.1f}')} |" for s in report["lineage"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Written to temp names and renamed: a reader never sees half a report.
+    for name, text in (("report.json", json.dumps(report, indent=2, default=str)), ("report.md", to_markdown(report))):
+        tmp = run_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(run_dir / name)

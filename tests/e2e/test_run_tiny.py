@@ -1,0 +1,69 @@
+"""The whole pipeline on a tiny teacher (saved like a user's local model) and a small slice of real data."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests._models import save_tiny_teacher, write_small_vader
+
+
+def _recipe(tmp_path, formats):
+    return {
+        "name": "tiny",
+        "teacher": {"source": str(save_tiny_teacher(tmp_path / "teacher")),
+                    "finetune": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 16}},
+        "data": {"source": str(write_small_vader(tmp_path / "data")), "max_seq_len": 64},
+        "stages": [{"kind": "distill", "student": {"from_teacher_layers": [1]},
+                    "train": {"epochs": 1, "learning_rate": 2e-3, "batch_size": 16}},
+                   {"kind": "prune", "sparsity": 0.2}],
+        "export": {"formats": formats, "precisions": ["int8"], "max_seq_len": 64},
+        "bench": {"threads": 1, "seq_len": 32, "warmup_runs": 1, "runs": 5},
+    }
+
+
+def _run(tmp_path, recipe_path, extra_env=None):
+    env = {**__import__("os").environ, "EDGECOMPRESS_HOME": str(tmp_path / "home"), **(extra_env or {})}
+    return subprocess.run([sys.executable, "-m", "edgecompress", "run", str(recipe_path), "--out", str(tmp_path / "runs"),
+                           "--json"], capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(_recipe(tmp_path, ["onnx", "ptl"])))
+    proc = _run(tmp_path, recipe_path)
+    return tmp_path, recipe_path, proc
+
+
+def test_tiny_run_writes_report_rows_for_every_format(tiny_run):
+    # setup
+    tmp_path, _, proc = tiny_run
+    # assert
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "runs" / "tiny" / "report.json").read_text())
+    labels = [r["label"] for r in report["rows"]]
+    assert labels == ["teacher-onnx-fp32", "onnx-int8", "ptl-int8"]
+    for r in report["rows"]:
+        assert r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] and r["peak_rss_mb"] > 0 and r["file_mb"] > 0
+        assert 0 <= r["test_accuracy"] <= 1
+        assert r["label_agreement_vs_torch"] >= 0.9
+    assert (tmp_path / "runs" / "tiny" / "report.md").read_text().count("| onnx-int8 |") == 1
+    assert report["student"]["sparsity"] == pytest.approx(0.2, abs=0.01)
+    for name in ("teacher", "1-distill", "2-prune", "onnx-int8", "ptl-int8"):
+        assert (tmp_path / "runs" / "tiny" / "artifacts" / name / "manifest.json").is_file()
+
+
+def test_rerun_reuses_every_finished_step(tiny_run):
+    # setup
+    tmp_path, recipe_path, first = tiny_run
+    assert first.returncode == 0, first.stderr[-3000:]
+    # execute
+    second = _run(tmp_path, recipe_path)
+    # assert: nothing recomputed, same artifact ids
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "running" not in second.stderr and second.stderr.count("reusing") >= 8
+    ids = lambda p: [(r["export_id"], r["bench_id"]) for r in json.loads(p.stdout)["rows"]]
+    assert ids(first) == ids(second)

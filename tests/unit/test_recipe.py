@@ -1,0 +1,62 @@
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edgecompress.errors import UserInputError
+from edgecompress.recipe import DEFAULT_RECIPE_PATH, Recipe, load_recipe, parse_recipe
+
+
+def test_default_yaml_equals_schema_defaults():
+    # setup / execute
+    r = load_recipe(DEFAULT_RECIPE_PATH)
+    # assert: the file users copy is exactly what `run` with no argument does
+    assert r == Recipe()
+    assert [s.kind for s in r.stages] == ["distill", "prune"]
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"bench": {"thread": 1}}, "unknown key 'bench.thread'"),
+    ({"stages": [{"kind": "distill", "alpah": 0.3}]}, "unknown key 'stages[0].alpah'"),
+    ({"bench": {"threads": "two"}}, "field 'bench.threads'"),
+    ({"stages": [{"kind": "prune", "sparsity": 1.0}]}, "field 'stages[0].sparsity'"),
+    ({"stages": [{"kind": "quantise"}]}, "stages[0]"),
+    ({"export": {"formats": ["tfjs"]}}, "export.formats[0]"),
+    ({"export": {"max_seq_len": 48}, "bench": {"seq_len": 64}}, "bench.seq_len 64 exceeds export.max_seq_len 48"),
+    ({"stages": [{"kind": "prune"}, {"kind": "distill"}]}, "distill must be the first stage"),
+    (["not", "a", "mapping"], "must be a YAML mapping"),
+])
+def test_bad_recipe_fails_with_one_line_naming_the_field(data, needle):
+    # execute
+    with pytest.raises(UserInputError) as e:
+        parse_recipe(data, "r.yaml")
+    # assert
+    msg = str(e.value)
+    assert needle in msg
+    assert "\n" not in msg
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    # setup
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\nbench:\n  threads: [1\n")
+    # execute / assert
+    with pytest.raises(UserInputError, match=r"malformed YAML at line \d+"):
+        load_recipe(p)
+
+
+def test_cli_bad_recipe_exits_2_in_under_a_second(tmp_path):
+    # setup
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\nbench:\n  warmup: 3\n")
+    # execute
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "edgecompress", "plan", str(p)], capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    # assert: one line on stderr naming the field, exit 2, no traceback
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "unknown key 'bench.warmup'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 5  # process start included; the validation itself is milliseconds
