@@ -1,0 +1,169 @@
+"""Device profiles: what a device is (arch, cores, memory), how to run each format on it, how to reach it,
+and the budgets a model must meet there. Built-ins live in device_profiles/*.yaml (shipped as package data
+through edgecompress/resources/); a user passes a path to their own YAML.
+
+Frozen pydantic with extra="forbid": a misspelled key fails at load time with its path, before any device work.
+"""
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgecompress.errors import UserInputError
+from edgecompress.targets.base import AdbReach, LocalReach, Reach, SshReach
+
+Format = Literal["onnx", "pte", "ptl", "tflite"]
+Runtime = Literal["onnxruntime", "executorch", "lite_interpreter", "tflite"]
+# The runtime that can open each format; a profile naming another is a typo, caught at load time.
+RUNTIME_FOR_FORMAT: dict[str, str] = {"onnx": "onnxruntime", "pte": "executorch", "ptl": "lite_interpreter",
+                                      "tflite": "tflite"}
+BUDGET_KEY_PATTERN = r"^(default|(onnx|pte|ptl|tflite)(-(fp32|fp16|int8))?)$"
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cores(_Cfg):
+    big: int = Field(..., ge=1, description="performance cores (all cores on a homogeneous SoC)")
+    little: Optional[int] = Field(None, ge=0, description="efficiency cores of a big.LITTLE SoC")
+
+    @property
+    def total(self) -> int:
+        return self.big + (self.little or 0)
+
+
+class RuntimeCfg(_Cfg):
+    runtime: Runtime
+    threads: int = Field(1, ge=1)
+
+
+class Int8Flavour(_Cfg):
+    """How int8 should be realized on this device (ONNX Runtime QDQ/dynamic knobs, advisory for other exporters)."""
+    activation_type: Literal["u8", "s8"] = "u8"
+    weight_type: Literal["s8", "u8"] = "s8"
+    per_channel: bool = True
+    reduce_range: bool = False
+
+
+class Budget(_Cfg):
+    """Limits a (format, precision) must meet; None = not budgeted. Field names carry units."""
+    p90_ms: Optional[float] = Field(None, gt=0)
+    peak_rss_mb: Optional[float] = Field(None, gt=0)
+    file_mb: Optional[float] = Field(None, gt=0)
+    load_ms: Optional[float] = Field(None, gt=0)
+    max_accuracy_drop: Optional[float] = Field(None, ge=0, le=1, description="absolute, e.g. 0.02 = 2 points")
+
+    def merged(self, over: Optional["Budget"]) -> "Budget":
+        if over is None:
+            return self
+        return Budget(**{**self.model_dump(), **over.model_dump(exclude_none=True)})
+
+
+class DeviceProfile(_Cfg):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    arch: Literal["x86_64", "aarch64", "armv7l"]
+    os: Literal["linux", "android"]
+    cores: Cores
+    memory_mb: int = Field(..., ge=64)
+    runtimes: dict[Format, RuntimeCfg] = Field(..., min_length=1)
+    int8: Int8Flavour = Int8Flavour()
+    reach: Reach = LocalReach()
+    budgets: dict[str, Budget] = Field(default_factory=dict)
+
+    @field_validator("reach", mode="before")
+    @classmethod
+    def _reach_shorthand(cls, v):
+        return {"kind": "local"} if v == "local" else v
+
+    @field_validator("budgets")
+    @classmethod
+    def _budget_keys(cls, v: dict[str, Budget]) -> dict[str, Budget]:
+        import re
+        for k in v:
+            if not re.match(BUDGET_KEY_PATTERN, k):
+                raise ValueError(f"budget key {k!r} must be 'default' or FORMAT-PRECISION like 'onnx-int8'")
+        return v
+
+    @model_validator(mode="after")
+    def _runtimes_match(self) -> "DeviceProfile":
+        for fmt, rc in self.runtimes.items():
+            if rc.runtime != RUNTIME_FOR_FORMAT[fmt]:
+                raise ValueError(f"runtimes.{fmt}: {rc.runtime} cannot run .{fmt}; use {RUNTIME_FOR_FORMAT[fmt]}")
+            if rc.threads > self.cores.total:
+                raise ValueError(f"runtimes.{fmt}.threads {rc.threads} > {self.cores.total} cores")
+        return self
+
+    def budget_for(self, key: str, override: Optional[Budget] = None) -> Budget:
+        """default, then FORMAT, then FORMAT-PRECISION, then a recipe's override: each later one wins per field."""
+        b = self.budgets.get("default", Budget())
+        fmt = key.split("-", 1)[0]
+        if fmt != key:
+            b = b.merged(self.budgets.get(fmt))
+        return b.merged(self.budgets.get(key)).merged(override)
+
+
+def _profiles_dir():
+    return importlib.resources.files("edgecompress") / "resources" / "device_profiles"
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.name[:-5] for p in _profiles_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def _first_error(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "<top level>"
+    # Discriminated unions put the tag in the path (reach.ssh.host): keep it, it tells which variant was meant.
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'; remove it or check the spelling (see docs/benchmarking.md)"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: field '{loc}': {msg}"
+
+
+def parse_profile(data: object, source: str) -> DeviceProfile:
+    if not isinstance(data, dict):
+        raise UserInputError(f"{source}: expected a mapping of profile fields, got {type(data).__name__}")
+    try:
+        return DeviceProfile(**data)
+    except ValidationError as e:
+        raise UserInputError(_first_error(e, source)) from None
+
+
+def _load_text(text: str, source: str) -> DeviceProfile:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserInputError(f"{source}: invalid YAML{where}: {problem}") from None
+    return parse_profile(data, source)
+
+
+def load_profile(name_or_path: Union[str, Path]) -> DeviceProfile:
+    """A built-in by name (`rpi4`) or a user YAML file (`./my-board.yaml`)."""
+    s = str(name_or_path)
+    p = Path(s).expanduser()
+    if p.suffix in (".yaml", ".yml") or p.is_file() or "/" in s:
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise UserInputError(f"profile file {s}: cannot read ({e.strerror or e})") from None
+        return _load_text(text, f"profile {p.name}")
+    res = _profiles_dir() / f"{s}.yaml"
+    if not res.is_file():
+        raise UserInputError(f"unknown device profile {s!r}; known: {', '.join(list_profiles())} (or a path to a .yaml)")
+    prof = _load_text(res.read_text(), f"profile {s}")
+    if prof.name != s:
+        raise UserInputError(f"built-in profile file {s}.yaml names itself {prof.name!r}; they must match")
+    return prof
+
+
+__all__ = ["AdbReach", "Budget", "Cores", "DeviceProfile", "Int8Flavour", "LocalReach", "RuntimeCfg", "SshReach",
+           "list_profiles", "load_profile", "parse_profile", "RUNTIME_FOR_FORMAT"]

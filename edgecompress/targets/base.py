@@ -1,0 +1,184 @@
+"""What every transport shares: how a device is reached (config as data), ExecResult, the interface, the URL parser.
+
+A transport never raises on a non-zero exit, an unreachable host or a timeout: it returns an ExecResult that
+carries the device's returncode and stderr (TVM's RunnerResult idea), so a fleet run reports one broken Pi
+as a row in the results instead of losing the other devices' numbers to a traceback.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.parse
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgecompress.errors import UserInputError
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalReach(_Cfg):
+    kind: Literal["local"] = "local"
+    python: Optional[str] = Field(None, description="interpreter for the agent; default: the one running edgecompress")
+
+
+class SshReach(_Cfg):
+    kind: Literal["ssh"] = "ssh"
+    host: str = Field(..., min_length=1)
+    user: Optional[str] = None
+    port: int = Field(22, ge=1, le=65535)
+    key: Optional[str] = Field(None, description="identity file (ssh -i); default: ssh's own choice / agent")
+    known_hosts: Optional[str] = Field(None, description="UserKnownHostsFile; host key checking stays on")
+    workdir: str = Field("/tmp", description="parent of the per-run directory made with mktemp -d")
+    python: str = "python3"
+    connect_timeout_s: int = Field(10, ge=1)
+
+
+class AdbReach(_Cfg):
+    kind: Literal["adb"] = "adb"
+    serial: Optional[str] = Field(None, description="adb -s SERIAL; None = the only attached device")
+    workdir: str = Field("/data/local/tmp", description="the one world-writable place on a stock phone")
+    # A stock Android has no Python: Termux's is the usual one (run as the shell user it needs a readable path).
+    python: str = "python3"
+    adb: str = Field("adb", description="adb executable")
+
+
+Reach = Annotated[Union[LocalReach, SshReach, AdbReach], Field(discriminator="kind")]
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    duration_s: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def stderr_tail(self, lines: int = 8, chars: int = 1500) -> str:
+        tail = "\n".join(self.stderr.strip().splitlines()[-lines:])
+        return tail[-chars:]
+
+
+def run_local(argv: list[str], timeout_s: float, cwd: Optional[str] = None, env: Optional[dict] = None) -> ExecResult:
+    """subprocess.run as data: missing executable -> 127, timeout -> timed_out (the child is killed)."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s,
+                           stdin=subprocess.DEVNULL)
+        return ExecResult(p.returncode, p.stdout, p.stderr, time.perf_counter() - t0)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return ExecResult(124, out, err + f"\ntimed out after {timeout_s:g} s", time.perf_counter() - t0, True)
+    except OSError as e:  # executable not found / not executable
+        return ExecResult(127, "", f"cannot run {argv[0]!r}: {e}", time.perf_counter() - t0)
+
+
+class Transport(ABC):
+    """push / exec / pull against a per-run working directory on the device; a context manager that cleans up."""
+
+    kind: str
+    reach: BaseModel
+
+    @property
+    @abstractmethod
+    def workdir(self) -> str:
+        """The device path every remote_rel is relative to (created on first use)."""
+
+    @property
+    @abstractmethod
+    def python(self) -> str:
+        """The interpreter that runs the agent on the device."""
+
+    @abstractmethod
+    def push(self, local_path: Path, remote_rel: str) -> ExecResult: ...
+
+    @abstractmethod
+    def exec(self, argv: list[str], timeout_s: float) -> ExecResult:
+        """Run argv with the workdir as the current directory."""
+
+    @abstractmethod
+    def pull(self, remote_rel: str, local_path: Path) -> ExecResult: ...
+
+    @abstractmethod
+    def cleanup(self) -> None:
+        """Remove the workdir; never raises."""
+
+    def describe(self) -> str:
+        return self.kind
+
+    def has_workdir(self) -> bool:
+        """Whether the device workdir exists (False after a failed connect), without trying to connect again."""
+        return True
+
+    def __enter__(self) -> "Transport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+def make_transport(reach) -> Transport:
+    import importlib
+
+    from edgecompress.registry import TRANSPORTS
+    # Import the module by kind first: Registry._load marks itself loaded before its imports finish, so a second
+    # thread (bench_fleet) could see a half-filled registry. The kinds are a closed Literal, so this is safe.
+    importlib.import_module(f"edgecompress.targets.{reach.kind}")
+    return TRANSPORTS.get(reach.kind)(reach)
+
+
+_QUERY_FIELDS = {"ssh": {"key", "known_hosts", "workdir", "python", "connect_timeout_s"},
+                 "adb": {"workdir", "python", "adb"}, "local": {"python"}}
+
+
+def parse_target(url: str, profile_reach=None):
+    """`local` | `ssh://[user@]host[:port][?key=..&known_hosts=..&python=..&workdir=..]` | `adb://[SERIAL][?...]`.
+
+    Fields the URL leaves out come from the profile's reach when it is of the same kind (key, workdir, python),
+    so `--target ssh://pi@10.0.0.7` reuses the rpi4 profile's settings for another board of the same kind.
+    """
+    url = url.strip()
+    if url == "local":
+        base = profile_reach.model_dump() if isinstance(profile_reach, LocalReach) else {}
+        return LocalReach(**base)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ssh", "adb", "local"):
+        raise UserInputError(f"target {url!r}: expected local, ssh://user@host:port or adb://SERIAL")
+    kind = parts.scheme
+    base = profile_reach.model_dump() if profile_reach is not None and profile_reach.kind == kind else {}
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    unknown = set(query) - _QUERY_FIELDS[kind]
+    if unknown:
+        raise UserInputError(f"target {url!r}: unknown option(s) {sorted(unknown)}; known: {sorted(_QUERY_FIELDS[kind])}")
+    fields = {**base, **query, "kind": kind}
+    try:
+        if kind == "ssh":
+            if not parts.hostname:
+                raise UserInputError(f"target {url!r}: no host; expected ssh://user@host:port")
+            fields["host"] = parts.hostname
+            if parts.username:
+                fields["user"] = urllib.parse.unquote(parts.username)
+            if parts.port:
+                fields["port"] = parts.port
+            return SshReach(**fields)
+        if kind == "adb":
+            if parts.netloc:
+                fields["serial"] = urllib.parse.unquote(parts.netloc)
+            return AdbReach(**fields)
+        return LocalReach(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserInputError(f"target {url!r}: field '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+    except ValueError as e:  # urllib: port out of range / not a number
+        raise UserInputError(f"target {url!r}: {e}") from None

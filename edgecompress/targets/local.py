@@ -1,0 +1,61 @@
+"""Local transport: the "device" is this machine; a temp directory stands in for the device workdir.
+
+Files are copied, not linked, so load_ms includes reading a file the agent's process has not mapped before,
+as it would on a device.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from edgecompress.registry import TRANSPORTS
+from edgecompress.targets.base import ExecResult, LocalReach, Transport, run_local
+
+
+@TRANSPORTS.register("local")
+class LocalTransport(Transport):
+    kind = "local"
+
+    def __init__(self, reach: Optional[LocalReach] = None):
+        self.reach = reach or LocalReach()
+        self._workdir: Optional[str] = None
+
+    @property
+    def workdir(self) -> str:
+        if self._workdir is None:
+            self._workdir = tempfile.mkdtemp(prefix="edgecompress-bench-")
+        return self._workdir
+
+    @property
+    def python(self) -> str:
+        return self.reach.python or sys.executable
+
+    def push(self, local_path: Path, remote_rel: str) -> ExecResult:
+        t0 = time.perf_counter()
+        try:
+            dest = Path(self.workdir) / remote_rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local_path, dest)
+            return ExecResult(0, "", "", time.perf_counter() - t0)
+        except OSError as e:
+            return ExecResult(1, "", f"push {local_path} -> {remote_rel}: {e}", time.perf_counter() - t0)
+
+    def exec(self, argv: list[str], timeout_s: float) -> ExecResult:
+        return run_local(list(argv), timeout_s, cwd=self.workdir)
+
+    def pull(self, remote_rel: str, local_path: Path) -> ExecResult:
+        t0 = time.perf_counter()
+        try:
+            shutil.copyfile(Path(self.workdir) / remote_rel, local_path)
+            return ExecResult(0, "", "", time.perf_counter() - t0)
+        except OSError as e:
+            return ExecResult(1, "", f"pull {remote_rel} -> {local_path}: {e}", time.perf_counter() - t0)
+
+    def cleanup(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None

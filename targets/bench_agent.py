@@ -1,0 +1,446 @@
+#!/usr/bin/env python3
+"""edgecompress bench agent: runs ON the device, measures one model file, prints ONE JSON line on stdout.
+
+Self-contained on purpose: it is copied to a Raspberry Pi or a phone alone, so it uses the standard library plus
+the one runtime it is asked for (imported lazily). numpy comes with onnxruntime and the TFLite interpreters;
+torch is imported only for lite_interpreter (.ptl has no other Python runtime) and executorch (its Python runtime
+takes torch tensors).
+
+    python3 bench_agent.py --model m.onnx --io io.json --runtime onnxruntime --threads 1 --warmup-runs 5 --runs 50
+
+Measurement semantics (docs/benchmarking.md has the long form, modelled on TFLite's benchmark_model):
+  import_ms           importing the runtime's Python module (reported apart: an app links the runtime in)
+  load_ms             wall time to create the session / load the program from the file
+  first_inference_ms  the first call after load (allocations, lazy packing of weights); on --expected inputs if given
+  warmup              --warmup-runs calls, not recorded
+  runs                at least --runs calls and at least --min-time-s seconds; each call timed with perf_counter
+  percentiles         linear interpolation between closest ranks, numpy's default 'linear' method
+  std_ms              population standard deviation (ddof=0, numpy's default)
+  peak_rss_mb         high-water mark of resident memory of this process (runtime + model + Python), MiB
+Errors are one JSON line too: {"ok": false, "error": "..."} and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+
+# libgomp/OpenMP threads busy-wait by default; on a 2-vCPU box that slowed onnxruntime 3x in the same process.
+# Must be set before any runtime library loads, i.e. here, before the lazy imports below.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+AGENT_VERSION = 1
+RUNTIMES = ("onnxruntime", "executorch", "lite_interpreter", "tflite")
+ENV_KNOBS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY",
+             "GOMP_CPU_AFFINITY")
+
+
+class AgentError(Exception):
+    """A failure reported as the one JSON line: {"ok": false, "error": ...}."""
+
+
+# ---------------------------------------------------------------- statistics (stdlib; tested against numpy)
+
+def percentile(values, q):
+    """numpy.percentile(values, q) with the default method='linear': rank (n-1)*q/100, interpolated."""
+    if not values:
+        raise ValueError("percentile of no values")
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summarize(times_ms):
+    n = len(times_ms)
+    mean = sum(times_ms) / n
+    std = math.sqrt(sum((t - mean) ** 2 for t in times_ms) / n)  # ddof=0, like numpy.std
+    r = lambda v: round(v, 4)  # noqa: E731
+    return {"p50_ms": r(percentile(times_ms, 50)), "p90_ms": r(percentile(times_ms, 90)),
+            "p99_ms": r(percentile(times_ms, 99)), "mean_ms": r(mean), "std_ms": r(std),
+            "min_ms": r(min(times_ms)), "max_ms": r(max(times_ms)), "runs": n}
+
+
+# ---------------------------------------------------------------- memory
+
+def peak_rss_mb():
+    """Peak resident set size of this process in MiB, or None where the OS does not say."""
+    try:  # Linux and Android: VmHWM is the RSS high-water mark, in kB
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 2)
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is bytes on macOS/iOS but kilobytes on Linux and the BSDs.
+    return round(rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0, 2)
+
+
+def parse_cpu_list(text):
+    """'4-7,9' -> {4, 5, 6, 7, 9} (the taskset/cpuset syntax)."""
+    cpus = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            cpus.update(range(int(a), int(b) + 1))
+        else:
+            cpus.add(int(part))
+    if not cpus:
+        raise AgentError(f"--cpu-list {text!r} names no CPU")
+    return cpus
+
+
+# ---------------------------------------------------------------- inputs
+
+def random_inputs(io, batch, seq_len, seed):
+    """Random token ids in [min(1000, vocab-1), vocab): never BERT's special ids, so no accidental [PAD]; mask all ones.
+
+    Same id range as IOSpec.example_inputs on the host, but Python's `random`, so no numpy is needed here.
+    """
+    rng = random.Random(seed)
+    vocab = int(io["vocab_size"])
+    low = min(1000, vocab - 1)
+    out = {}
+    for name in io["input_names"]:
+        if "mask" in name:
+            out[name] = [[1] * seq_len for _ in range(batch)]
+        elif "token_type" in name:
+            out[name] = [[0] * seq_len for _ in range(batch)]
+        else:
+            out[name] = [[rng.randrange(low, vocab) for _ in range(seq_len)] for _ in range(batch)]
+    return out
+
+
+def read_samples(path, io):
+    """--inputs: {name: [[...]]} or a list of such dicts (real tokenized samples), cycled over the runs."""
+    with open(path) as f:
+        data = json.load(f)
+    samples = data if isinstance(data, list) else [data]
+    if not samples:
+        raise AgentError(f"{path}: no samples")
+    for i, s in enumerate(samples):
+        missing = [n for n in io["input_names"] if n not in s]
+        if missing:
+            raise AgentError(f"{path}: sample {i} lacks inputs {missing}")
+    return samples
+
+
+def shape_of(sample):
+    first = next(iter(sample.values()))
+    return len(first), len(first[0])
+
+
+# ---------------------------------------------------------------- runtimes: load(path, threads, io) -> (run, version, notes)
+
+def _load_onnxruntime(path, threads, io):
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1  # one BERT graph has no parallel branches worth a second pool
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+    declared = {i.name for i in sess.get_inputs()}
+    names = [n for n in io["input_names"] if n in declared]
+    dtype = np.dtype(io.get("input_dtype", "int64"))
+    out_name = io.get("output_name")
+    outputs = [out_name] if out_name in {o.name for o in sess.get_outputs()} else None
+
+    def prepare(sample):
+        return {n: np.asarray(sample[n], dtype=dtype) for n in names}
+
+    def run(feed):
+        return sess.run(outputs, feed)[0]
+
+    return prepare, run, ort.__version__, {"intra_op_num_threads": threads}
+
+
+def _load_executorch(path, threads, io):
+    import torch
+    from executorch.runtime import Runtime
+
+    notes = {}
+    try:
+        # Best effort: resizes ExecuTorch's shared threadpool (XNNPACK's delegate uses it). Private API, may move.
+        from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+        _unsafe_reset_threadpool(threads)
+        notes["threadpool_threads"] = int(_threadpool_get_thread_count())
+    except Exception as e:  # noqa: BLE001 - any failure here only means the default pool size is used
+        notes["threadpool_threads"] = f"not set: {type(e).__name__}"
+    torch.set_num_threads(threads)
+    method = Runtime.get().load_program(path).load_method("forward")
+    dtype = getattr(torch, io.get("input_dtype", "int64"))
+
+    def prepare(sample):
+        return [torch.tensor(sample[n], dtype=dtype) for n in io["input_names"]]
+
+    def run(args):
+        return method.execute(args)[0]
+
+    return prepare, run, _version("executorch"), notes
+
+
+def _load_lite_interpreter(path, threads, io):
+    import torch
+
+    torch.set_num_threads(threads)
+    module = torch.jit._load_for_lite_interpreter(path)
+    dtype = getattr(torch, io.get("input_dtype", "int64"))
+
+    def prepare(sample):
+        return [torch.tensor(sample[n], dtype=dtype) for n in io["input_names"]]
+
+    def run(args):
+        out = module(*args)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    return prepare, run, torch.__version__, {"torch_num_threads": torch.get_num_threads()}
+
+
+def _load_tflite(path, threads, io):
+    import numpy as np
+
+    try:  # ai-edge-litert is the maintained one; tflite-runtime 2.14 silently outputs zeros for int8 on numpy 2
+        from ai_edge_litert.interpreter import Interpreter
+        dist = "ai-edge-litert"
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+            dist = "tflite-runtime"
+        except ImportError:
+            from tensorflow.lite import Interpreter  # type: ignore
+            dist = "tensorflow"
+    interp = Interpreter(model_path=path, num_threads=threads)
+    details = interp.get_input_details()
+
+    def index_for(name):
+        for d in details:  # converters rename inputs, e.g. "serving_default_input_ids:0"
+            if d["name"] == name or name in d["name"]:
+                return d
+        raise AgentError(f"tflite model has no input like {name!r}; it has {[d['name'] for d in details]}")
+
+    slots = [(n, index_for(n)) for n in io["input_names"]]
+    state = {"shape": None}
+
+    def prepare(sample):
+        return [(d, np.asarray(sample[n], dtype=d["dtype"])) for n, d in slots]
+
+    def run(feed):
+        shape = tuple(feed[0][1].shape)
+        if state["shape"] != shape:
+            for d, arr in feed:
+                interp.resize_tensor_input(d["index"], arr.shape)
+            interp.allocate_tensors()
+            state["shape"] = shape
+        for d, arr in feed:
+            interp.set_tensor(d["index"], arr)
+        interp.invoke()
+        return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+    return prepare, run, f"{dist} {_version(dist)}", {"num_threads": threads}
+
+
+# Imported (and timed as import_ms) before load_ms starts: importing torch alone takes seconds on a Pi, which is
+# a cost of the Python harness, not of loading the model in an app that already has the runtime linked in.
+IMPORTS = {"onnxruntime": ("onnxruntime", "numpy"), "executorch": ("torch", "executorch.runtime"),
+           "lite_interpreter": ("torch",), "tflite": ("numpy",)}
+LOADERS = {"onnxruntime": _load_onnxruntime, "executorch": _load_executorch,
+           "lite_interpreter": _load_lite_interpreter, "tflite": _load_tflite}
+
+
+def _version(dist):
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def to_rows(out):
+    """Any runtime's output (numpy array, torch tensor) -> list of rows of floats, without requiring numpy here."""
+    if hasattr(out, "detach"):
+        out = out.detach().float().numpy()
+    rows = out.tolist() if hasattr(out, "tolist") else out
+    if rows and not isinstance(rows[0], list):
+        rows = [rows]
+    return [[float(v) for v in row] for row in rows]
+
+
+# ---------------------------------------------------------------- expected-output check
+
+def check_expected(expected, got_rows):
+    """Compare the first inference with reference logits; returns details, raises AgentError on a mismatch.
+
+    A mismatch is an error, not a number: a runtime returning zeros (tflite-runtime int8 on numpy 2) is fast.
+    """
+    want = expected["logits"]
+    if len(want) != len(got_rows) or any(len(a) != len(b) for a, b in zip(want, got_rows)):
+        raise AgentError(f"output shape {[len(r) for r in got_rows]} != expected {[len(r) for r in want]}")
+    flat = [v for row in got_rows for v in row]
+    if any(math.isnan(v) or math.isinf(v) for v in flat):
+        raise AgentError("output mismatch: runtime returned NaN/inf")
+    if all(v == 0.0 for v in flat) and any(v != 0.0 for row in want for v in row):
+        raise AgentError("output mismatch: runtime returned all zeros")
+    max_abs = max(abs(a - b) for ra, rb in zip(want, got_rows) for a, b in zip(ra, rb))
+    argmax = lambda row: max(range(len(row)), key=row.__getitem__)  # noqa: E731
+    agree = sum(argmax(a) == argmax(b) for a, b in zip(want, got_rows)) / len(want)
+    atol = expected.get("atol")
+    min_agree = expected.get("min_argmax_agreement")
+    if atol is None and min_agree is None:
+        atol = 1e-3
+    if atol is not None and max_abs > atol:
+        raise AgentError(f"output mismatch: max abs diff {max_abs:.4g} > atol {atol} (argmax agreement {agree:.3f})")
+    if min_agree is not None and agree < min_agree:
+        raise AgentError(f"output mismatch: argmax agreement {agree:.3f} < {min_agree} (max abs diff {max_abs:.4g})")
+    return {"max_abs_diff": round(max_abs, 6), "argmax_agreement": round(agree, 4)}
+
+
+def expected_inputs(expected, io, batch, seq_len, seed):
+    if "inputs" in expected:
+        return expected["inputs"]
+    return random_inputs(io, int(expected.get("batch", batch)), int(expected.get("seq_len", seq_len)),
+                         int(expected.get("seed", seed)))
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="edgecompress on-device bench agent (prints one JSON line)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--io", required=True, help="io.json written by the exporter beside the model")
+    p.add_argument("--runtime", required=True, choices=RUNTIMES)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup-runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--min-time-s", type=float, default=0.0, help="keep running past --runs until this much time")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=None, help="default: min(128, io.json max_seq_len)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inputs", help="JSON of real tokenized samples instead of random ids")
+    p.add_argument("--expected", help="JSON with inputs (or seed+batch+seq_len) and reference logits")
+    p.add_argument("--extra-file", action="append", default=[], help="sidecar counted in file_mb (ONNX external data)")
+    p.add_argument("--cpu-list", help="pin to these CPUs, e.g. 4-7 (the big cores of a big.LITTLE SoC)")
+    return p.parse_args(argv)
+
+
+def bench(args):
+    for name, v in (("--threads", args.threads), ("--runs", args.runs)):
+        if v < 1:
+            raise AgentError(f"{name} must be >= 1, got {v}")
+    if args.warmup_runs < 0:
+        raise AgentError(f"--warmup-runs must be >= 0, got {args.warmup_runs}")
+    if not os.path.isfile(args.model):
+        raise AgentError(f"model file not found: {args.model}")
+    with open(args.io) as f:
+        io = json.load(f)
+    seq_len = args.seq_len or min(128, int(io.get("max_seq_len", 128)))
+
+    pinned = None
+    if args.cpu_list:
+        if not hasattr(os, "sched_setaffinity"):
+            raise AgentError("--cpu-list needs os.sched_setaffinity (Linux/Android only)")
+        os.sched_setaffinity(0, parse_cpu_list(args.cpu_list))
+        pinned = sorted(os.sched_getaffinity(0))
+
+    if args.inputs:
+        samples = read_samples(args.inputs, io)
+        batch, seq_len = shape_of(samples[0])
+    else:
+        batch = args.batch
+        samples = [random_inputs(io, batch, seq_len, args.seed)]
+    expected = None
+    if args.expected:
+        with open(args.expected) as f:
+            expected = json.load(f)
+
+    try:
+        t0 = time.perf_counter()
+        for mod in IMPORTS[args.runtime]:
+            importlib.import_module(mod)
+        import_ms = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        prepare, run, version, runtime_notes = LOADERS[args.runtime](args.model, args.threads, io)
+        load_ms = (time.perf_counter() - t0) * 1e3
+    except ImportError as e:
+        raise AgentError(f"runtime {args.runtime} is not installed on this device: {e}") from None
+
+    feeds = [prepare(s) for s in samples]
+    first_feed = prepare(expected_inputs(expected, io, batch, seq_len, args.seed)) if expected else feeds[0]
+    t0 = time.perf_counter()
+    first_out = run(first_feed)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    check = check_expected(expected, to_rows(first_out)) if expected else None
+
+    for i in range(args.warmup_runs):
+        run(feeds[i % len(feeds)])
+    times = []
+    start = time.perf_counter()
+    while len(times) < args.runs or time.perf_counter() - start < args.min_time_s:
+        feed = feeds[len(times) % len(feeds)]
+        t0 = time.perf_counter()
+        run(feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+
+    file_bytes = os.path.getsize(args.model) + sum(os.path.getsize(p) for p in args.extra_file)
+    result = {"ok": True, "agent_version": AGENT_VERSION, "runtime": args.runtime, "runtime_version": version,
+              "model": os.path.basename(args.model), "file_mb": round(file_bytes / 2 ** 20, 3),
+              "batch": batch, "seq_len": seq_len, "threads": args.threads, "warmup_runs": args.warmup_runs,
+              "min_time_s": args.min_time_s, "inputs": "samples" if args.inputs else f"random(seed={args.seed})",
+              "import_ms": round(import_ms, 3), "load_ms": round(load_ms, 3), "first_inference_ms": round(first_ms, 3)}
+    result.update(summarize(times))
+    result["measure_s"] = round(time.perf_counter() - start, 3)
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["runtime_threads"] = runtime_notes
+    result["cpu_list"] = pinned
+    result["env"] = {k: os.environ.get(k) for k in ENV_KNOBS if os.environ.get(k) is not None}
+    if check:
+        result["expected_check"] = check
+    result.update({"python": platform.python_version(), "machine": platform.machine(), "system": platform.system(),
+                   "release": platform.release(), "node": platform.node(), "cpu_count": os.cpu_count()})
+    return result
+
+
+def main(argv=None):
+    # Native runtimes may print to fd 1; the contract is exactly one JSON line on stdout, so everything else
+    # written to fd 1 goes to stderr while the agent runs and the JSON goes to the saved stdout.
+    sys.stdout.flush()
+    saved_fd = os.dup(1)
+    os.dup2(2, 1)
+    py_stdout, sys.stdout = sys.stdout, sys.stderr
+    code = 0
+    try:
+        result = bench(parse_args(argv))
+    except SystemExit as e:  # argparse: usage already went to stderr
+        result, code = {"ok": False, "error": f"bad arguments (exit {e.code}); see stderr"}, 2
+    except AgentError as e:
+        result, code = {"ok": False, "error": str(e)}, 1
+    except Exception as e:  # noqa: BLE001 - a runtime's own failure, reported as data
+        first = (str(e).strip().splitlines() or [""])[0][:500]
+        result, code = {"ok": False, "error": f"{type(e).__name__}: {first}"}, 1
+    sys.stderr.flush()
+    os.dup2(saved_fd, 1)  # restore, so importing and calling main() in a test leaves the process as it was
+    os.close(saved_fd)
+    sys.stdout = py_stdout
+    sys.stdout.write(json.dumps(result, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Fixtures for the device-side tests: a tiny hand-built ONNX classifier with BERT's IO names.
+
+A hand-built graph (Gather -> masked mean -> MatMul) loads in milliseconds, where a torch.onnx.export of even a
+2-layer BERT takes seconds; the agent only needs the IO contract (input_ids, attention_mask) -> logits.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+VOCAB, HIDDEN, LABELS = 1100, 8, 2
+IO = {"vocab_size": VOCAB, "num_labels": LABELS, "max_seq_len": 128, "input_names": ["input_ids", "attention_mask"],
+      "output_name": "logits", "input_dtype": "int64", "pad_token_id": 0, "example_batch": 2, "example_seq_len": 32}
+
+
+def build_tiny_onnx(path: Path, zero_output: bool = False) -> None:
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((HIDDEN, LABELS)).astype(np.float32)
+    inits = [numpy_helper.from_array(rng.standard_normal((VOCAB, HIDDEN)).astype(np.float32), "emb"),
+             numpy_helper.from_array(w * 0 if zero_output else w, "W"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "ax1"),
+             numpy_helper.from_array(np.array([2], dtype=np.int64), "ax2")]
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["g"]),
+             helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["mf", "ax2"], ["mu"]),
+             helper.make_node("Mul", ["g", "mu"], ["gm"]),
+             helper.make_node("ReduceMean", ["gm", "ax1"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "W"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"]),
+                        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", LABELS])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("tiny")
+    build_tiny_onnx(d / "model.onnx")
+    (d / "io.json").write_text(json.dumps(IO))
+    return d / "model.onnx", d / "io.json"
+
+
+@pytest.fixture(scope="session")
+def zero_model(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("zero")
+    build_tiny_onnx(d / "model.onnx", zero_output=True)
+    return d / "model.onnx"
+
+
+# ---------------------------------------------------------------- a real sshd on 127.0.0.1
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """Throwaway OpenSSH server on a free port: fresh host + user keys, key-only login, known_hosts for the client.
+
+    Yields an SshReach for the current user. Skipped only when the server binary is absent (.ci/install-system-deps
+    installs it).
+    """
+    import getpass
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    if not SSHD.exists():
+        pytest.skip(f"{SSHD} not installed (apt-get install openssh-server; see .ci/install-system-deps)")
+    from edgecompress.targets.base import SshReach
+
+    # setup
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
+    port = _free_port()
+    sftp = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
+                             "/usr/libexec/sftp-server") if Path(p).exists()), "internal-sftp")
+    (d / "sshd_config").write_text(f"""
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {d / 'host_key'}
+PidFile {d / 'sshd.pid'}
+AuthorizedKeysFile {d / 'authorized_keys'}
+# the temp dir is not root-owned 0755 all the way up, which StrictModes would reject
+StrictModes no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+# scp in OpenSSH >= 9 speaks SFTP
+Subsystem sftp {sftp}
+LogLevel ERROR
+""")
+    Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None  # privilege-separation dir
+    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"sshd exited: {proc.stderr.read().decode()[-500:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    host_pub = " ".join((d / "host_key.pub").read_text().split()[:2])
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    try:
+        yield SshReach(host="127.0.0.1", user=getpass.getuser(), port=port, key=str(d / "user_key"),
+                       known_hosts=str(d / "known_hosts"), workdir=str(d / "remote"), python=sys.executable,
+                       connect_timeout_s=5)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
