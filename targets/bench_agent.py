@@ -302,6 +302,8 @@ def check_expected(expected, got_rows):
     agree = sum(argmax(a) == argmax(b) for a, b in zip(want, got_rows)) / len(want)
     atol = expected.get("atol")
     min_agree = expected.get("min_argmax_agreement")
+    if expected.get("argmax_must_match"):
+        min_agree = 1.0
     if atol is None and min_agree is None:
         atol = 1e-3
     if atol is not None and max_abs > atol:

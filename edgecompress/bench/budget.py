@@ -58,7 +58,8 @@ def check_result(result: Mapping, budget: Budget, device: str, artifact: str) ->
         limit = getattr(budget, bfield)
         if limit is None:
             continue
-        if metric != "accuracy_drop" and not result.get("ok", False):
+        # No "ok" key = a row assembled from stored metrics (the pipeline's report), not a raw bench result.
+        if metric != "accuracy_drop" and not result.get("ok", True):
             checks.append(Check(device, artifact, metric, "error", f"bench failed: {result.get('error')} {where}",
                                 limit=limit))
             continue
@@ -74,9 +75,22 @@ def check_result(result: Mapping, budget: Budget, device: str, artifact: str) ->
     return checks
 
 
-def check_budgets(results: Iterable[Mapping], profile: DeviceProfile,
-                  overrides: Optional[Mapping[str, Budget]] = None) -> list[Check]:
-    """Budgets for each result from profile.budget_for(artifact key), a recipe's override per key winning."""
+def check_budgets(result: Mapping, profile: DeviceProfile, key: str, override: Optional[Budget] = None,
+                  device: Optional[str] = None) -> list[Check]:
+    """The misses (fail or error) of ONE result against profile.budget_for(key) (+ a recipe's override).
+
+    What the pipeline's report calls: each returned Check's .message is a line like
+    `p90_ms 41.2 > budget 40 (rpi4, onnx-int8)`.
+    """
+    budget = profile.budget_for(key, override)
+    checks = check_result(result, budget, device or result.get("device") or profile.name, key)
+    return [c for c in checks if c.status in ("fail", "error")]
+
+
+def evaluate_budgets(results: Iterable[Mapping], profile: DeviceProfile,
+                     overrides: Optional[Mapping[str, Budget]] = None) -> list[Check]:
+    """Every check (pass too) for many results, for JUnit: budgets from profile.budget_for(budget_key or artifact),
+    a recipe's override per key (or "default") winning."""
     checks: list[Check] = []
     for r in results:
         # budget_key is FORMAT-PRECISION; artifact may carry a suffix to tell two artifacts of one kind apart.

@@ -90,12 +90,13 @@ def _artifact_item(d: Path, profile, threads: Optional[int]):
     except (OSError, ValueError) as e:
         raise UserInputError(f"{d}: unreadable manifest.json ({e})") from None
     cfg = manifest.get("config") or {}
-    fmt, precision = cfg.get("format"), cfg.get("precision")
+    metrics = manifest.get("metrics") or {}
+    fmt, precision = cfg.get("format") or metrics.get("format"), cfg.get("precision") or metrics.get("precision")
     if fmt not in SUFFIX or not precision:
         raise UserInputError(f"{d}/manifest.json: config.format / config.precision missing or unknown "
                              f"(got {fmt!r}, {precision!r}); is this an export artifact?")
     listed = [d / rel for rel in manifest.get("files", {})]
-    named = manifest.get("model_file") or cfg.get("model_file") or cfg.get("file")
+    named = manifest.get("model_file") or cfg.get("file") or metrics.get("file")
     if named:
         model = d / named
     else:  # the one listed file of the format's own type; sidecars (.onnx.data) have another suffix
@@ -106,10 +107,11 @@ def _artifact_item(d: Path, profile, threads: Optional[int]):
     io = d / "io.json"
     if not model.is_file() or not io.is_file():
         raise UserInputError(f"{d}: missing {model.name if not model.is_file() else 'io.json'}")
-    metrics = manifest.get("metrics") or {}
     meta = {"format": fmt, "precision": precision, "budget_key": f"{fmt}-{precision}",
             "artifact_id": manifest.get("id"), "artifact_dir": str(d)}
     meta.update({k: metrics[k] for k in ACCURACY_KEYS if metrics.get(k) is not None})
+    if "accuracy" not in meta and metrics.get("test_accuracy") is not None:  # the pipeline's export metrics
+        meta["accuracy"] = metrics["test_accuracy"]
     expected = d / "expected.json"
     return BenchItem(key=f"{fmt}-{precision}", model_file=model, io_json=io, runtime=_runtime(profile, fmt),
                      threads=threads or profile.runtimes[fmt].threads,
@@ -214,11 +216,11 @@ def _cmd_check(args) -> int:
 
 
 def _verdict(doc: dict, profile, args, quiet_table: bool = False) -> int:
-    from edgecompress.bench.budget import check_budgets, compare_baseline, read_results
+    from edgecompress.bench.budget import compare_baseline, evaluate_budgets, read_results
     from edgecompress.bench.report import write_junit, write_markdown
 
     results = doc["results"]
-    checks = check_budgets(results, profile)
+    checks = evaluate_budgets(results, profile)
     if args.baseline:
         checks += compare_baseline(results, read_results(args.baseline)["results"], args.max_regression_pct)
     if args.junit:

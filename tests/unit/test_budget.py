@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from edgecompress.bench.budget import check_budgets, check_result, compare_baseline
+from edgecompress.bench.budget import check_budgets, check_result, compare_baseline, evaluate_budgets
 from edgecompress.bench.report import junit_xml, markdown_summary
 from edgecompress.profiles import Budget, load_profile
 
@@ -20,7 +20,7 @@ def test_p90_over_budget_fails_with_exact_message():
     profile = load_profile("rpi4")
 
     # execute
-    checks = check_budgets([_result(p90_ms=41.2)], profile)
+    checks = evaluate_budgets([_result(p90_ms=41.2)], profile)
 
     # assert
     failed = [c for c in checks if c.status == "fail"]
@@ -30,7 +30,7 @@ def test_p90_over_budget_fails_with_exact_message():
 
 def test_within_budget_passes():
     # execute
-    checks = check_budgets([_result()], load_profile("rpi4"))
+    checks = evaluate_budgets([_result()], load_profile("rpi4"))
 
     # assert
     assert all(c.status == "pass" for c in checks)
@@ -55,8 +55,8 @@ def test_accuracy_drop_from_accuracy_and_reference_and_recipe_override():
     r = _result(accuracy_drop=None, accuracy=0.80, reference_accuracy=0.85)
 
     # execute
-    default = check_budgets([r], load_profile("rpi4"))
-    strict = check_budgets([r], load_profile("rpi4"), overrides={"onnx-int8": Budget(max_accuracy_drop=0.01)})
+    default = evaluate_budgets([r], load_profile("rpi4"))
+    strict = evaluate_budgets([r], load_profile("rpi4"), overrides={"onnx-int8": Budget(max_accuracy_drop=0.01)})
 
     # assert
     acc = lambda cs: next(c for c in cs if c.metric == "accuracy_drop")  # noqa: E731
@@ -66,7 +66,7 @@ def test_accuracy_drop_from_accuracy_and_reference_and_recipe_override():
 
 def test_failed_bench_is_an_error_per_budget_not_a_pass():
     # execute
-    checks = check_budgets([{"ok": False, "device": "rpi4", "artifact": "onnx-int8", "error": "ssh: refused"}],
+    checks = evaluate_budgets([{"ok": False, "device": "rpi4", "artifact": "onnx-int8", "error": "ssh: refused"}],
                            load_profile("rpi4"))
 
     # assert
@@ -92,7 +92,7 @@ def test_junit_xml_has_one_testcase_per_device_artifact_metric():
     # setup
     results = [_result(p90_ms=41.2), _result(artifact="pte-int8", budget_key="pte-int8"),
                {"ok": False, "device": "rpi4", "artifact": "ptl-int8", "error": "timeout"}]
-    checks = check_budgets(results, load_profile("rpi4"))
+    checks = evaluate_budgets(results, load_profile("rpi4"))
 
     # execute
     root = ET.fromstring(junit_xml(checks))
@@ -114,9 +114,22 @@ def test_markdown_summary_lists_misses_and_failures():
     doc = {"profile": "rpi4", "results": results}
 
     # execute
-    md = markdown_summary(doc, check_budgets(results, load_profile("rpi4")))
+    md = markdown_summary(doc, evaluate_budgets(results, load_profile("rpi4")))
 
     # assert
     assert "| rpi4 | onnx-int8 | – | 41.2 |" in md and "budget missed" in md
     assert "- p90_ms 41.2 > budget 40 (rpi4, onnx-int8)" in md
     assert "- device failure (rpi4, ptl-int8): timeout" in md
+
+
+def test_check_budgets_for_one_row_returns_only_the_misses():
+    # setup: a report row assembled from stored metrics has no "ok" key and no device
+    row = {"format": "onnx", "precision": "int8", "p90_ms": 41.2, "peak_rss_mb": 100.0, "file_mb": 20.0}
+
+    # execute
+    misses = check_budgets(row, load_profile("rpi4"), "onnx-int8")
+    none = check_budgets(dict(row, p90_ms=12.0), load_profile("rpi4"), "onnx-int8")
+
+    # assert
+    assert [m.message for m in misses] == ["p90_ms 41.2 > budget 40 (rpi4, onnx-int8)"]
+    assert none == []
