@@ -49,6 +49,12 @@ def _load_model(art: Artifact):
                                                               use_safetensors=True).eval()
 
 
+def _load_tokenizer(art: Artifact):
+    # Each model artifact carries its own tokenizer: vocabulary trimming changes the ids downstream of it.
+    from edgecompress.modeling import load_tokenizer
+    return load_tokenizer(art.path / "model")
+
+
 def _write_metrics(tmp: Path, metrics: dict) -> None:
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
 
@@ -124,6 +130,7 @@ class Runner:
             torch.manual_seed(self.recipe.seed + index)
             model = teacher_model if cfg.kind == "distill" else _load_model(parent)
             ctx.metrics = {}
+            ctx.tokenizer = _load_tokenizer(parent)  # a stage may replace it (vocabulary trimming)
             out = fn(model, cfg, ctx)
             _save_model(out, ctx.tokenizer, tmp / "model")
             _write_metrics(tmp, ctx.metrics)
@@ -143,6 +150,7 @@ class Runner:
             import torch
             torch.manual_seed(r.seed)
             model = _load_model(parent)
+            ctx.tokenizer = _load_tokenizer(parent)
             exporter = EXPORTERS.get(fmt)()
             io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels,
                         max_seq_len=r.export.max_seq_len, pad_token_id=ctx.tokenizer.pad_token_id or 0)
@@ -195,7 +203,7 @@ class Runner:
         self._data_id = fingerprint(r.data)
         splits = load_splits(r.data)
         tokenizer = load_tokenizer(self.plan.teacher_dir)
-        ctx = StageContext(splits, tokenizer, r.data.max_seq_len, r.seed)
+        ctx = StageContext(splits, tokenizer, r.data.max_seq_len, r.seed, teacher_tokenizer=tokenizer)
         teacher_art = self.teacher(ctx)
         teacher_model = _load_model(teacher_art)
         ctx.teacher = teacher_model

@@ -45,16 +45,61 @@ class DataCfg(Cfg):
     max_seq_len: int = Field(128, ge=8, le=4096, description="tokens; longer texts are truncated in training")
 
 
+class StudentArchCfg(Cfg):
+    """A student built from a config (narrower/shallower than the teacher); None fields copy the teacher's."""
+    num_hidden_layers: int = Field(3, ge=1)
+    hidden_size: Optional[int] = Field(None, ge=8)
+    num_attention_heads: Optional[int] = Field(None, ge=1)
+    intermediate_size: Optional[int] = Field(None, ge=1)
+    # How to initialise: "teacher_layers" copies/slices teacher weights where shapes allow (layers picked by
+    # init_from_teacher_layers, evenly spaced when None), "random" uses the config's initializer_range.
+    init: Literal["teacher_layers", "random"] = "teacher_layers"
+    init_from_teacher_layers: Optional[list[int]] = None
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "StudentArchCfg":
+        if self.hidden_size and self.num_attention_heads and self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+        return self
+
+
 class StudentCfg(Cfg):
-    # DistilBERT-style: initialise a shallower student from chosen teacher layers, same width.
-    from_teacher_layers: list[int] = Field([0, 2, 4], min_length=1)
+    # DistilBERT-style default: initialise a shallower student from chosen teacher layers, same width.
+    from_teacher_layers: Optional[list[int]] = Field([0, 2, 4], min_length=1)
+    # Or a student from a config (issue 3). Exactly one of the two is set.
+    config: Optional[StudentArchCfg] = None
 
     @field_validator("from_teacher_layers")
     @classmethod
-    def _distinct(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v) or any(i < 0 for i in v):
+    def _distinct(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and (len(set(v)) != len(v) or any(i < 0 for i in v)):
             raise ValueError("layers must be distinct non-negative teacher layer indices")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, data):
+        if isinstance(data, dict) and data.get("config") is not None and "from_teacher_layers" not in data:
+            data = {**data, "from_teacher_layers": None}
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "StudentCfg":
+        if (self.from_teacher_layers is None) == (self.config is None):
+            raise ValueError("set exactly one of student.from_teacher_layers or student.config")
+        return self
+
+
+class MatchCfg(Cfg):
+    """One intermediate match teacher -> student (TextBrewer's intermediate_matches).
+
+    Layer indices: hidden/attention count transformer layers from 0; for feature "hidden", layer -1 means the
+    embedding output (so embedding matching is {feature: hidden, teacher_layer: -1, student_layer: -1})."""
+    teacher_layer: int = Field(ge=-1)
+    student_layer: int = Field(ge=-1)
+    feature: Literal["hidden", "attention"]
+    loss: Literal["mse", "kl", "cosine"] = "mse"
+    weight: float = Field(1.0, ge=0)
 
 
 class DistillCfg(Cfg):
@@ -62,17 +107,53 @@ class DistillCfg(Cfg):
     student: StudentCfg = StudentCfg()
     alpha: float = Field(0.5, ge=0, le=1, description="weight of CE on labels; 1-alpha goes to the KD term")
     temperature: float = Field(2.0, gt=0)
+    matches: list[MatchCfg] = Field(default_factory=list, description="intermediate-layer matches; empty = logit KD only")
+    # "joint": all terms from the start; "two_phase": intermediate terms alone for intermediate_epochs, then logits.
+    schedule: Literal["joint", "two_phase"] = "joint"
+    intermediate_epochs: float = Field(1.0, gt=0)
+    early_stopping_patience: Optional[int] = Field(None, ge=1, description="epochs without val-accuracy gain before stopping")
     train: TrainCfg = TrainCfg(epochs=2, learning_rate=1e-4, batch_size=32)
 
 
 class PruneCfg(Cfg):
+    """Unstructured pruning: weights set to zero, matrices keep their size (issue 4 adds the structured kind)."""
     kind: Literal["prune"] = "prune"
-    method: Literal["magnitude"] = "magnitude"
+    method: Literal["magnitude", "threshold", "taylor"] = "magnitude"
     scope: Literal["global", "per_layer"] = "global"
     sparsity: float = Field(0.3, ge=0, lt=1, description="fraction of encoder Linear weights set to zero")
+    threshold: Optional[float] = Field(None, gt=0, description="method threshold: zero every |w| < threshold")
+    schedule: Literal["one_shot", "gradual"] = "one_shot"
+    steps: int = Field(1, ge=1, description="gradual: pruning steps, cubic sparsity ramp (Zhu & Gupta 2017)")
+    calibration_batches: int = Field(8, ge=1, description="taylor: batches that accumulate |w * dL/dw|")
+    recovery: Optional[TrainCfg] = Field(None, description="fine-tune under distillation from the teacher after pruning")
+
+    @model_validator(mode="after")
+    def _threshold_given(self) -> "PruneCfg":
+        if (self.method == "threshold") != (self.threshold is not None):
+            raise ValueError("method threshold needs threshold: <float>, and threshold is only valid with method threshold")
+        return self
 
 
-StageCfg = Annotated[Union[DistillCfg, PruneCfg], Field(discriminator="kind")]
+class StructuredPruneCfg(Cfg):
+    """Heads and FFN neurons ranked by importance and cut out of the matrices (config updated, files smaller)."""
+    kind: Literal["prune_structured"] = "prune_structured"
+    heads_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of all attention heads removed")
+    ffn_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of FFN intermediate neurons removed")
+    min_heads_per_layer: int = Field(1, ge=1)
+    importance: Literal["taylor", "magnitude"] = "taylor"
+    calibration_batches: int = Field(8, ge=1)
+    recovery: Optional[TrainCfg] = None
+
+
+class VocabTrimCfg(Cfg):
+    """Keep only tokens seen in the corpus (+ special tokens); remap the embedding table and ship a tokenizer
+    that maps to the new ids (unseen tokens -> [UNK])."""
+    kind: Literal["trim_vocab"] = "trim_vocab"
+    corpus_splits: list[Literal["train", "validation", "test"]] = Field(["train"], min_length=1)
+    min_count: int = Field(1, ge=1)
+
+
+StageCfg = Annotated[Union[DistillCfg, PruneCfg, StructuredPruneCfg, VocabTrimCfg], Field(discriminator="kind")]
 
 
 class QuantSpec(Cfg):
@@ -141,7 +222,7 @@ def _first_error(e: ValidationError, source: str) -> str:
     for p in err["loc"]:
         if isinstance(p, int):
             parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
-        elif p in ("distill", "prune") and parts and parts[-1].endswith("]"):
+        elif p in ("distill", "prune", "prune_structured", "trim_vocab") and parts and parts[-1].endswith("]"):
             continue  # the discriminator tag pydantic inserts after a list index; the user never wrote it
         else:
             parts.append(str(p))

@@ -14,6 +14,9 @@ class StageContext:
     max_seq_len: int
     seed: int = 0
     teacher: Optional[Any] = None
+    # The teacher's own tokenizer: after vocabulary trimming the student's ids differ from the teacher's, so
+    # anything that feeds the teacher (KD targets, recovery fine-tuning) must tokenize with this one.
+    teacher_tokenizer: Optional[Any] = None
     metrics: dict = field(default_factory=dict)   # a stage records what it measured here; lands in manifest.json
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool, epoch: int = 0, subset: Optional[int] = None):
