@@ -52,12 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=_cmd_plan)
 
-    try:
-        from edgecompress.bench import commands as bench_commands
-    except ImportError:  # TEMP until bench commands land
-        bench_commands = None
-    if bench_commands:
-        bench_commands.register(sub)
+    from edgecompress.bench import commands as bench_commands
+    bench_commands.register(sub)
     return p
 
 

@@ -172,7 +172,7 @@ class Runner:
                 # int8 kernels differ by CPU (u8/s8, VNNI vs NEON): a device is allowed 4x the host's own drift vs fp32.
                 "atol": max(1e-3, 4 * float(par["max_abs_diff"])), "argmax_must_match": precision == "fp32"}))
             _write_metrics(tmp, {"format": fmt, "precision": precision, "file": res.file.name,
-                                 "file_mb": res.file.stat().st_size / 1e6, "export_seconds": round(export_s, 2),
+                                 "file_mb": res.file.stat().st_size / 2**20,  # MiB, as the bench agent reports it "export_seconds": round(export_s, 2),
                                  "parity": par, **acc, "notes": res.notes, "details": res.details,
                                  "runtime": exporter.runtime})
         return self._step("export", config, [parent.id], build, label=label)

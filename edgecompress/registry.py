@@ -6,6 +6,7 @@ unknown name fail with the list of known names, so a typo in a recipe tells the 
 from __future__ import annotations
 
 import importlib
+import threading
 from typing import Callable, Generic, TypeVar
 
 from edgecompress.errors import UserInputError
@@ -21,6 +22,7 @@ class Registry(Generic[T]):
         # eagerly would pull onnxruntime/executorch into `edgecompress plan`, which must stay fast.
         self._modules = modules
         self._loaded = False
+        self._lock = threading.Lock()  # fleets look transports up from several threads at once
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -31,10 +33,12 @@ class Registry(Generic[T]):
         return deco
 
     def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            for m in self._modules:
-                importlib.import_module(m)
+        with self._lock:
+            if not self._loaded:
+                for m in self._modules:
+                    importlib.import_module(m)
+                # Marked only after every import finished: another thread must not see a half-filled registry.
+                self._loaded = True
 
     def get(self, name: str) -> T:
         if name not in self._items:
