@@ -1,7 +1,12 @@
 """What every exporter shares: the IO spec written beside each file, the logits-only wrapper, the interface.
 
 The IO spec is the contract with the device: the bench agent (targets/bench_agent.py) reads io.json, never the
-model, to build inputs of the right names, dtype and length.
+model, to build inputs of the right names, dtype and length. Every exporter writes it (IO_FILE) beside its model
+file, and every loader reads it from there, so the host checks the same sequence limit the device will hit.
+
+Registration: exporter *classes* are registered (``@EXPORTERS.register("onnx")`` on the class); callers
+instantiate them: ``EXPORTERS.get("onnx")()``. Constructing one is free; every constructor argument has a
+default (only PteExporter takes one: ``max_batch``, the batch bound baked into the .pte).
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import numpy as np
+
+IO_FILE = "io.json"  # written by every exporter beside its model file
 
 InferFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # {"input_ids": [B,S] int64, "attention_mask": [B,S]} -> logits [B,C] fp32
 
@@ -104,3 +111,48 @@ def logits_module(model):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
 
     return LogitsOnly(model).eval()
+
+
+def write_io(io: IOSpec, out_dir: Path) -> Path:
+    path = Path(out_dir) / IO_FILE
+    io.write(path)
+    return path
+
+
+def read_io_beside(model_path: Path) -> IOSpec:
+    """The IOSpec an exporter wrote next to model_path; a missing one is a user error (copied file alone)."""
+    from edgecompress.errors import UserInputError
+
+    path = Path(model_path).parent / IO_FILE
+    if not path.is_file():
+        raise UserInputError(f"{path} not found: keep the {IO_FILE} the exporter wrote beside {Path(model_path).name}")
+    return IOSpec.read(path)
+
+
+def check_inputs(inputs: dict[str, np.ndarray], io: IOSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and normalize InferFn inputs -> (input_ids, attention_mask), both C-contiguous int64 [B,S].
+
+    Checked here, before the runtime sees them: a too-long sequence makes ExecuTorch fail with an opaque
+    error 0x12 and onnxruntime with an index error deep in the position embedding.
+    """
+    from edgecompress.errors import UserInputError
+
+    missing = [n for n in io.input_names if n not in inputs]
+    if missing:
+        raise UserInputError(f"missing model input(s) {missing}; expected {list(io.input_names)}")
+    ids = np.ascontiguousarray(inputs["input_ids"], dtype=np.int64)
+    mask = np.ascontiguousarray(inputs["attention_mask"], dtype=np.int64)
+    if ids.ndim != 2 or ids.shape != mask.shape or ids.shape[0] < 1 or ids.shape[1] < 1:
+        raise UserInputError(f"input_ids and attention_mask must share a [batch, seq] shape with batch, seq >= 1; "
+                             f"got {ids.shape} and {mask.shape}")
+    if ids.shape[1] > io.max_seq_len:
+        raise UserInputError(f"sequence length {ids.shape[1]} exceeds the exported max_seq_len {io.max_seq_len}; "
+                             f"truncate inputs to {io.max_seq_len} tokens or re-export with a larger export.max_seq_len")
+    if ids.min() < 0 or ids.max() >= io.vocab_size:
+        raise UserInputError(f"token ids must lie in [0, {io.vocab_size}) (the model's vocab_size); "
+                             f"got [{ids.min()}, {ids.max()}]: tokenize with the model's own tokenizer")
+    return ids, mask
+
+
+def file_mb(path: Path) -> float:
+    return round(Path(path).stat().st_size / 1e6, 3)
