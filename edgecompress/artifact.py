@@ -7,6 +7,7 @@ under a real id, only a `.tmp-*` folder that the next run removes.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -139,6 +140,12 @@ class Store:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RuntimeFailure(f"disk full while writing the {step} artifact under {self.root}; free space "
+                                     "(or set EDGECOMPRESS_HOME to a bigger disk) and rerun: finished steps are kept") from None
+            raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

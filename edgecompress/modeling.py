@@ -45,9 +45,31 @@ def check_model_dir(path: Path) -> dict:
             raise UserInputError(f"{path}: weights are a pickle (pytorch_model.bin); convert to model.safetensors "
                                  "(model.save_pretrained(dir, safe_serialization=True)) — pickles are never loaded")
         raise UserInputError(f"{path}: no model.safetensors; the weights are missing")
+    header = _check_safetensors_header(path / "model.safetensors")
+    # The head's real size is the classifier weight's first dim (config.json omits id2label for 2 labels).
+    head = [v["shape"][0] for k, v in header.items() if k.endswith("classifier.weight")]
+    cfg["_head_labels"] = head[0] if head else None
     if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         raise UserInputError(f"{path}: no tokenizer (tokenizer.json or vocab.txt); save the tokenizer into the model folder")
     return cfg
+
+
+def _check_safetensors_header(f: Path) -> dict:
+    """A safetensors file starts with an 8-byte little-endian header length and a JSON header: reading just that
+    catches a truncated or non-safetensors file in microseconds, before minutes of work depend on it."""
+    size = f.stat().st_size
+    try:
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 2 <= n <= min(size - 8, 100 << 20):
+                raise ValueError("bad header length")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ValueError("file shorter than its header says (truncated)")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise UserInputError(f"{f}: corrupt safetensors file ({e}); re-save the model with save_pretrained()") from None
+    return header
 
 
 def load_tokenizer(path: Path):
@@ -102,3 +124,186 @@ def student_from_teacher_layers(teacher, layers: list[int]):
 
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _evenly_spaced(n_teacher: int, n_student: int) -> list[int]:
+    # TinyBERT's uniform map, student layer i <- teacher layer (i+1)*N/M - 1: [1, 3, 5] for 3 of 6, [0, 2, 3, 5] for 4.
+    if n_student >= n_teacher:
+        return list(range(n_student))
+    return [(i + 1) * n_teacher // n_student - 1 for i in range(n_student)]
+
+
+def derive_arch(teacher_config, arch) -> dict:
+    """Resolve None fields: layers/width as given, heads keep the teacher's head size, FFN keeps its width ratio.
+    teacher_config: a transformers config or its dict (plan reads config.json without importing torch)."""
+    from types import SimpleNamespace
+    t = SimpleNamespace(**teacher_config) if isinstance(teacher_config, dict) else teacher_config
+    h = arch.hidden_size or t.hidden_size
+    head_dim = t.hidden_size // t.num_attention_heads
+    heads = arch.num_attention_heads or (t.num_attention_heads if h == t.hidden_size else max(1, h // head_dim))
+    if h % heads:
+        raise UserInputError(f"student.config: hidden_size {h} is not divisible by {heads} heads; set num_attention_heads")
+    ffn = arch.intermediate_size or (t.intermediate_size if h == t.hidden_size
+                                     else int(round(t.intermediate_size * h / t.hidden_size)))
+    return {"num_hidden_layers": arch.num_hidden_layers, "hidden_size": h, "num_attention_heads": heads,
+            "intermediate_size": ffn}
+
+
+def _top(scores, k: int):
+    import torch
+    return torch.sort(torch.topk(scores, k).indices).values
+
+
+def student_from_config(teacher, arch):
+    """A student from a StudentArchCfg (fewer layers, narrower, fewer heads, smaller FFN).
+
+    Init "teacher_layers" copies the chosen teacher layers (evenly spaced when not given) and, where the student is
+    narrower, keeps a *consistent* subset of dimensions everywhere rather than the first k (weight pruning as init,
+    Minitron-style, but data-free):
+      - hidden dims: the k with the largest summed |LayerNorm gamma| over all LayerNorms of the teacher (the residual
+        stream is normalised, so gamma is how much each dimension carries; BERT's few outlier dims survive);
+      - heads (when the head size is unchanged): per layer, the heads with the largest output-projection norm;
+      - FFN neurons: per layer, the largest ||W_in row|| * ||W_out column||.
+    Every other shape (e.g. a changed head size) is random-initialised from the config's initializer_range, and
+    init "random" skips copying altogether. Only BERT-family encoders (SUPPORTED_MODEL_TYPES)."""
+    import torch
+    t_cfg = teacher.config
+    dims = derive_arch(t_cfg, arch)
+    cfg = copy.deepcopy(t_cfg)
+    for k, v in dims.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(0)
+    student = type(teacher)(cfg)
+    if arch.init == "random":
+        return student.eval()
+    n_t = t_cfg.num_hidden_layers
+    layers = arch.init_from_teacher_layers or _evenly_spaced(n_t, dims["num_hidden_layers"])
+    bad = [i for i in layers if i >= n_t]
+    if bad:
+        raise UserInputError(f"student.config.init_from_teacher_layers: layer {bad[0]} does not exist; "
+                             f"the teacher has layers 0..{n_t - 1}")
+    if len(layers) != dims["num_hidden_layers"]:
+        raise UserInputError(f"student.config.init_from_teacher_layers lists {len(layers)} layers but the student has "
+                             f"{dims['num_hidden_layers']}; give one teacher layer per student layer")
+    sd = teacher.state_dict()
+    H, h = t_cfg.hidden_size, dims["hidden_size"]
+    t_hd = H // t_cfg.num_attention_heads
+    s_hd = h // dims["num_attention_heads"]
+    gamma = sum(v.abs() for k, v in sd.items() if k.endswith("LayerNorm.weight") and v.shape == (H,))
+    hid = _top(gamma, h) if h < H else torch.arange(H)
+
+    def layer_idx(name: str):
+        if ".encoder.layer." not in name:
+            return None, name
+        prefix, rest = name.split(".encoder.layer.", 1)
+        i, tail = rest.split(".", 1)
+        return int(i), f"{prefix}.encoder.layer.{{}}.{tail}"
+
+    per_layer = {}
+    for s_i, t_i in enumerate(layers):
+        p = next(k for k in sd if ".encoder.layer." in k).split(".encoder.layer.")[0] + f".encoder.layer.{t_i}."
+        attn_rows = None
+        if s_hd == t_hd and dims["num_attention_heads"] <= t_cfg.num_attention_heads:
+            o = sd[p + "attention.output.dense.weight"]                   # (H, heads*hd)
+            head_norm = o.reshape(H, t_cfg.num_attention_heads, t_hd).pow(2).sum((0, 2))
+            heads = _top(head_norm, dims["num_attention_heads"])
+            attn_rows = (heads[:, None] * t_hd + torch.arange(t_hd)).reshape(-1)
+        w_in, w_out = sd[p + "intermediate.dense.weight"], sd[p + "output.dense.weight"]
+        ffn = _top(w_in.norm(dim=1) * w_out.norm(dim=0), dims["intermediate_size"]) \
+            if dims["intermediate_size"] <= w_in.shape[0] else None
+        per_layer[s_i] = (t_i, attn_rows, ffn)
+
+    def take(v, idx_per_dim):
+        for d, idx in enumerate(idx_per_dim):
+            if idx is not None:
+                v = v.index_select(d, idx)
+        return v
+
+    new_sd, copied, fresh = {}, 0, []
+    for name, target in student.state_dict().items():
+        s_i, pattern = layer_idx(name)
+        if s_i is None:
+            src_name, attn_rows, ffn = name, None, None
+        else:
+            t_i, attn_rows, ffn = per_layer[s_i]
+            src_name = pattern.format(t_i)
+        src = sd.get(src_name)
+        if src is None or src.ndim != target.ndim:
+            fresh.append(name)
+            continue
+        hid_i = hid if h < H else None
+        if any(x in name for x in (".query.", ".key.", ".value.")):
+            plan = [attn_rows, hid_i] if src.ndim == 2 else [attn_rows]
+        elif "attention.output.dense.weight" in name:
+            plan = [hid_i, attn_rows]
+        elif "intermediate.dense" in name:
+            plan = [ffn, hid_i] if src.ndim == 2 else [ffn]
+        elif name.endswith("output.dense.weight"):                          # FFN output (H, I)
+            plan = [hid_i, ffn]
+        elif "embeddings" in name and src.ndim == 2:                        # (vocab|positions|types, H)
+            plan = [None, hid_i]
+        elif "classifier.weight" in name:
+            plan = [None, hid_i]
+        elif "classifier.bias" in name:
+            plan = [None]
+        else:                                                               # LayerNorms, biases of H, pooler (H, H)
+            plan = [hid_i] * src.ndim
+        # A None entry where sizes differ means no consistent subset is known (e.g. a changed head size): fresh init.
+        if any(i is None and src.shape[d] != target.shape[d] for d, i in enumerate(plan)):
+            fresh.append(name)
+            continue
+        v = take(src, plan)
+        if v.shape != target.shape:
+            fresh.append(name)
+            continue
+        new_sd[name] = v.clone()
+        copied += 1
+    student.load_state_dict(new_sd, strict=False)
+    student.init_report = {"teacher_layers": layers, "copied_tensors": copied, "hidden_dims": hid.tolist(),
+                           "random_init": [n for n in fresh if "position_ids" not in n]}
+    return student.eval()
+
+
+def check_layer_map(cfg, teacher_config: dict, where: str = "stages.distill") -> None:
+    """Validate a DistillCfg's student and matches against the teacher's config.json (a dict; no torch needed).
+
+    Rules: teacher_layer < teacher layers, student_layer < student layers; layer -1 (the embedding output) only for
+    hidden matches; hidden matches take mse|cosine and may differ in width (a learned projection bridges it);
+    attention matches take kl|mse and may differ in head count (both sides are averaged over heads then)."""
+    n_t = int(teacher_config["num_hidden_layers"])
+    st = cfg.student
+    if st.from_teacher_layers is not None:
+        bad = [i for i in st.from_teacher_layers if i >= n_t]
+        if bad:
+            raise UserInputError(f"{where}.student.from_teacher_layers: layer {bad[0]} does not exist; "
+                                 f"the teacher has layers 0..{n_t - 1}")
+        n_s = len(st.from_teacher_layers)
+    else:
+        dims = derive_arch(teacher_config, st.config)
+        n_s = dims["num_hidden_layers"]
+        init = st.config.init_from_teacher_layers
+        if init is not None:
+            bad = [i for i in init if i >= n_t]
+            if bad:
+                raise UserInputError(f"{where}.student.config.init_from_teacher_layers: layer {bad[0]} does not exist; "
+                                     f"the teacher has layers 0..{n_t - 1}")
+            if len(init) != n_s:
+                raise UserInputError(f"{where}.student.config.init_from_teacher_layers lists {len(init)} layers but "
+                                     f"the student has {n_s}; give one teacher layer per student layer")
+    for i, m in enumerate(cfg.matches):
+        at = f"{where}.matches[{i}]"
+        if m.feature == "attention" and (m.teacher_layer < 0 or m.student_layer < 0):
+            raise UserInputError(f"{at}: layer -1 is the embedding output and has no attention; "
+                                 "use feature: hidden for embedding matching or a layer >= 0")
+        if m.teacher_layer >= n_t:
+            raise UserInputError(f"{at}.teacher_layer: layer {m.teacher_layer} does not exist; the teacher has "
+                                 f"layers 0..{n_t - 1} (-1 = embeddings)")
+        if m.student_layer >= n_s:
+            raise UserInputError(f"{at}.student_layer: layer {m.student_layer} does not exist; the student has "
+                                 f"layers 0..{n_s - 1} (-1 = embeddings)")
+        ok = ("mse", "cosine") if m.feature == "hidden" else ("kl", "mse")
+        if m.loss not in ok:
+            raise UserInputError(f"{at}.loss: {m.loss!r} does not apply to {m.feature} matches; use one of {', '.join(ok)}")
+    if cfg.schedule == "two_phase" and not cfg.matches:
+        raise UserInputError(f"{where}.schedule: two_phase needs matches (its first phase trains only them); "
+                             "add matches or use schedule: joint")

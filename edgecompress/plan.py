@@ -65,20 +65,20 @@ def make_plan(recipe: Recipe) -> Plan:
     ddir = data_dir(recipe.data)
     splits = load_splits(recipe.data)
     n_labels = num_labels(splits)
-    head = cfg.get("id2label")
-    has_head = any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
-    if has_head and head and len(head) != n_labels:
-        raise UserInputError(f"{teacher_dir}: the model head has {len(head)} labels but the data has {n_labels}; "
+    head = cfg.get("_head_labels")
+    has_head = head is not None
+    if has_head and head != n_labels:
+        raise UserInputError(f"{teacher_dir}: the model head has {head} labels but the data has {n_labels}; "
                              "use data with the head's labels or a headless encoder")
     if not has_head and recipe.teacher.finetune is None:
         raise UserInputError(f"{teacher_dir}: the model has no classification head and teacher.finetune is null; "
                              "set teacher.finetune so edgecompress trains one")
     for s in recipe.stages:
         if s.kind == "distill":
-            bad = [i for i in s.student.from_teacher_layers if i >= cfg["num_hidden_layers"]]
-            if bad:
-                raise UserInputError(f"stages.distill.student.from_teacher_layers: layer {bad[0]} does not exist; "
-                                     f"the teacher has layers 0..{cfg['num_hidden_layers'] - 1}")
+            from edgecompress.modeling import check_layer_map
+            check_layer_map(s, cfg)  # student layers/width and the teacher->student match map
+    from edgecompress.compress.structured import check_plan as check_pruning  # no torch: heads/neurons left
+    check_pruning(recipe.stages, cfg)
     for fmt in recipe.export.formats:
         mods, extra = FORMAT_NEEDS[fmt]
         missing = [m for m in mods if importlib.util.find_spec(m) is None]

@@ -101,7 +101,11 @@ def to_markdown(report: dict) -> str:
 def write_report(report: dict, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     # Written to temp names and renamed: a reader never sees half a report.
-    for name, text in (("report.json", json.dumps(report, indent=2, default=str)), ("report.md", to_markdown(report))):
+    from edgecompress.report_html import pareto_png, to_html
+    png = pareto_png(report["rows"])
+    for name, text in (("report.json", json.dumps(report, indent=2, default=str)), ("report.md", to_markdown(report)),
+                       ("report.html", to_html(report, png))):
         tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(run_dir / name)
+    (run_dir / "pareto.png").write_bytes(png)
