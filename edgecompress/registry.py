@@ -53,7 +53,8 @@ class Registry(Generic[T]):
 
 
 STAGES: Registry = Registry("stage", (
-    "edgecompress.compress.finetune", "edgecompress.compress.distill", "edgecompress.compress.prune"))
+    "edgecompress.compress.finetune", "edgecompress.compress.distill", "edgecompress.compress.prune",
+    "edgecompress.compress.structured", "edgecompress.compress.vocab"))
 EXPORTERS: Registry = Registry("exporter", (
     "edgecompress.export.onnx", "edgecompress.export.ptl", "edgecompress.export.pte"))
 TRANSPORTS: Registry = Registry("transport", (

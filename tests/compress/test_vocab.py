@@ -1,0 +1,66 @@
+"""Vocabulary trimming: smaller embedding table, a tokenizer mapping to the new ids, identical logits in-vocabulary."""
+import torch
+
+from edgecompress.compress.base import StageContext
+from edgecompress.compress.vocab import trim_vocab
+from edgecompress.recipe import VocabTrimCfg
+
+
+def _logits(model, tokenizer, texts):
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+
+
+def test_trimmed_tokenizer_and_model_match_the_original_on_corpus_text(tiny_vocab_bert, minilm_tokenizer,
+                                                                       small_splits, tmp_path):
+    # setup
+    import copy
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    original = copy.deepcopy(tiny_vocab_bert)
+    ctx = StageContext(small_splits, minilm_tokenizer, 64)
+    texts = small_splits["train"].texts[:40]  # in the corpus, so every token is kept
+    # execute
+    model = trim_vocab(tiny_vocab_bert, VocabTrimCfg(corpus_splits=["train"]), ctx)
+    new_tok = ctx.tokenizer
+    # assert: same tokens (new ids), same logits; table and config shrank; specials kept
+    n = ctx.metrics["vocab_size"]
+    assert 100 < n < 5000 and model.config.vocab_size == n == len(new_tok)
+    assert model.get_input_embeddings().weight.shape == (n, 32)
+    for t in texts[:10]:
+        assert new_tok.tokenize(t) == minilm_tokenizer.tokenize(t)
+    assert {new_tok.pad_token, new_tok.unk_token, new_tok.cls_token, new_tok.sep_token} <= set(new_tok.get_vocab())
+    assert new_tok.pad_token_id == 0 and model.config.pad_token_id == 0
+    torch.testing.assert_close(_logits(model, new_tok, texts), _logits(original, minilm_tokenizer, texts),
+                               atol=1e-5, rtol=0)
+    # and after the pipeline's save_pretrained -> from_pretrained round trip
+    model.save_pretrained(str(tmp_path), safe_serialization=True)
+    new_tok.save_pretrained(str(tmp_path))
+    m2 = AutoModelForSequenceClassification.from_pretrained(str(tmp_path), local_files_only=True).eval()
+    t2 = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+    assert len(t2) == n
+    torch.testing.assert_close(_logits(m2, t2, texts), _logits(original, minilm_tokenizer, texts), atol=1e-5, rtol=0)
+
+
+def test_unseen_tokens_map_to_unk_or_kept_pieces(tiny_vocab_bert, minilm_tokenizer, small_splits):
+    # setup
+    ctx = StageContext(small_splits, minilm_tokenizer, 64)
+    trim_vocab(tiny_vocab_bert, VocabTrimCfg(), ctx)
+    tok = ctx.tokenizer
+    # execute
+    ids = tok("鑫 good")["input_ids"]
+    # assert: a character never seen is [UNK]; every id is inside the new table
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "[UNK]", "good", "[SEP]"]
+    words = " ".join(small_splits["test"].texts)
+    assert max(tok(words)["input_ids"]) < len(tok)
+
+
+def test_min_count_keeps_fewer_tokens(tiny_vocab_bert, minilm_tokenizer, small_splits):
+    # setup
+    ctx1, ctx3 = StageContext(small_splits, minilm_tokenizer, 64), StageContext(small_splits, minilm_tokenizer, 64)
+    import copy
+    # execute
+    trim_vocab(copy.deepcopy(tiny_vocab_bert), VocabTrimCfg(min_count=1), ctx1)
+    trim_vocab(tiny_vocab_bert, VocabTrimCfg(min_count=3, corpus_splits=["train", "validation"]), ctx3)
+    # assert
+    assert ctx3.metrics["vocab_size"] < ctx1.metrics["vocab_size"]
