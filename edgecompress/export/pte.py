@@ -108,7 +108,7 @@ class PteExporter(Exporter):
         details.update(quantize_s=round(t1 - t0, 2), lower_s=round(t2 - t1, 2), export_s=round(t2 - t0, 2),
                        file_mb=file_mb(out), delegate_calls=delegated, non_delegated_ops=portable,
                        planned_memory_mb=round(sum(et.executorch_program.execution_plan[0].non_const_buffer_sizes)
-                                               / 1e6, 2))
+                                               / 2**20, 2))
         return ExportResult(file=out, notes=notes, details=details)
 
     def _quantize(self, mod, args, dyn, io: IOSpec, quant, calib):
