@@ -78,6 +78,28 @@ class Runner:
               label: Optional[str] = None) -> Artifact:
         aid = artifact_id(step, config, parents)
         art = self.store.get(step, aid)
+        # Multi-process (accelerate launch / torchrun): rank 0 decides and is the only writer of the store and the
+        # run folder. Training steps run on every rank (their gradients are all-reduced), rank > 0 building into a
+        # throw-away folder; export/bench run on rank 0 alone (a second copy would skew the latency).
+        from edgecompress.compress.train import process_group
+        dist = process_group()
+        if dist is not None:
+            flag = [art is not None]
+            dist.broadcast_object_list(flag, src=0)
+            if dist.get_rank() != 0:
+                if not flag[0]:
+                    if step not in ("export", "bench"):
+                        import tempfile
+                        with tempfile.TemporaryDirectory() as tmp:
+                            build(Path(tmp))
+                    dist.barrier()
+                art = self.store.get(step, aid)
+                if art is None:
+                    raise RuntimeFailure(f"{step}: rank {dist.get_rank()} cannot see artifact {aid} written by rank 0; "
+                                         "every rank needs the same EDGECOMPRESS_HOME (a shared file system across nodes)")
+                self.lineage.append({"label": label or step, "step": step, "id": art.id, "parents": parents,
+                                     "path": str(art.path), "duration_s": art.manifest.get("duration_s")})
+                return art
         if art is not None:
             progress.log(f"[{label or step}] reusing {art.path.name}")
         else:
@@ -89,6 +111,8 @@ class Runner:
             if art is None:
                 raise RuntimeFailure(f"{step}: artifact {aid} vanished right after it was written; check the disk")
             progress.log(f"[{label or step}] done in {time.perf_counter() - t0:.1f} s -> {art.path}")
+            if dist is not None:
+                dist.barrier()
         self.lineage.append({"label": label or step, "step": step, "id": art.id, "parents": parents,
                              "path": str(art.path), "duration_s": art.manifest.get("duration_s")})
         link = self.run_dir / "artifacts" / (label or step)
@@ -138,7 +162,7 @@ class Runner:
                           [parent.id], build, label=f"{index + 1}-{cfg.kind}")
 
     def export(self, fmt: str, precision: str, parent: Artifact, ctx, label: str) -> Artifact:
-        from edgecompress.export.base import IOSpec
+        from edgecompress.export.base import IOSpec, file_mb
         from edgecompress.export import parity
         from edgecompress.registry import EXPORTERS
         r = self.recipe
@@ -151,7 +175,8 @@ class Runner:
             torch.manual_seed(r.seed)
             model = _load_model(parent)
             ctx.tokenizer = _load_tokenizer(parent)
-            exporter = EXPORTERS.get(fmt)()
+            # .pte bakes its largest batch into the program (memory is planned for it): export for the bench batch.
+            exporter = EXPORTERS.get(fmt)(max_batch=r.bench.batch) if fmt == "pte" else EXPORTERS.get(fmt)()
             io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels,
                         max_seq_len=r.export.max_seq_len, pad_token_id=ctx.tokenizer.pad_token_id or 0)
             calib = [b[0] for b in ctx.batches("train", 8, shuffle=True, subset=64)]
@@ -172,7 +197,7 @@ class Runner:
                 # int8 kernels differ by CPU (u8/s8, VNNI vs NEON): a device is allowed 4x the host's own drift vs fp32.
                 "atol": max(1e-3, 4 * float(par["max_abs_diff"])), "argmax_must_match": precision == "fp32"}))
             _write_metrics(tmp, {"format": fmt, "precision": precision, "file": res.file.name,
-                                 "file_mb": res.file.stat().st_size / 2**20,  # MiB, as the bench agent reports it "export_seconds": round(export_s, 2),
+                                 "file_mb": file_mb(res.file), "export_seconds": round(export_s, 2),
                                  "parity": par, **acc, "notes": res.notes, "details": res.details,
                                  "runtime": exporter.runtime})
         return self._step("export", config, [parent.id], build, label=label)

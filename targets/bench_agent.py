@@ -198,9 +198,12 @@ def _load_executorch(path, threads, io):
 
 def _load_lite_interpreter(path, threads, io):
     import torch
+    # torch.jit.mobile is the public home of the loader (torch.jit has no such attribute in 2.13, and
+    # torch._C._load_for_lite_interpreter trips an internal assert on this build).
+    from torch.jit.mobile import _load_for_lite_interpreter
 
     torch.set_num_threads(threads)
-    module = torch.jit._load_for_lite_interpreter(path)
+    module = _load_for_lite_interpreter(path)
     dtype = getattr(torch, io.get("input_dtype", "int64"))
 
     def prepare(sample):
@@ -336,6 +339,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inputs", help="JSON of real tokenized samples instead of random ids")
     p.add_argument("--expected", help="JSON with inputs (or seed+batch+seq_len) and reference logits")
+    p.add_argument("--predict", action="store_true",
+                   help="with --inputs: run every sample once (before warmup) and report its logits and argmax labels")
     p.add_argument("--extra-file", action="append", default=[], help="sidecar counted in file_mb (ONNX external data)")
     p.add_argument("--cpu-list", help="pin to these CPUs, e.g. 4-7 (the big cores of a big.LITTLE SoC)")
     return p.parse_args(argv)
@@ -360,6 +365,8 @@ def bench(args):
         os.sched_setaffinity(0, parse_cpu_list(args.cpu_list))
         pinned = sorted(os.sched_getaffinity(0))
 
+    if args.predict and not args.inputs:
+        raise AgentError("--predict needs --inputs (the samples whose labels are wanted)")
     if args.inputs:
         samples = read_samples(args.inputs, io)
         batch, seq_len = shape_of(samples[0])
@@ -389,6 +396,14 @@ def bench(args):
     first_ms = (time.perf_counter() - t0) * 1e3
     check = check_expected(expected, to_rows(first_out)) if expected else None
 
+    predicted = None
+    if args.predict:  # one pass over the real samples: the host compares these labels with its own
+        t0 = time.perf_counter()
+        logits = [row for feed in feeds for row in to_rows(run(feed))]
+        predicted = {"predictions": [max(range(len(r)), key=r.__getitem__) for r in logits],
+                     "logits": [[round(v, 6) for v in r] for r in logits],
+                     "predict_s": round(time.perf_counter() - t0, 3)}
+
     for i in range(args.warmup_runs):
         run(feeds[i % len(feeds)])
     times = []
@@ -413,6 +428,13 @@ def bench(args):
     result["env"] = {k: os.environ.get(k) for k in ENV_KNOBS if os.environ.get(k) is not None}
     if check:
         result["expected_check"] = check
+    if predicted:
+        result.update(predicted)
+    # Set by an emulating transport (qemu-arm64): latency measured under emulation is not a device figure.
+    emulator = os.environ.get("EDGECOMPRESS_EMULATOR")
+    result["emulated"] = bool(emulator)
+    if emulator:
+        result["emulator"] = emulator
     result.update({"python": platform.python_version(), "machine": platform.machine(), "system": platform.system(),
                    "release": platform.release(), "node": platform.node(), "cpu_count": os.cpu_count()})
     return result
