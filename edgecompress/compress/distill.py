@@ -1,20 +1,33 @@
-"""Knowledge distillation: L = a*CE(labels) + (1-a)*T^2*KL(softmax(t/T) || softmax(s/T)).
+"""Knowledge distillation: L = a*CE(labels) + (1-a)*T^2*KL(softmax(t/T) || softmax(s/T)) + sum_i w_i * match_i.
 
-The student is built from teacher layers (DistilBERT-style). Teacher logits are computed once for the
-training rows and reused every epoch: a teacher forward costs about as much as a student step, and the
-teacher does not change.
+The student is built from teacher layers (DistilBERT-style) or from a config (narrower/shallower, see
+modeling.student_from_config). Intermediate matches (TinyBERT/MiniLM-style) compare hidden states (MSE or
+cosine, through a learned nn.Linear when the widths differ; the projection trains with the student and is
+dropped afterwards) and attention distributions (KL over each query row, or MSE; padded positions masked).
+
+Caching: with logit KD only, the teacher's logits are computed once for the training rows and reused every
+epoch (the teacher does not change). Intermediate matches need the teacher's hidden states / attention maps,
+and caching those is not an option: 12.7k rows x 7 hidden states x ~40 tokens x 384 floats is ~5 GB, and the
+attention maps are heads x seq^2 per layer on top. So the teacher runs on the fly under no_grad, inside the
+same step. The two_phase schedule uses the cache again in its logit phase.
+
+The distiller sees models only through the adaptor (compress/adaptor.py), so any *ForSequenceClassification
+encoder works.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from edgecompress import progress
+from edgecompress.compress.adaptor import Adapted, adapt, eager_attention, head_count, hidden_width, layer_count
 from edgecompress.compress.base import StageContext
-from edgecompress.compress.train import accuracy, predict_logits, train
+from edgecompress.compress.train import accuracy, is_distributed, predict_logits, train
 from edgecompress.errors import UserInputError
-from edgecompress.modeling import count_params, student_from_teacher_layers
-from edgecompress.recipe import DistillCfg
+from edgecompress.modeling import check_layer_map, count_params, student_from_config, student_from_teacher_layers
+from edgecompress.recipe import DistillCfg, MatchCfg
 from edgecompress.registry import STAGES
 
 EVAL_BATCH = 64
@@ -30,25 +43,165 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * ce + (1 - alpha) * kl, {"ce": float(ce.detach()), "kd": float(kl.detach())}
 
 
+def hidden_loss(student_h: torch.Tensor, teacher_h: torch.Tensor, mask: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """student_h already projected to the teacher's width; (batch, seq, width). Padded tokens do not count.
+    mse: mean squared error per element over real tokens; cosine: mean over real tokens of 1 - cos."""
+    m = mask.to(student_h.dtype)
+    if kind == "cosine":
+        per_tok = 1 - F.cosine_similarity(student_h, teacher_h, dim=-1)
+        return (per_tok * m).sum() / m.sum().clamp_min(1)
+    sq = (student_h - teacher_h).pow(2).mean(-1)
+    return (sq * m).sum() / m.sum().clamp_min(1)
+
+
+def attention_loss(student_a: torch.Tensor, teacher_a: torch.Tensor, mask: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """(batch, heads, query, key) attention distributions. When head counts differ both sides are averaged over
+    heads (the mean of distributions is a distribution), so a 8-head student can still match a 12-head teacher.
+    kl: KL(teacher row || student row), averaged over real query rows and heads (padded keys hold ~0 mass on both
+    sides; padded query rows are excluded). mse: over real (query, key) pairs."""
+    if student_a.shape[1] != teacher_a.shape[1]:
+        student_a, teacher_a = student_a.mean(1, keepdim=True), teacher_a.mean(1, keepdim=True)
+    m = mask.to(student_a.dtype)
+    rows = m[:, None, :].expand(-1, student_a.shape[1], -1)             # (batch, heads, query)
+    if kind == "mse":
+        pair = rows[..., None] * m[:, None, None, :]
+        return ((student_a - teacher_a).pow(2) * pair).sum() / pair.sum().clamp_min(1)
+    kl_rows = (torch.xlogy(teacher_a, teacher_a) - teacher_a * torch.log(student_a.clamp_min(1e-12))).sum(-1)
+    return (kl_rows * rows).sum() / rows.sum().clamp_min(1)
+
+
+def _hidden_index(layer: int) -> int:
+    return layer + 1  # hidden[0] is the embedding output (layer -1)
+
+
+class Distiller(nn.Module):
+    """The student plus one projection per hidden match whose widths differ. Projections run inside forward so
+    DistributedDataParallel sees them; at eval time forward is the plain student."""
+
+    def __init__(self, student, matches: list[MatchCfg], teacher_width: int, init_dims=None):
+        super().__init__()
+        self.student = student
+        self.matches = list(matches)
+        self.use_matches = bool(matches)
+        self.need_attention = any(m.feature == "attention" for m in matches)
+        sw = hidden_width(student)
+        self.proj = nn.ModuleDict()
+        for i, m in enumerate(matches):
+            if m.feature == "hidden" and sw != teacher_width:
+                lin = nn.Linear(sw, teacher_width)
+                if init_dims is not None and len(init_dims) == sw:
+                    # The student kept these teacher dims at init: start from the map that puts them back.
+                    with torch.no_grad():
+                        lin.weight.zero_()
+                        lin.bias.zero_()
+                        lin.weight[torch.as_tensor(init_dims), torch.arange(sw)] = 1.0
+                self.proj[str(i)] = lin
+
+    def forward(self, input_ids=None, attention_mask=None, **kw):
+        want = self.training and self.use_matches
+        out = adapt(self.student, {"input_ids": input_ids, "attention_mask": attention_mask, **kw},
+                    hidden=want, attention=want and self.need_attention)
+        if not want:
+            return Adapted(logits=out.logits)
+        hid, att = [], []
+        for i, m in enumerate(self.matches):
+            if m.feature == "hidden":
+                h = out.hidden[_hidden_index(m.student_layer)]
+                hid.append(self.proj[str(i)](h) if str(i) in self.proj else h)
+                att.append(None)
+            else:
+                hid.append(None)
+                att.append(out.attention[m.student_layer])
+        return Adapted(logits=out.logits, hidden=tuple(hid), attention=tuple(att))
+
+
+def match_losses(s: Adapted, t: Adapted, matches: list[MatchCfg], mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    total, parts = 0.0, {}
+    for i, m in enumerate(matches):
+        if m.feature == "hidden":
+            v = hidden_loss(s.hidden[i], t.hidden[_hidden_index(m.teacher_layer)], mask, m.loss)
+        else:
+            v = attention_loss(s.attention[i], t.attention[m.teacher_layer], mask, m.loss)
+        parts[f"{m.feature}{m.teacher_layer}->{m.student_layer}"] = float(v.detach())
+        total = total + m.weight * v
+    return total, parts
+
+
+def build_student(teacher, cfg: DistillCfg):
+    if cfg.student.config is not None:
+        return student_from_config(teacher, cfg.student.config)
+    return student_from_teacher_layers(teacher, cfg.student.from_teacher_layers)
+
+
 @STAGES.register("distill")
 def distill(teacher, cfg: DistillCfg, ctx: StageContext):
     if teacher is None:
         raise UserInputError("distill needs a teacher; set teacher.source")
-    student = student_from_teacher_layers(teacher, cfg.student.from_teacher_layers)
+    # The same check plan runs, against the loaded models: a wrong layer map fails here before any training.
+    check_layer_map(cfg, teacher.config.to_dict())
+    if cfg.schedule == "two_phase" and not cfg.matches:
+        raise UserInputError("stages.distill.schedule two_phase needs matches (its first phase trains only them)")
+    teacher.eval()
+    student = build_student(teacher, cfg)
+    init_report = getattr(student, "init_report", None)
+    wrapper = Distiller(student, cfg.matches, hidden_width(teacher),
+                        (init_report or {}).get("hidden_dims"))
     subset = cfg.train.max_train_samples
-    # Teacher logits for every train row, once, indexed by the row index every batch carries.
-    all_train = ctx.batches("train", EVAL_BATCH, shuffle=False, subset=subset)
-    teacher_logits = torch.from_numpy(predict_logits(teacher, all_train))
-
-    def loss_fn(m, inputs, labels, idx):
-        return kd_loss(m(**inputs).logits, teacher_logits[torch.from_numpy(np.asarray(idx))], labels,
-                       cfg.alpha, cfg.temperature)
-
     val = ctx.batches("validation", EVAL_BATCH, shuffle=False)
-    res = train(student, lambda e: ctx.batches("train", cfg.train.batch_size, shuffle=True, epoch=e, subset=subset),
-                loss_fn, cfg.train, val, "distill student", ctx.seed)
-    ctx.metrics.update({"train_seconds": round(res.seconds, 1), "history": res.history,
-                        "val_accuracy": res.best_val_accuracy, "params": count_params(student),
-                        "teacher_params": count_params(teacher),
+    make = lambda e: ctx.batches("train", cfg.train.batch_size, shuffle=True, epoch=e, subset=subset)  # noqa: E731
+    cache: dict = {}
+
+    def cached_teacher_logits():
+        if "logits" not in cache:
+            # Teacher logits for every train row, once, indexed by the row index every batch carries.
+            all_train = ctx.batches("train", EVAL_BATCH, shuffle=False, subset=subset)
+            cache["logits"] = torch.from_numpy(predict_logits(teacher, all_train))
+        return cache["logits"]
+
+    def loss_fn_for(use_matches: bool, use_logits: bool):
+        def loss_fn(m, inputs, labels, idx):
+            s = m(**inputs)
+            parts, total = {}, 0.0
+            if use_matches:
+                with torch.no_grad():
+                    t = adapt(teacher, inputs, hidden=True, attention=wrapper.need_attention)
+                total, parts = match_losses(s, t, cfg.matches, inputs["attention_mask"])
+                t_logits = t.logits
+            if use_logits:
+                if not use_matches:
+                    t_logits = cached_teacher_logits()[torch.from_numpy(np.asarray(idx))].to(s.logits.device)
+                kd, kparts = kd_loss(s.logits, t_logits, labels, cfg.alpha, cfg.temperature)
+                total, parts = total + kd, {**parts, **kparts}
+            return total, parts
+        return loss_fn
+
+    # DDP: in the intermediate-only phase the head gets no gradient, in the logit phase the projections get none.
+    unused = bool(cfg.matches)
+    phases = []
+    with eager_attention(teacher, student, enabled=wrapper.need_attention):
+        if cfg.schedule == "two_phase":
+            wrapper.use_matches = True
+            p1 = cfg.train.model_copy(update={"epochs": cfg.intermediate_epochs})
+            r1 = train(wrapper, make, loss_fn_for(True, False), p1, val, "distill (intermediate)", ctx.seed,
+                       select_best=False, find_unused_parameters=unused)
+            phases.append(("intermediate", r1))
+    wrapper.use_matches = cfg.schedule == "joint" and bool(cfg.matches)
+    with eager_attention(teacher, student, enabled=wrapper.use_matches and wrapper.need_attention):
+        res = train(wrapper, make, loss_fn_for(wrapper.use_matches, True), cfg.train, val, "distill student", ctx.seed,
+                    patience=cfg.early_stopping_patience, find_unused_parameters=unused)
+    phases.append(("logits" if cfg.schedule == "two_phase" else "joint", res))
+    student = wrapper.student.eval()  # the projections are dropped here: they only served the loss
+    history = [{**h, "phase": name} for name, r in phases for h in r.history]
+    ctx.metrics.update({"train_seconds": round(sum(r.seconds for _, r in phases), 1), "history": history,
+                        "val_accuracy": res.best_val_accuracy, "stopped_early": res.stopped_early,
+                        "params": count_params(student), "teacher_params": count_params(teacher),
+                        "projection_params_dropped": sum(p.numel() for p in wrapper.proj.parameters()),
+                        "matches": [m.model_dump() for m in cfg.matches], "schedule": cfg.schedule,
+                        "distributed": is_distributed(),
+                        "student_config": {k: getattr(student.config, k) for k in
+                                           ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")},
                         "test_accuracy": accuracy(student, ctx.batches("test", EVAL_BATCH, shuffle=False))})
+    if init_report:
+        ctx.metrics["student_init"] = {k: v for k, v in init_report.items() if k != "hidden_dims"}
+    progress.log(f"  distilled student: {ctx.metrics['params']:,} params, test acc {ctx.metrics['test_accuracy']:.4f}")
     return student

@@ -1,12 +1,19 @@
 """The training loop shared by fine-tuning and distillation: AdamW, linear warmup/decay, gradient clipping,
-validation after each epoch, best checkpoint (by validation accuracy) kept in memory and restored."""
+validation after each epoch, best checkpoint (by validation accuracy) kept in memory and restored, optional
+early stopping by patience.
+
+Multi-process: when the environment says distributed (WORLD_SIZE > 1, as set by `accelerate launch` or
+`torchrun`), the loop uses `accelerate.Accelerator`: the model and optimizer are prepared (DDP, gradients
+all-reduced), each rank takes every world_size-th batch, and the unwrapped model is returned. Not a
+home-made launcher: the launcher is accelerate's / torch's."""
 from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -19,22 +26,59 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best_val_accuracy: float = float("nan")
     seconds: float = 0.0
+    stopped_early: bool = False
 
 
-def to_torch(inputs: dict[str, np.ndarray]):
+def to_torch(inputs: dict[str, np.ndarray], device=None):
     import torch
-    return {k: torch.from_numpy(v) for k, v in inputs.items()}
+    out = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    return {k: v.to(device) for k, v in out.items()} if device is not None and str(device) != "cpu" else out
+
+
+def world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def process_group():
+    """torch.distributed (its process group initialised through accelerate) when launched multi-process, else None."""
+    if not is_distributed():
+        return None
+    import torch
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        make_accelerator_state = __import__("accelerate").PartialState
+        make_accelerator_state(cpu=not torch.cuda.is_available())
+    return dist
+
+
+def _device_of(model):
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return None
 
 
 def predict_logits(model, batches) -> np.ndarray:
     """Logits in the order of each batch's row index (third element of every batch tuple)."""
     import torch
     model.eval()
+    dev = _device_of(model)
     n = sum(len(b[1]) for b in batches)
     out = None
     with torch.no_grad():
         for inputs, _, idx in batches:
-            logits = model(**to_torch(inputs)).logits.float().numpy()
+            logits = model(**to_torch(inputs, dev)).logits.float().cpu().numpy()
             if out is None:
                 out = np.zeros((n, logits.shape[1]), dtype=np.float32)
             out[idx] = logits
@@ -49,18 +93,44 @@ def accuracy(model, batches) -> float:
     return float((logits.argmax(-1) == labels).mean())
 
 
+def make_accelerator(find_unused_parameters: bool = False):
+    """An Accelerator when launched multi-process, else None (the plain single-process loop)."""
+    if not is_distributed():
+        return None
+    try:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+    except ImportError:
+        from edgecompress.errors import UserInputError
+        raise UserInputError("a multi-process launch (WORLD_SIZE > 1) needs accelerate; run: pip install accelerate==1.15.0") from None
+    import torch
+    # CPU-only torch: gloo; accelerate picks the backend from the device.
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)])
+
+
 def train(model, make_batches: Callable[[int], list], loss_fn: Callable, cfg: TrainCfg, val_batches: list,
-          description: str, seed: int = 0) -> TrainResult:
-    """make_batches(epoch) -> list of (inputs, labels, row_index); loss_fn(model, inputs, labels, idx) -> (loss, parts)."""
+          description: str, seed: int = 0, *, patience: Optional[int] = None, select_best: bool = True,
+          find_unused_parameters: bool = False) -> TrainResult:
+    """make_batches(epoch) -> list of (inputs, labels, row_index); loss_fn(model, inputs, labels, idx) -> (loss, parts).
+
+    patience: stop after that many epochs without a validation-accuracy gain. select_best=False keeps the last
+    weights (a phase whose logits are not trained yet has a meaningless validation accuracy)."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(seed)
     t0 = time.perf_counter()
+    acc_ = make_accelerator(find_unused_parameters)
+    ws, rk = (acc_.num_processes, acc_.process_index) if acc_ else (1, 0)
     n_full, frac = int(cfg.epochs), cfg.epochs - int(cfg.epochs)
     epoch_plan = [1.0] * n_full + ([frac] if frac > 1e-9 else [])
     per_epoch = [make_batches(e) for e in range(len(epoch_plan))]
     per_epoch = [b[: max(1, math.ceil(len(b) * f))] for b, f in zip(per_epoch, epoch_plan)]
+    if ws > 1:
+        # Every rank builds the same (seeded) batch order and takes its share; equal counts per rank, so no rank
+        # waits in an all-reduce the others never reach.
+        per_epoch = [b[: max(ws, len(b) // ws * ws)][rk::ws] if len(b) >= ws else b for b in per_epoch]
     total_steps = sum(len(b) for b in per_epoch)
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -68,29 +138,48 @@ def train(model, make_batches: Callable[[int], list], loss_fn: Callable, cfg: Tr
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total_steps), total_steps)
+    plain = model
+    if acc_ is not None:
+        model, opt = acc_.prepare(model, opt)
+    dev = _device_of(plain)
     result = TrainResult()
-    best_state, best_acc = None, -1.0
+    best_state, best_acc, since_best = None, -1.0, 0
     for e, epoch_batches in enumerate(per_epoch):
         model.train()
         losses = []
         for inputs, labels, idx in progress.track(epoch_batches, description=f"{description} epoch {e + 1}/{len(per_epoch)}"):
-            loss, _ = loss_fn(model, to_torch(inputs), torch.from_numpy(labels), idx)
+            loss, _ = loss_fn(model, to_torch(inputs, dev), torch.from_numpy(labels).to(dev), idx)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if acc_ is not None:
+                acc_.backward(loss)
+                acc_.clip_grad_norm_(model.parameters(), 1.0)
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-        val_acc = accuracy(model, val_batches)
+        val_acc = accuracy(plain, val_batches)
         result.history.append({"epoch": e + 1, "train_loss_first": losses[0], "train_loss_last_10pct":
                                float(np.mean(losses[-max(1, len(losses) // 10):])), "val_accuracy": val_acc,
                                "steps": len(losses)})
         progress.log(f"  {description} epoch {e + 1}: loss {result.history[-1]['train_loss_last_10pct']:.4f}, val acc {val_acc:.4f}")
+        if not select_best:
+            best_acc = val_acc
+            continue
         if val_acc > best_acc:
-            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+            best_acc, best_state, since_best = val_acc, copy.deepcopy(plain.state_dict()), 0
+        else:
+            since_best += 1
+            if patience is not None and since_best >= patience and e + 1 < len(per_epoch):
+                result.stopped_early = True
+                progress.log(f"  {description}: early stop after epoch {e + 1} ({patience} without a val-accuracy gain)")
+                break
     if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+        plain.load_state_dict(best_state)
+    if acc_ is not None:
+        acc_.wait_for_everyone()
+    plain.eval()
     result.best_val_accuracy = best_acc
     result.seconds = time.perf_counter() - t0
     return result
