@@ -50,7 +50,7 @@ def test_tiny_run_writes_report_rows_for_every_format(tiny_run):
         assert r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] and r["peak_rss_mb"] > 0 and r["file_mb"] > 0
         assert 0 <= r["test_accuracy"] <= 1
         assert r["label_agreement_vs_torch"] >= 0.9
-    assert (tmp_path / "runs" / "tiny" / "report.md").read_text().count("| onnx-int8 |") == 1
+    assert (tmp_path / "runs" / "tiny" / "report.md").read_text().count("| onnx-int8 | onnxruntime |") == 1
     assert report["student"]["sparsity"] == pytest.approx(0.2, abs=0.01)
     for name in ("teacher", "1-distill", "2-prune", "onnx-int8", "ptl-int8"):
         assert (tmp_path / "runs" / "tiny" / "artifacts" / name / "manifest.json").is_file()
