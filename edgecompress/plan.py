@@ -18,6 +18,8 @@ FORMAT_NEEDS = {
     "onnx": (("onnx", "onnxruntime", "onnxscript"), "onnx"),
     "ptl": (("torch",), "all"),
     "pte": (("executorch", "torchao"), "pte"),
+    # litert-torch pulls ~750 MB (jax): its own extra, named in the error when missing.
+    "tflite": (("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), "tflite"),
 }
 
 

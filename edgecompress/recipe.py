@@ -163,7 +163,7 @@ class QuantSpec(Cfg):
     per_channel: bool = True  # per-tensor QInt8 measured cos 0.91 vs fp32 on MiniLM, per-channel 0.98
 
 
-Format = Literal["onnx", "ptl", "pte"]
+Format = Literal["onnx", "ptl", "pte", "tflite"]
 Precision = Literal["fp32", "int8"]
 
 

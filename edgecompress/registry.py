@@ -15,13 +15,14 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, modules: tuple[str, ...] = ()):
+    """name -> component. Each name maps to the module that registers it, imported on first lookup of that
+    name only: `plan` stays fast (no onnxruntime/executorch import) and one broken optional toolchain cannot
+    take down the others."""
+
+    def __init__(self, kind: str, modules: dict[str, str]):
         self.kind = kind
         self._items: dict[str, T] = {}
-        # Modules imported on first lookup: registration happens at import time, and importing every exporter
-        # eagerly would pull onnxruntime/executorch into `edgecompress plan`, which must stay fast.
-        self._modules = modules
-        self._loaded = False
+        self._modules = dict(modules)
         self._lock = threading.Lock()  # fleets look transports up from several threads at once
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -32,30 +33,25 @@ class Registry(Generic[T]):
             return obj
         return deco
 
-    def _load(self) -> None:
-        with self._lock:
-            if not self._loaded:
-                for m in self._modules:
-                    importlib.import_module(m)
-                # Marked only after every import finished: another thread must not see a half-filled registry.
-                self._loaded = True
-
     def get(self, name: str) -> T:
-        if name not in self._items:
-            self._load()
+        with self._lock:
+            if name not in self._items and name in self._modules:
+                importlib.import_module(self._modules[name])
         if name not in self._items:
             raise UserInputError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._items[name]
 
     def names(self) -> list[str]:
-        self._load()
-        return sorted(self._items)
+        return sorted(set(self._modules) | set(self._items))
 
 
-STAGES: Registry = Registry("stage", (
-    "edgecompress.compress.finetune", "edgecompress.compress.distill", "edgecompress.compress.prune",
-    "edgecompress.compress.structured", "edgecompress.compress.vocab"))
-EXPORTERS: Registry = Registry("exporter", (
-    "edgecompress.export.onnx", "edgecompress.export.ptl", "edgecompress.export.pte"))
-TRANSPORTS: Registry = Registry("transport", (
-    "edgecompress.targets.local", "edgecompress.targets.ssh", "edgecompress.targets.adb"))
+STAGES: Registry = Registry("stage", {
+    "finetune": "edgecompress.compress.finetune", "distill": "edgecompress.compress.distill",
+    "prune": "edgecompress.compress.prune", "prune_structured": "edgecompress.compress.structured",
+    "trim_vocab": "edgecompress.compress.vocab"})
+EXPORTERS: Registry = Registry("exporter", {
+    "onnx": "edgecompress.export.onnx", "ptl": "edgecompress.export.ptl", "pte": "edgecompress.export.pte",
+    "tflite": "edgecompress.export.tflite"})
+TRANSPORTS: Registry = Registry("transport", {
+    "local": "edgecompress.targets.local", "ssh": "edgecompress.targets.ssh", "adb": "edgecompress.targets.adb",
+    "qemu-arm64": "edgecompress.targets.qemu"})
