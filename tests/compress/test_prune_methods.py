@@ -121,3 +121,9 @@ def test_plan_check_rejects_layers_left_without_heads():
         check_plan([StructuredPruneCfg(min_heads_per_layer=13)], teacher)
     check_plan(parse_recipe({"stages": [{"kind": "distill"}, {"kind": "prune_structured", "heads_fraction": 0.5,
                                                                "ffn_fraction": 0.5}]}).stages, teacher)
+
+
+def test_pruning_stages_are_registered():
+    # execute / assert: the names recipes use resolve to the stage functions
+    from edgecompress.registry import STAGES
+    assert {"prune", "prune_structured", "trim_vocab"} <= set(STAGES.names())

@@ -23,12 +23,15 @@ def _logits(model, inputs):
         return model(**inputs).logits
 
 
-@pytest.fixture
-def pruned(tiny_vocab_bert, minilm_tokenizer, small_splits):
-    original = copy.deepcopy(tiny_vocab_bert)
+@pytest.fixture(scope="module")
+def pruned(minilm_tokenizer, small_splits):
+    """(original, pruned, ctx), built once for the module: the tests below only read them."""
+    from tests._models import tiny_bert_with_real_vocab
+    model = tiny_bert_with_real_vocab()
+    original = copy.deepcopy(model)
     ctx = StageContext(small_splits, minilm_tokenizer, 64)
     cfg = StructuredPruneCfg(heads_fraction=0.375, ffn_fraction=0.5, importance="taylor", calibration_batches=2)
-    return original, prune_structured(tiny_vocab_bert, cfg, ctx), ctx
+    return original, prune_structured(model, cfg, ctx), ctx
 
 
 def test_matrices_shrink_by_exactly_the_removed_heads_and_neurons(pruned):

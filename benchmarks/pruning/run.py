@@ -1,0 +1,304 @@
+"""Pruning benchmark (issue 4): what unstructured, structured and vocabulary pruning do to the exported file.
+
+On the default student (the latest `distill` artifact of the default recipe in the store) builds pruned
+variants with the product's own stages, exports each to ONNX fp32 (edgecompress's exporter, one file) and
+int8 (onnxruntime quantize_dynamic, QInt8 per channel, in a temp dir), and reports params, file MB,
+onnxruntime p50 (batch 1, seq 128, 1 intra-op thread, OMP_WAIT_POLICY=PASSIVE) and test accuracy (torch fp32
+and the int8 file in onnxruntime) on the packaged VADER test split.
+
+The CPU is shared, so latency is measured interleaved: every variant's session is loaded in this one process
+and each round runs every variant once in a shuffled order; the speed-up is the median over rounds of the
+per-round ratio baseline/variant, with its 10th-90th percentile as the spread.
+
+Recovery fine-tuning (KD from the fine-tuned teacher) uses a subset of the train split (--recovery-samples)
+to fit the CPU budget.
+
+    python benchmarks/pruning/run.py                 # writes benchmarks/pruning/results.{json,md}
+    python benchmarks/pruning/run.py --student DIR   # a specific student model folder
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/onnxruntime load libgomp
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).parent
+STORE = Path(os.environ.get("EDGECOMPRESS_HOME", Path.home() / ".cache" / "edgecompress")) / "store"
+
+
+def latest(step: str) -> Path:
+    dirs = sorted((p for p in STORE.glob(f"{step}-*") if (p / "model").is_dir()), key=lambda p: p.stat().st_mtime)
+    if not dirs:
+        sys.exit(f"no {step} artifact in {STORE}; run `edgecompress run` (default recipe) first")
+    return dirs[-1]
+
+
+def load(path: Path):
+    from transformers import AutoModelForSequenceClassification
+    from edgecompress.modeling import load_tokenizer
+    m = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True).eval()
+    return m, load_tokenizer(path)
+
+
+def export(model, out: Path, max_seq_len: int) -> tuple[Path, Path]:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from edgecompress.export.base import IOSpec
+    from edgecompress.export.onnx import OnnxExporter
+    io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels, max_seq_len=max_seq_len)
+    fp32 = OnnxExporter().export(model, io, None, None, out / "fp32").file
+    (out / "int8").mkdir(parents=True, exist_ok=True)
+    int8 = out / "int8" / "model.onnx"
+    with tempfile.TemporaryDirectory(prefix="prune-bench.") as tmp:  # the quantizer litters its CWD
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            quantize_dynamic(fp32, Path(tmp) / "q.onnx", per_channel=True, weight_type=QuantType.QInt8)
+            onnx.save(onnx.load(str(Path(tmp) / "q.onnx")), str(int8), save_as_external_data=False)
+        finally:
+            os.chdir(cwd)
+    return fp32, int8
+
+
+def session(path: Path):
+    import onnxruntime as ort
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = 1
+    o.inter_op_num_threads = 1
+    o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), sess_options=o, providers=["CPUExecutionProvider"])
+
+
+def ort_accuracy(sess, tokenizer, split, max_seq_len: int) -> float:
+    from edgecompress.data import batches
+    preds = np.zeros(len(split), dtype=np.int64)
+    for inputs, _, idx in batches(tokenizer, split, 64, max_seq_len, shuffle=False):
+        preds[idx] = sess.run(None, inputs)[0].argmax(-1)
+    return float((preds == split.labels).mean())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", type=Path, help="student model folder (default: latest distill artifact)")
+    ap.add_argument("--teacher", type=Path, help="teacher model folder (default: latest teacher artifact)")
+    ap.add_argument("--recovery-samples", type=int, default=1500)
+    ap.add_argument("--recovery-epochs", type=float, default=1.0)
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--train-threads", type=int, default=2)
+    ap.add_argument("--vocab-min-counts", type=int, nargs="+", default=[1, 3, 5])
+    ap.add_argument("--out", type=Path, default=HERE)
+    args = ap.parse_args()
+
+    import torch
+    import onnxruntime
+    import transformers
+    from edgecompress.compress.base import StageContext
+    from edgecompress.compress.prune import prune
+    from edgecompress.compress.structured import heads_per_layer, prune_structured
+    from edgecompress.compress.train import accuracy
+    from edgecompress.compress.vocab import trim_vocab
+    from edgecompress.data import batches, load_splits
+    from edgecompress.modeling import count_params
+    from edgecompress.recipe import DataCfg, PruneCfg, StructuredPruneCfg, TrainCfg, VocabTrimCfg
+
+    torch.set_num_threads(args.train_threads)
+    t_start = time.perf_counter()
+    student_dir = args.student or latest("distill") / "model"
+    teacher_dir = args.teacher or latest("teacher") / "model"
+    student, tok = load(student_dir)
+    teacher, teacher_tok = load(teacher_dir)
+    data = DataCfg()
+    splits = load_splits(data)
+    test = splits["test"]
+    recovery = TrainCfg(epochs=args.recovery_epochs, learning_rate=1e-4, batch_size=32,
+                        max_train_samples=args.recovery_samples)
+
+    def ctx_for(tokenizer):
+        return StageContext(splits, tokenizer, data.max_seq_len, 0, teacher=teacher, teacher_tokenizer=teacher_tok)
+
+    # -- variants: (name, kind, model, tokenizer, stage metrics, build seconds) ---------------------------
+    variants = []
+
+    def add(name, kind, model, tokenizer, metrics, t0):
+        variants.append({"name": name, "kind": kind, "model": model, "tokenizer": tokenizer,
+                         "stage_metrics": metrics, "build_s": round(time.perf_counter() - t0, 1)})
+        print(f"[{time.perf_counter() - t_start:6.0f} s] built {name} in {variants[-1]['build_s']} s", flush=True)
+
+    def run_stage(fn, model, cfg, tokenizer):
+        c = ctx_for(tokenizer)
+        out = fn(model, cfg, c)
+        return out, c.tokenizer, c.metrics
+
+    t0 = time.perf_counter()
+    add("baseline", "none", student, tok, {}, t0)
+    for s in (0.3, 0.5):
+        t0 = time.perf_counter()
+        m, tk, met = run_stage(prune, copy.deepcopy(student), PruneCfg(sparsity=s), tok)
+        add(f"unstructured {int(s * 100)}%", "unstructured", m, tk, met, t0)
+    t0 = time.perf_counter()
+    m, tk, met = run_stage(prune, copy.deepcopy(student), PruneCfg(sparsity=0.5, recovery=recovery), tok)
+    add("unstructured 50% + recovery", "unstructured", m, tk, met, t0)
+    structured = {}
+    for hf, ff, label in ((1 / 6, 0.25, "heads 1/6, FFN 25%"), (1 / 3, 0.5, "heads 1/3, FFN 50%")):
+        t0 = time.perf_counter()
+        m, tk, met = run_stage(prune_structured, copy.deepcopy(student),
+                               StructuredPruneCfg(heads_fraction=hf, ffn_fraction=ff, importance="taylor",
+                                                  calibration_batches=8, recovery=recovery), tok)
+        add(f"structured {label} + recovery", "structured", m, tk, met, t0)
+        structured[ff] = (m, tk)
+    for mc in args.vocab_min_counts:
+        t0 = time.perf_counter()
+        m, tk, met = run_stage(trim_vocab, copy.deepcopy(student), VocabTrimCfg(corpus_splits=["train"], min_count=mc), tok)
+        add(f"vocab trim (train corpus, min_count {mc})", "vocab", m, tk, met, t0)
+    t0 = time.perf_counter()
+    sm, stk = structured[0.5]
+    m, tk, met = run_stage(trim_vocab, copy.deepcopy(sm), VocabTrimCfg(corpus_splits=["train"]), stk)
+    add("vocab trim + structured (heads 1/3, FFN 50%)", "combined", m, tk, met, t0)
+    t0 = time.perf_counter()
+    m2, tk2, met2 = run_stage(prune, copy.deepcopy(m), PruneCfg(sparsity=0.3), tk)
+    add("vocab trim + structured + unstructured 30%", "combined", m2, tk2, met2, t0)
+
+    # -- export, sizes, accuracy --------------------------------------------------------------------------
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="prune-bench-onnx."))
+    for i, v in enumerate(variants):
+        model = v["model"]
+        fp32, int8 = export(model, work / str(i), data.max_seq_len)
+        v["params"] = count_params(model)
+        v["encoder_params"] = sum(p.numel() for n, p in model.named_parameters() if ".encoder." in f".{n}")
+        v["vocab_size"] = model.config.vocab_size
+        v["heads_per_layer"] = heads_per_layer(model)
+        v["intermediate_size"] = model.config.intermediate_size
+        v["fp32_mb"] = fp32.stat().st_size / 1e6
+        v["int8_mb"] = int8.stat().st_size / 1e6
+        v["int8_gzip_mb"] = len(gzip.compress(int8.read_bytes(), 6)) / 1e6
+        v["sessions"] = {"fp32": session(fp32), "int8": session(int8)}
+        v["test_accuracy_torch_fp32"] = accuracy(model, batches(v["tokenizer"], test, 64, data.max_seq_len,
+                                                                shuffle=False))
+        v["test_accuracy_onnx_int8"] = ort_accuracy(v["sessions"]["int8"], v["tokenizer"], test, data.max_seq_len)
+        print(f"[{time.perf_counter() - t_start:6.0f} s] exported {v['name']}: {v['int8_mb']:.1f} MB int8, "
+              f"acc {v['test_accuracy_torch_fp32']:.4f}/{v['test_accuracy_onnx_int8']:.4f}", flush=True)
+
+    # -- interleaved latency ------------------------------------------------------------------------------
+    from edgecompress.export.base import IOSpec
+    feeds = {}
+    for i, v in enumerate(variants):
+        x = IOSpec(vocab_size=v["vocab_size"], num_labels=2, max_seq_len=128).example_inputs(1, 128, seed=0)
+        feeds[i] = {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"]}
+    times = {(i, p): [] for i in range(len(variants)) for p in ("fp32", "int8")}
+    for _ in range(args.warmup):
+        for (i, p) in times:
+            variants[i]["sessions"][p].run(None, feeds[i])
+    rng = random.Random(0)
+    keys = list(times)
+    for _ in range(args.runs):
+        rng.shuffle(keys)
+        for (i, p) in keys:
+            t = time.perf_counter()
+            variants[i]["sessions"][p].run(None, feeds[i])
+            times[(i, p)].append((time.perf_counter() - t) * 1e3)
+    for i, v in enumerate(variants):
+        for p in ("fp32", "int8"):
+            ts = np.array(times[(i, p)])
+            ratio = np.array(times[(0, p)]) / ts  # same round, same CPU weather
+            v[f"{p}_p50_ms"] = float(np.percentile(ts, 50))
+            v[f"{p}_p10_ms"], v[f"{p}_p90_ms"] = float(np.percentile(ts, 10)), float(np.percentile(ts, 90))
+            v[f"{p}_speedup"] = float(np.median(ratio))
+            v[f"{p}_speedup_p10_p90"] = [float(np.percentile(ratio, 10)), float(np.percentile(ratio, 90))]
+
+    base = variants[0]
+    rows = []
+    for v in variants:
+        rows.append({k: v[k] for k in v if k not in ("model", "tokenizer", "sessions")}
+                    | {"accuracy_delta_pt_fp32": 100 * (v["test_accuracy_torch_fp32"] - base["test_accuracy_torch_fp32"]),
+                       "accuracy_delta_pt_int8": 100 * (v["test_accuracy_onnx_int8"] - base["test_accuracy_onnx_int8"]),
+                       "int8_size_ratio": base["int8_mb"] / v["int8_mb"]})
+    s50 = next(r for r in rows if r["name"].startswith("structured heads 1/3"))
+    # The vocabulary target is judged on the smallest min_count tried (keeps the most tokens) that meets both
+    # size and accuracy; every level is in the table.
+    vocs = [r for r in rows if r["kind"] == "vocab"]
+    ok = [r for r in vocs if r["int8_size_ratio"] >= 2.0 and max(abs(r["accuracy_delta_pt_fp32"]),
+                                                                   abs(r["accuracy_delta_pt_int8"])) <= 0.3]
+    voc = ok[0] if ok else vocs[0]
+    targets = {
+        "structured_p50_speedup_ge_1.3": {"fp32": s50["fp32_speedup"], "int8": s50["int8_speedup"],
+                                          "met": max(s50["fp32_speedup"], s50["int8_speedup"]) >= 1.3},
+        "structured_accuracy_loss_le_1pt": {"delta_pt_fp32": s50["accuracy_delta_pt_fp32"],
+                                            "delta_pt_int8": s50["accuracy_delta_pt_int8"],
+                                            "met": min(s50["accuracy_delta_pt_fp32"], s50["accuracy_delta_pt_int8"]) >= -1.0},
+        "vocab_int8_file_ge_2x": {"variant": voc["name"], "ratio": voc["int8_size_ratio"],
+                                  "met": voc["int8_size_ratio"] >= 2.0},
+        "vocab_accuracy_within_0.3pt": {"delta_pt_fp32": voc["accuracy_delta_pt_fp32"],
+                                        "delta_pt_int8": voc["accuracy_delta_pt_int8"],
+                                        "met": max(abs(voc["accuracy_delta_pt_fp32"]), abs(voc["accuracy_delta_pt_int8"])) <= 0.3},
+    }
+    result = {
+        "student": str(student_dir), "teacher": str(teacher_dir),
+        "student_manifest_id": _manifest_id(student_dir), "test_samples": len(test),
+        "recovery": {"kd_from": "fine-tuned teacher", "alpha": 0.5, "temperature": 2.0, **recovery.model_dump()},
+        "measure": {"runtime": f"onnxruntime {onnxruntime.__version__}", "intra_op_threads": 1, "batch": 1,
+                    "seq_len": 128, "warmup_runs": args.warmup, "runs": args.runs, "interleaved": True,
+                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
+        "env": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+                "machine": platform.machine(), "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(),
+                "note": "CPU shared with other jobs while measuring"},
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+        "targets": targets, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    (args.out / "results.md").write_text(markdown(result))
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+def _manifest_id(model_dir: Path):
+    m = Path(model_dir).parent / "manifest.json"
+    return json.loads(m.read_text()).get("id") if m.is_file() else None
+
+
+def markdown(r: dict) -> str:
+    m = r["measure"]
+    out = ["# Pruning benchmark (issue 4)", "",
+           f"Student: `{r['student']}` (artifact {r['student_manifest_id']}); test split: {r['test_samples']} rows "
+           f"(packaged VADER). {m['runtime']}, {m['intra_op_threads']} thread, batch {m['batch']}, seq {m['seq_len']}, "
+           f"{m['runs']} interleaved runs after {m['warmup_runs']} warm-up, OMP_WAIT_POLICY={m['OMP_WAIT_POLICY']}; "
+           f"CPU shared with other jobs (load avg at end {', '.join(f'{x:.1f}' for x in r['env']['loadavg_at_end'])}).",
+           f"Recovery: KD (alpha 0.5, T 2) from the fine-tuned teacher on {r['recovery']['max_train_samples']} train "
+           f"rows, {r['recovery']['epochs']} epoch (a subset, for CPU time). Speed-up = median over rounds of "
+           "baseline/variant in the same round [p10-p90]. Total run: "
+           f"{r['total_seconds'] / 60:.1f} min.", "",
+           "| variant | params (M) | heads/layer | FFN | vocab | fp32 MB | int8 MB | int8 gz MB | fp32 p50 ms | "
+           "fp32 speed-up | int8 p50 ms | int8 speed-up | acc fp32 | acc int8 (ONNX) | Δ pt (int8) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        out.append(
+            f"| {x['name']} | {x['params'] / 1e6:.2f} | {'/'.join(map(str, x['heads_per_layer']))} | {x['intermediate_size']} | "
+            f"{x['vocab_size']} | {x['fp32_mb']:.1f} | {x['int8_mb']:.1f} | {x['int8_gzip_mb']:.1f} | "
+            f"{x['fp32_p50_ms']:.1f} | {x['fp32_speedup']:.2f}× [{x['fp32_speedup_p10_p90'][0]:.2f}–{x['fp32_speedup_p10_p90'][1]:.2f}] | "
+            f"{x['int8_p50_ms']:.1f} | {x['int8_speedup']:.2f}× [{x['int8_speedup_p10_p90'][0]:.2f}–{x['int8_speedup_p10_p90'][1]:.2f}] | "
+            f"{x['test_accuracy_torch_fp32']:.4f} | {x['test_accuracy_onnx_int8']:.4f} | {x['accuracy_delta_pt_int8']:+.2f} |")
+    out += ["", "## Targets", ""]
+    for k, v in r["targets"].items():
+        out.append(f"- {k}: {'MET' if v['met'] else 'MISSED'} ("
+                   + ", ".join(f"{a} {b:.3f}" if isinstance(b, float) else f"{a} {b}" for a, b in v.items() if a != "met") + ")")
+    out += ["", "Unstructured zeros leave every matrix its size: file MB and latency do not move; only a compressed "
+            "file (gz column) shows them. Reproduce: `python benchmarks/pruning/run.py`.", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
