@@ -251,8 +251,13 @@ def _print_table(results: list[dict]) -> None:
         t.add_column(col)
     for r in results:
         if r.get("ok"):
-            t.add_row(r.get("device", ""), r["artifact"], *(fmt(r[c]) if r.get(c) is not None else "–" for c in cols),
-                      str(r.get("threads", "")))
+            # Emulated (qemu-arm64) latency is not a device figure: say so in the device cell and on each time.
+            emu = "[yellow]*[/yellow]" if r.get("emulated") else ""
+            dev = r.get("device", "") + (f" [yellow](emulated {r.get('machine', '')})[/yellow]" if emu else "")
+            t.add_row(dev, r["artifact"], *((fmt(r[c]) + (emu if c.endswith("_ms") else "")) if r.get(c) is not None
+                                             else "–" for c in cols), str(r.get("threads", "")))
         else:
             t.add_row(r.get("device", ""), r["artifact"], "[red]failed[/red]", *([""] * (len(cols))))
+    if any(r.get("emulated") for r in results):
+        t.caption = "* emulated: measured under qemu on this host, not a device latency; labels/outputs still count"
     Console(stderr=True).print(t)

@@ -52,7 +52,14 @@ def markdown_summary(doc: dict, checks: Sequence[Check]) -> str:
             status = "budget missed"
         else:
             status = "ok"
-        lines.append("| " + " | ".join(_cell(r.get(k)) for k in cols) + f" | {status} |")
+        cells = [_cell(r.get(k)) for k in cols]
+        if r.get("emulated"):  # qemu-arm64: mark every latency so nobody reads it as a device measurement
+            cells = [f"{c} (emulated)" if k.endswith("_ms") and c != "–" else c for k, c in zip(cols, cells)]
+            cells[0] += f" (**emulated** {r.get('machine', '')}, {r.get('emulator', 'qemu')})"
+        lines.append("| " + " | ".join(cells) + f" | {status} |")
+    if any(r.get("emulated") for r in doc.get("results", [])):
+        lines += ["", "**Emulated** rows ran under qemu-user on the CI host: their latency, load time and RSS are "
+                  "not device figures (and their budgets are not checked); outputs and labels are."]
     n_bad = sum(c.status in ("fail", "error") for c in checks)
     lines += ["", f"**{n_bad} of {len(checks)} checks failed**" if n_bad else f"All {len(checks)} checks passed.", ""]
     lines += [f"- {c.message}" for c in checks if c.status == "fail"]

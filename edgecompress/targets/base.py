@@ -128,13 +128,16 @@ class Transport(ABC):
         self.cleanup()
 
 
+_MODULE_FOR_KIND = {"qemu-arm64": "qemu"}  # kinds whose name is not a module name
+
+
 def make_transport(reach) -> Transport:
     import importlib
 
     from edgecompress.registry import TRANSPORTS
     # Import the module by kind first: Registry._load marks itself loaded before its imports finish, so a second
     # thread (bench_fleet) could see a half-filled registry. The kinds are a closed Literal, so this is safe.
-    importlib.import_module(f"edgecompress.targets.{reach.kind}")
+    importlib.import_module(f"edgecompress.targets.{_MODULE_FOR_KIND.get(reach.kind, reach.kind)}")
     return TRANSPORTS.get(reach.kind)(reach)
 
 
@@ -149,12 +152,15 @@ def parse_target(url: str, profile_reach=None):
     so `--target ssh://pi@10.0.0.7` reuses the rpi4 profile's settings for another board of the same kind.
     """
     url = url.strip()
+    if url == "qemu-arm64" or url.startswith("qemu-arm64?"):  # an emulated Pi CPU on this host (targets/qemu.py)
+        from edgecompress.targets.qemu import parse_qemu_target
+        return parse_qemu_target(url)
     if url == "local":
         base = profile_reach.model_dump() if isinstance(profile_reach, LocalReach) else {}
         return LocalReach(**base)
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("ssh", "adb", "local"):
-        raise UserInputError(f"target {url!r}: expected local, ssh://user@host:port or adb://SERIAL")
+        raise UserInputError(f"target {url!r}: expected local, ssh://user@host:port, adb://SERIAL or qemu-arm64")
     kind = parts.scheme
     base = profile_reach.model_dump() if profile_reach is not None and profile_reach.kind == kind else {}
     query = dict(urllib.parse.parse_qsl(parts.query))
