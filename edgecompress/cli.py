@@ -27,7 +27,7 @@ for _name in ("torchao", "torch.utils._pytree"):
 
 def _cmd_run(args) -> int:
     from edgecompress.pipeline import run
-    return run(args.recipe, out_dir=args.out, quiet=args.quiet, json_output=args.json)
+    return run(args.recipe, out_dir=args.out, quiet=args.quiet, json_output=args.json, rebench=args.rebench)
 
 
 def _cmd_plan(args) -> int:
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of run folders (default: ./runs)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--json", action="store_true", help="print the final report as JSON on stdout")
+    r.add_argument("--rebench", action="store_true", help="measure again even where a cached benchmark exists")
     r.set_defaults(func=_cmd_run)
 
     pl = sub.add_parser("plan", help="validate a recipe without doing any work")

@@ -66,8 +66,9 @@ def _json_default(o):
 
 
 class Runner:
-    def __init__(self, plan: Plan, run_dir: Path):
+    def __init__(self, plan: Plan, run_dir: Path, rebench: bool = False):
         self.plan = plan
+        self.rebench = rebench  # measurements are of this machine now: CI wants fresh ones, not cached ones
         self.recipe: Recipe = plan.recipe
         self.store = Store(home() / "store")
         self.run_dir = run_dir
@@ -75,9 +76,9 @@ class Runner:
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _step(self, step: str, config: dict, parents: list[str], build: Callable[[Path], None],
-              label: Optional[str] = None) -> Artifact:
+              label: Optional[str] = None, force: bool = False) -> Artifact:
         aid = artifact_id(step, config, parents)
-        art = self.store.get(step, aid)
+        art = None if force else self.store.get(step, aid)
         # Multi-process (accelerate launch / torchrun): rank 0 decides and is the only writer of the store and the
         # run folder. Training steps run on every rank (their gradients are all-reduced), rank > 0 building into a
         # throw-away folder; export/bench run on rank 0 alone (a second copy would skew the latency).
@@ -215,7 +216,7 @@ class Runner:
             if not res.get("ok", False):
                 raise RuntimeFailure(f"benchmark of {label} failed: {res.get('error', 'no result')}")
             _write_metrics(tmp, res)
-        return self._step("bench", config, [exp.id], build, label=f"bench-{label}")
+        return self._step("bench", config, [exp.id], build, label=f"bench-{label}", force=self.rebench)
 
     # -- whole run -----------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -294,7 +295,8 @@ def _row(label: str, exp: Artifact, bench: Artifact) -> dict:
             "export_path": str(exp.path)}
 
 
-def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool = False, json_output: bool = False) -> int:
+def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool = False, json_output: bool = False,
+        rebench: bool = False) -> int:
     progress.set_quiet(quiet or json_output)
     t0 = time.perf_counter()
     recipe = load_recipe(recipe_path)
@@ -302,7 +304,7 @@ def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool =
     progress.log(f"plan OK in {time.perf_counter() - t0:.2f} s: {' -> '.join(plan.steps)}")
     run_dir = Path(out_dir) / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    report = Runner(plan, run_dir).run()
+    report = Runner(plan, run_dir, rebench=rebench).run()
     if json_output:
         print(json.dumps(report, default=_json_default))
     else:
