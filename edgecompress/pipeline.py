@@ -168,6 +168,9 @@ class Runner:
         from edgecompress.registry import EXPORTERS
         r = self.recipe
         quant = r.quantize if precision == "int8" else None
+        if quant is not None:  # preset "profile": the device decides the int8 flavour (u8/s8, per_channel, reduce_range)
+            from edgecompress.profiles import load_profile
+            quant = quant.with_profile(load_profile(r.profile).int8)
         config = {"format": fmt, "precision": precision, "quantize": quant.model_dump() if quant else None,
                   "export": r.export.model_dump(), "verify_threads": r.bench.threads}
 
@@ -180,7 +183,16 @@ class Runner:
             exporter = EXPORTERS.get(fmt)(max_batch=r.bench.batch) if fmt == "pte" else EXPORTERS.get(fmt)()
             io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels,
                         max_seq_len=r.export.max_seq_len, pad_token_id=ctx.tokenizer.pad_token_id or 0)
-            calib = [b[0] for b in ctx.batches("train", 8, shuffle=True, subset=64)]
+            # Streamed, not listed: static int8 takes calibration.samples rows, QAT its train rows, fallback labelled
+            # validation rows (quant/calibration.py). Without a quant intent only the spine's 64 rows are used.
+            from edgecompress.export.quant.calibration import CalibData
+            q = quant or r.quantize
+            n_cal = q.calibration.samples if q.activations == "static" else 64
+            n_qat = (q.qat.max_train_samples if q.qat is not None else None)
+            calib = CalibData(
+                inputs=lambda: (b[0] for b in ctx.batches("train", q.calibration.batch_size, shuffle=True, subset=n_cal)),
+                train=(lambda: ctx.batches("train", q.qat.batch_size, shuffle=True, subset=n_qat)) if q.qat else None,
+                validation=lambda: [(b[0], b[1]) for b in ctx.batches("validation", 32, shuffle=False)])
             t0 = time.perf_counter()
             with progress.status(f"exporting {label}"):
                 res = exporter.export(model, io, quant, calib, tmp)

@@ -156,11 +156,86 @@ class VocabTrimCfg(Cfg):
 StageCfg = Annotated[Union[DistillCfg, PruneCfg, StructuredPruneCfg, VocabTrimCfg], Field(discriminator="kind")]
 
 
+class CalibrationCfg(Cfg):
+    """Static int8: activation ranges learnt from `samples` train rows, streamed `batch_size` rows at a time (memory
+    stays bounded whatever `samples` is: onnxruntime#10503 saw static BERT calibration pass 100 GB when every
+    intermediate tensor of every sample was kept)."""
+    samples: int = Field(128, ge=1, description="train rows used to learn activation ranges")
+    method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    batch_size: int = Field(8, ge=1)
+    percentile: float = Field(99.999, gt=90, le=100, description="method percentile: the kept fraction, in percent")
+
+
+class FallbackCfg(Cfg):
+    """Accuracy-aware fallback: rank the quantized layers by sensitivity, keep the most sensitive in fp32 until the
+    quantized model's accuracy drop (vs fp32, on held-out rows) is within max_accuracy_drop."""
+    max_accuracy_drop: float = Field(0.005, ge=0, le=1, description="absolute, e.g. 0.005 = 0.5 point")
+    # sqnr: each layer quantized alone, ranked by the logits' SQNR vs fp32 (cheap, label-free);
+    # accuracy: each layer quantized alone, ranked by the accuracy it costs (needs labelled rows, slower).
+    metric: Literal["sqnr", "accuracy"] = "sqnr"
+    max_layers: int = Field(8, ge=1, description="never keep more than this many layers in fp32")
+    samples: int = Field(256, ge=8, description="validation rows the drop is measured on")
+
+
 class QuantSpec(Cfg):
-    """Quantization as an intent; each exporter realizes it with its own toolchain."""
+    """Quantization as an intent; each exporter realizes it with its own toolchain.
+
+    Defaults are the spine's behaviour: int8 weights per channel, activations quantized at run time (dynamic).
+    The int8 flavour (activation/weight type, per_channel, reduce_range) comes from the device profile when
+    preset is "profile" (the pipeline fills it in); preset "manual" takes the fields written here."""
     scheme: Literal["int8"] = "int8"
-    activations: Literal["dynamic"] = "dynamic"
+    activations: Literal["dynamic", "static"] = "dynamic"
     per_channel: bool = True  # per-tensor QInt8 measured cos 0.91 vs fp32 on MiniLM, per-channel 0.98
+    # linear: the int8 grid. codebook: k-means per layer (Deep Compression), 2**codebook_bits shared values.
+    weights: Literal["linear", "codebook"] = "linear"
+    codebook_bits: Literal[4, 8] = 8
+    # None keeps each format's spine behaviour (onnx: int8 Gather, as quantize_dynamic always did; ptl/pte: fp32).
+    # True: quantize the word-embedding table where the format can (onnx int8 Gather or codebook, ptl 8-bit rows);
+    # False: keep it fp32 everywhere. The table is about half of a MiniLM-size model.
+    embeddings: Optional[bool] = None
+    calibration: CalibrationCfg = CalibrationCfg()
+    qat: Optional[TrainCfg] = Field(None, description="fake-quant fine-tuning under distillation before export")
+    fallback: Optional[FallbackCfg] = None
+    preset: Literal["profile", "manual"] = "profile"
+    activation_type: Literal["u8", "s8"] = "u8"
+    weight_type: Literal["s8", "u8"] = "s8"
+    reduce_range: bool = False
+
+    @model_validator(mode="after")
+    def _combos(self) -> "QuantSpec":
+        # Value-based (not "was it written"), so a dumped spec validates again.
+        if self.codebook_bits != 8 and self.weights != "codebook":
+            raise ValueError("codebook_bits applies to weights: codebook only")
+        if self.weights == "codebook":
+            if self.activations == "static":
+                raise ValueError("codebook weights run as dense fp32 matmuls; activations: static needs linear int8 "
+                                 "weights (use weights: linear)")
+            if self.qat is not None or self.fallback is not None:
+                raise ValueError("qat and fallback tune the linear int8 grid; they do not apply to weights: codebook")
+        if self.calibration != CalibrationCfg() and self.activations != "static":
+            raise ValueError("calibration learns static activation ranges; set activations: static or drop calibration")
+        if self.calibration.batch_size > self.calibration.samples:
+            raise ValueError(f"calibration.batch_size {self.calibration.batch_size} exceeds calibration.samples "
+                             f"{self.calibration.samples}")
+        if self.activation_type == "s8" and self.weight_type == "u8":
+            raise ValueError("s8 activations with u8 weights has no int8 kernel (onnxruntime supports u8/s8, u8/u8, s8/s8)")
+        defaults = {"activation_type": "u8", "weight_type": "s8", "reduce_range": False}
+        flavour = {k for k, v in defaults.items() if getattr(self, k) != v}
+        if self.preset == "profile" and flavour:
+            raise ValueError(f"{', '.join(sorted(flavour))} come from the device profile when preset is 'profile'; "
+                             f"set preset: manual to choose them here")
+        return self
+
+    def with_profile(self, flavour) -> "QuantSpec":
+        """preset 'profile': this spec with the device's int8 flavour (profiles.Int8Flavour); 'manual': unchanged."""
+        if self.preset != "profile" or flavour is None:
+            return self
+        data = self.model_dump(exclude_unset=True)
+        data.update(preset="manual", activation_type=flavour.activation_type, weight_type=flavour.weight_type,
+                    reduce_range=flavour.reduce_range)
+        if "per_channel" not in self.model_fields_set:  # a recipe that wrote per_channel keeps its choice
+            data["per_channel"] = flavour.per_channel
+        return QuantSpec(**data)
 
 
 Format = Literal["onnx", "ptl", "pte", "tflite"]

@@ -1,0 +1,229 @@
+"""Int8 per format for the default student: dynamic / static / QAT / codebook-8 / codebook-4, plus optimum's
+ORTQuantizer dynamic export of the same fp32 student, measured in one run.
+
+Per row: test accuracy (packaged VADER test split, all 1,586 rows) and its delta vs the fp32 torch student, label
+agreement with the fp32 student, file MiB, p50 ms (batch 1, seq 128, 1 thread, onnxruntime intra_op=1,
+OMP_WAIT_POLICY=PASSIVE). Each row is saved to results.json as soon as it is measured (a killed run keeps them).
+
+Subsetted for a 2-core shared machine (~25 min): QAT trains once, 1 epoch on 1,024 train rows (batch 16,
+max_len 64) by self-distillation from the fp32 student, and the QAT weights go through each format's dynamic int8
+(exactly what QuantSpec(qat=...) does inside an exporter, run once instead of once per format); static calibration
+uses 128 train rows; .pte rows are limited to dynamic, static and QAT (each lowering is 1-3 min here); .pte and
+.ptl codebook rows are not built because those runtimes expand codebooks to dense fp32 (the file would be the fp32
+file: the exporter says so in its notes).
+
+Reproduce:  python benchmarks/int8/run.py          (student = latest prune-* artifact in $EDGECOMPRESS_HOME/store)
+            python benchmarks/int8/run.py --only onnx-dynamic,onnx-static
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/onnxruntime load libgomp (DESIGN.md: threads)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).parent
+SEQ, BATCH, THREADS = 128, 1, 1
+QAT_ROWS, CALIB_ROWS = 1024, 128
+
+
+def latest_student(store: Path) -> Path:
+    cands = sorted(store.glob("prune-*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    if not cands:
+        raise SystemExit(f"no prune-* artifact under {store}; run `edgecompress run` once to build the student")
+    return cands[-1].parent / "model"
+
+
+def p50_ms(infer, io, runs: int = 30, warmup: int = 5) -> float:
+    x = io.example_inputs(BATCH, SEQ, seed=1)
+    x["attention_mask"][:] = 1
+    for _ in range(warmup):
+        infer(x)
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        infer(x)
+        t.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(t), 2)
+
+
+def predict(infer, test_batches) -> np.ndarray:
+    return np.concatenate([np.asarray(infer(x)).argmax(-1) for x, _ in test_batches])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="", help="comma-separated row names")
+    args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+
+    import torch
+    torch.set_num_threads(THREADS)
+    from transformers import AutoModelForSequenceClassification
+
+    from edgecompress.data import batches, load_splits
+    from edgecompress.export.base import IOSpec, file_mb
+    from edgecompress.export.parity import compare
+    from edgecompress.export.quant.calibration import CalibData
+    from edgecompress.export.quant.qat import qat_finetune
+    from edgecompress.modeling import load_tokenizer
+    from edgecompress.pipeline import home
+    from edgecompress.profiles import load_profile
+    from edgecompress.recipe import DataCfg, QuantSpec, TrainCfg
+    from edgecompress.registry import EXPORTERS
+
+    student_dir = latest_student(home() / "store")
+    model = AutoModelForSequenceClassification.from_pretrained(str(student_dir), local_files_only=True).eval()
+    tok = load_tokenizer(student_dir)
+    splits = load_splits(DataCfg())
+    test = splits["test"]
+    test_b = [(x, y) for x, y, _ in batches(tok, test, 64, SEQ, shuffle=False, group_by_length=False)]
+    labels = np.concatenate([y for _, y in test_b])
+    io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels, max_seq_len=SEQ,
+                pad_token_id=tok.pad_token_id or 0)
+    train_sub = splits["train"].subset(max(QAT_ROWS, CALIB_ROWS), seed=0)
+    calib = CalibData(inputs=lambda: (x for x, _, _ in batches(tok, train_sub, 8, SEQ, shuffle=True, seed=1)),
+                      train=lambda: batches(tok, train_sub, 16, 64, shuffle=True, seed=2),
+                      validation=lambda: [(x, y) for x, y, _ in batches(tok, splits["validation"], 32, SEQ,
+                                                                         shuffle=False)])
+    flavour = load_profile("host").int8
+    with torch.no_grad():
+        ref = np.concatenate([model(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.argmax(-1).numpy()
+                              for x, _ in test_b])
+    fp32_acc = float(np.mean(ref == labels))
+    out_json = HERE / "results.json"
+    results = {"student": str(student_dir), "fp32_torch_test_accuracy": fp32_acc, "test_rows": int(len(labels)),
+               "machine": {"cpu": platform.processor() or platform.machine(), "threads": THREADS,
+                           "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"], "torch": torch.__version__},
+               "subsets": {"qat_train_rows": QAT_ROWS, "qat_epochs": 1, "calibration_rows": CALIB_ROWS},
+               "rows": []}
+    if out_json.is_file() and only:
+        prev = json.loads(out_json.read_text())
+        results["rows"] = [r for r in prev.get("rows", []) if r["name"] not in only]
+    print(f"student {student_dir}: fp32 torch test accuracy {fp32_acc:.4f}", flush=True)
+
+    qat_model = {}
+
+    def get_qat():
+        if "m" not in qat_model:
+            t0 = time.perf_counter()
+            m, res = qat_finetune(model, calib.train()[: QAT_ROWS // 16], TrainCfg(epochs=1, learning_rate=2e-5,
+                                  batch_size=16, warmup_ratio=0.1), val_batches=calib.train()[-8:], static=False)
+            qat_model["m"], qat_model["s"] = m, round(time.perf_counter() - t0, 1)
+        return qat_model["m"]
+
+    spec = lambda **kw: QuantSpec(**kw).with_profile(flavour)  # noqa: E731
+    plan = [  # name, format, model getter, quant
+        ("onnx-fp32", "onnx", lambda: model, None),
+        ("onnx-dynamic", "onnx", lambda: model, spec()),
+        ("onnx-dynamic-noemb", "onnx", lambda: model, spec(embeddings=False)),
+        ("onnx-static", "onnx", lambda: model, spec(activations="static",
+                                                    calibration={"samples": CALIB_ROWS, "method": "minmax"})),
+        ("onnx-static-percentile", "onnx", lambda: model, spec(activations="static", calibration={
+            "samples": CALIB_ROWS, "method": "percentile"})),
+        ("onnx-qat", "onnx", get_qat, spec()),
+        ("onnx-codebook8", "onnx", lambda: model, spec(weights="codebook", codebook_bits=8, embeddings=True)),
+        ("onnx-codebook4", "onnx", lambda: model, spec(weights="codebook", codebook_bits=4, embeddings=True)),
+        ("optimum-ortquantizer-avx2-dynamic", "optimum", lambda: model, None),
+        ("ptl-fp32", "ptl", lambda: model, None),
+        ("ptl-dynamic", "ptl", lambda: model, spec()),
+        ("ptl-dynamic-emb8", "ptl", lambda: model, spec(embeddings=True)),
+        ("ptl-qat", "ptl", get_qat, spec()),
+        ("pte-dynamic", "pte", lambda: model, spec()),
+        ("pte-static", "pte", lambda: model, spec(activations="static", calibration={"samples": CALIB_ROWS})),
+        ("pte-qat", "pte", get_qat, spec()),
+    ]
+    for name, fmt, get_model, quant in plan:
+        if only and name not in only:
+            continue
+        t0 = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"int8bench.{name}.") as tmp:
+                if fmt == "optimum":
+                    path, infer, notes = optimum_dynamic(student_dir, Path(tmp), io)
+                    details = {}
+                else:
+                    exp = EXPORTERS.get(fmt)()
+                    res = exp.export(get_model(), io, quant, calib, Path(tmp))
+                    path, notes, details = res.file, res.notes, res.details
+                    infer = exp.load(path, threads=THREADS)
+                export_s = round(time.perf_counter() - t0, 1)
+                preds = predict(infer, test_b)
+                lat = p50_ms(infer, io)
+                par = compare(model, infer, io, shapes=[(1, 17), (3, 41)]) if fmt != "optimum" else {}
+                row = {"name": name, "format": fmt if fmt != "optimum" else "onnx",
+                       "test_accuracy": round(float(np.mean(preds == labels)), 4),
+                       "delta_pt_vs_fp32": round(100 * (float(np.mean(preds == labels)) - fp32_acc), 2),
+                       "label_agreement": round(float(np.mean(preds == ref)), 4), "file_mb": file_mb(path),
+                       "p50_ms": lat, "sqnr_db": round(par.get("sqnr_db", float("nan")), 1),
+                       "export_s": export_s, "notes": notes,
+                       "details": {k: v for k, v in details.items() if k in (
+                           "calibration", "fallback", "codebook", "embeddings_int8", "activation_type",
+                           "weight_type", "per_channel", "reduce_range", "non_delegated_ops", "quant_nodes")}}
+                if quant is not None and quant.qat is None and get_model is get_qat:
+                    row["qat_seconds"] = qat_model.get("s")
+        except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
+            row = {"name": name, "format": fmt, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        results["rows"] = [r for r in results["rows"] if r["name"] != name] + [row]
+        out_json.write_text(json.dumps(results, indent=2, default=str))
+        print(json.dumps({k: v for k, v in row.items() if k not in ("notes", "details")}), flush=True)
+    write_md(results)
+
+
+def optimum_dynamic(student_dir: Path, tmp: Path, io):
+    """optimum's path: ORTModelForSequenceClassification export, then ORTQuantizer with AutoQuantizationConfig.avx2
+    dynamic per-channel (what its docs show for x86)."""
+    import onnxruntime as ort
+    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    ORTModelForSequenceClassification.from_pretrained(str(student_dir), export=True).save_pretrained(tmp / "fp32")
+    q = ORTQuantizer.from_pretrained(tmp / "fp32")
+    q.quantize(save_dir=tmp / "int8", quantization_config=AutoQuantizationConfig.avx2(is_static=False,
+                                                                                      per_channel=True))
+    path = next((tmp / "int8").glob("*.onnx"))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+
+    def infer(x):
+        feed = {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"],
+                "token_type_ids": np.zeros_like(x["input_ids"])}
+        return sess.run(None, {n: feed[n] for n in names})[0]
+
+    return path, infer, ["optimum ORTQuantizer, AutoQuantizationConfig.avx2(is_static=False, per_channel=True)"]
+
+
+def write_md(results: dict) -> None:
+    lines = [f"# int8 per format: default student ({Path(results['student']).parent.name})", "",
+             f"fp32 torch student test accuracy: **{results['fp32_torch_test_accuracy']:.4f}** on "
+             f"{results['test_rows']} VADER test rows. Batch {BATCH}, seq {SEQ}, {THREADS} thread, "
+             f"OMP_WAIT_POLICY={results['machine']['OMP_WAIT_POLICY']}, 2-core shared x86_64 machine (p50 is noisy: "
+             f"other jobs ran alongside). Subsets: {json.dumps(results['subsets'])}.", "",
+             "| row | format | test acc | Δ pt vs fp32 | label agreement | file MiB | p50 ms | SQNR dB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['name']} | {r['format']} | error: {r['error'][:120]} | | | | | |")
+            continue
+        lines.append(f"| {r['name']} | {r['format']} | {r['test_accuracy']:.4f} | {r['delta_pt_vs_fp32']:+.2f} | "
+                     f"{r['label_agreement']:.4f} | {r['file_mb']:.2f} | {r['p50_ms']:.1f} | {r['sqnr_db']} |")
+    lines += ["", "Notes per row (from ExportResult.notes):", ""]
+    for r in results["rows"]:
+        if r.get("notes"):
+            lines.append(f"- **{r['name']}**: " + "; ".join(r["notes"]))
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
