@@ -216,47 +216,105 @@ def _load_lite_interpreter(path, threads, io):
     return prepare, run, torch.__version__, {"torch_num_threads": torch.get_num_threads()}
 
 
+def _tflite_interpreter():
+    """(Interpreter class, distribution name): ai-edge-litert first (maintained), else tflite-runtime (what many Pi
+    images have; 2.14 with numpy 1.26 silently outputs zeros for int8 models, so --expected matters), else TF."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        pass
+    try:
+        from tensorflow.lite import Interpreter  # type: ignore
+    except ImportError:
+        raise ImportError("none of ai-edge-litert, tflite-runtime, tensorflow (pip install ai-edge-litert)") from None
+    return Interpreter, "tensorflow"
+
+
+def tflite_chunks(sample, names, shape, pad_values):
+    """{name: [[...]]} -> (list of {name: rows} of exactly shape=[batch, seq], real row count). Pure stdlib.
+
+    The .tflite exporter's rule (io.json pad_to_max, static_shape): each row padded to seq with pad_values[name]
+    (pad_token_id for input_ids, 0 for the mask: padded positions are masked out), rows run in chunks of batch, the
+    last chunk filled with copies of its last row whose outputs are dropped.
+    """
+    sb, ss = shape
+    n = len(sample[names[0]])
+    padded = {}
+    for name in names:
+        rows = sample[name]
+        if len(rows) != n:
+            raise AgentError(f"input {name} has {len(rows)} rows, {names[0]} has {n}")
+        for r in rows:
+            if len(r) > ss:
+                raise AgentError(f"sequence length {len(r)} exceeds the .tflite signature's {ss}")
+        padded[name] = [list(r) + [pad_values[name]] * (ss - len(r)) for r in rows]
+    chunks = []
+    for start in range(0, n, sb):
+        chunk = {name: padded[name][start:start + sb] for name in names}
+        for name in names:
+            chunk[name] += [chunk[name][-1]] * (sb - len(chunk[name]))
+        chunks.append(chunk)
+    return chunks, n
+
+
 def _load_tflite(path, threads, io):
     import numpy as np
 
-    try:  # ai-edge-litert is the maintained one; tflite-runtime 2.14 silently outputs zeros for int8 on numpy 2
-        from ai_edge_litert.interpreter import Interpreter
-        dist = "ai-edge-litert"
-    except ImportError:
-        try:
-            from tflite_runtime.interpreter import Interpreter
-            dist = "tflite-runtime"
-        except ImportError:
-            from tensorflow.lite import Interpreter  # type: ignore
-            dist = "tensorflow"
+    Interpreter, dist = _tflite_interpreter()
     interp = Interpreter(model_path=path, num_threads=threads)
+    interp.allocate_tensors()
     details = interp.get_input_details()
 
     def index_for(name):
-        for d in details:  # converters rename inputs, e.g. "serving_default_input_ids:0"
-            if d["name"] == name or name in d["name"]:
-                return d
+        # litert-torch names the tensors "serving_default_<name>", TF ":0"-suffixed ones; exact names win.
+        for match in (lambda n: n == name, lambda n: n.endswith("_" + name) or n.endswith("_" + name + ":0"),
+                      lambda n: name in n):
+            for d in details:
+                if match(d["name"]):
+                    return d
         raise AgentError(f"tflite model has no input like {name!r}; it has {[d['name'] for d in details]}")
 
-    slots = [(n, index_for(n)) for n in io["input_names"]]
+    names = list(io["input_names"])
+    slots = [(n, index_for(n)) for n in names]
+    out_index = interp.get_output_details()[0]["index"]
+    signature = [int(v) for v in slots[0][1].get("shape_signature", slots[0][1]["shape"])]
+    # A fixed signature (no -1): pad/chunk to it. The file is the truth, io.json static_shape says the same.
+    static = None if any(v < 0 for v in signature) else tuple(int(v) for v in slots[0][1]["shape"])
+    pads = {n: (int(io.get("pad_token_id", 0)) if n == "input_ids" else 0) for n in names}
     state = {"shape": None}
 
     def prepare(sample):
-        return [(d, np.asarray(sample[n], dtype=d["dtype"])) for n, d in slots]
+        if static is None:
+            return [[(d, np.asarray(sample[n], dtype=d["dtype"])) for n, d in slots]], None
+        chunks, n_rows = tflite_chunks(sample, names, static, pads)
+        return [[(d, np.asarray(c[n], dtype=d["dtype"])) for n, d in slots] for c in chunks], n_rows
 
     def run(feed):
-        shape = tuple(feed[0][1].shape)
-        if state["shape"] != shape:
-            for d, arr in feed:
-                interp.resize_tensor_input(d["index"], arr.shape)
-            interp.allocate_tensors()
-            state["shape"] = shape
-        for d, arr in feed:
-            interp.set_tensor(d["index"], arr)
-        interp.invoke()
-        return interp.get_tensor(interp.get_output_details()[0]["index"])
+        chunks, n_rows = feed
+        outs = []
+        for chunk in chunks:
+            if static is None and state["shape"] != chunk[0][1].shape:  # a dynamic signature: resize once per shape
+                for d, arr in chunk:
+                    interp.resize_tensor_input(d["index"], arr.shape)
+                interp.allocate_tensors()
+                state["shape"] = chunk[0][1].shape
+            for d, arr in chunk:
+                interp.set_tensor(d["index"], arr)
+            interp.invoke()
+            outs.append(np.array(interp.get_tensor(out_index)))  # copy: the output buffer is reused by the next call
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return out if n_rows is None else out[:n_rows]
 
-    return prepare, run, f"{dist} {_version(dist)}", {"num_threads": threads}
+    notes = {"num_threads": threads, "interpreter": dist}
+    if static is not None:
+        notes["static_shape"] = list(static)
+    return prepare, run, f"{dist} {_version(dist)}", notes
 
 
 # Imported (and timed as import_ms) before load_ms starts: importing torch alone takes seconds on a Pi, which is

@@ -35,16 +35,24 @@ class IOSpec:
     # Shape used to trace/export. Parity is checked at other shapes on purpose (pytorch#110347).
     example_batch: int = 2
     example_seq_len: int = 32
+    # Formats whose file has one fixed input shape (.tflite): [batch, seq] of that signature, and whether inputs are
+    # padded up to it (pad_token_id in input_ids, 0 in attention_mask; extra rows looped). None/False = dynamic axes.
+    static_shape: Optional[tuple[int, int]] = None
+    pad_to_max: bool = False
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["input_names"] = list(self.input_names)
+        if self.static_shape is not None:
+            d["static_shape"] = list(self.static_shape)
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "IOSpec":
         d = dict(d)
         d["input_names"] = tuple(d["input_names"])
+        if d.get("static_shape") is not None:
+            d["static_shape"] = tuple(int(v) for v in d["static_shape"])
         return cls(**d)
 
     def write(self, path: Path) -> None:

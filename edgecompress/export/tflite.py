@@ -1,0 +1,222 @@
+"""TFLite / LiteRT (.tflite) exporter: litert-torch conversion at one static shape; int8 via ai-edge-quantizer.
+
+Writes ONE file, model.tflite, plus io.json. Needs the `tflite` extra (litert-torch pulls jax, ~750 MB).
+
+- Static shape: litert-torch 0.10 fails to convert BERT with dynamic shapes, so the file has one signature,
+  input_ids/attention_mask int32 [batch, max_seq_len] (int32: TFLite kernels have no int64 gather, and litert-torch
+  downcasts int64 anyway). io.json records it (static_shape, input_dtype=int32, pad_to_max=true) and every caller pads
+  the same way: input_ids with pad_token_id, attention_mask with 0, so the padded positions are masked out; batches
+  other than the signature's are run in chunks of it (the last chunk filled with copies of its last row, dropped).
+  The host InferFn (load) and the bench agent share that rule; with a fixed shape, latency does not depend on the
+  real sentence length: every call costs a max_seq_len call.
+- Shapes are also read back from the interpreter, so a file whose io.json lost the static fields still pads right.
+- int8: ai-edge-quantizer dynamic range recipe (`dynamic_wi8_afp32` family): int8 symmetric weights, channelwise
+  when the intent asks per_channel else tensorwise, fp32 activations quantized at run time. It also quantizes
+  the embedding table (EMBEDDING_LOOKUP, like ONNX's int8 Gather) unless the intent says embeddings: false.
+  activations: static and weights: codebook are refused (UserInputError), not silently approximated.
+  PT2E int8 through litert-torch converts but fails at run time (EMBEDDING_LOOKUP zero point): not used.
+- Runtime: ai-edge-litert's Interpreter (tflite-runtime 2.14 is built for numpy 1.x; with numpy 1.26 its int8 models
+  silently output zeros, which is why the bench agent checks the first inference against expected.json).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from edgecompress.errors import RuntimeFailure, UserInputError
+from edgecompress.export.base import (ExportResult, Exporter, InferFn, IOSpec, check_inputs, file_mb, logits_module,
+                                      read_io_beside, write_io)
+from edgecompress.registry import EXPORTERS
+
+
+@contextmanager
+def _quiet_converter():
+    """litert-torch prints a rich progress tree per conversion stage; the pipeline shows its own status line."""
+    keys = ("LITERT_TORCH_SHOW_PROGRESS",)
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    try:
+        with warnings.catch_warnings():
+            # torch.export's pytree "isinstance(treespec, LeafSpec) is deprecated": internal to litert-torch.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec.*")
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def pad_rows(ids: np.ndarray, mask: np.ndarray, shape: tuple[int, int], pad_token_id: int):
+    """[B,S] int64 -> list of (ids, mask) int32 chunks of exactly `shape`, and B (rows to keep from the outputs).
+
+    The sequence axis is padded with pad_token_id / mask 0 (masked out); rows are split into chunks of shape[0], the
+    last chunk filled with copies of its last row (their outputs are dropped). bench_agent.py does the same in stdlib.
+    """
+    sb, ss = shape
+    b, s = ids.shape
+    if s > ss:
+        raise UserInputError(f"sequence length {s} exceeds the .tflite signature's {ss}; truncate inputs")
+    pid = np.full((b, ss), pad_token_id, dtype=np.int32)
+    pmask = np.zeros((b, ss), dtype=np.int32)
+    pid[:, :s] = ids
+    pmask[:, :s] = mask
+    chunks = []
+    for start in range(0, b, sb):
+        ci, cm = pid[start:start + sb], pmask[start:start + sb]
+        if ci.shape[0] < sb:
+            fill = sb - ci.shape[0]
+            ci = np.concatenate([ci, np.repeat(ci[-1:], fill, axis=0)])
+            cm = np.concatenate([cm, np.repeat(cm[-1:], fill, axis=0)])
+        chunks.append((np.ascontiguousarray(ci), np.ascontiguousarray(cm)))
+    return chunks, b
+
+
+def check_intent(quant) -> None:
+    """Refuse the parts of the intent this toolchain cannot realize, instead of silently exporting something else."""
+    if getattr(quant, "activations", "dynamic") != "dynamic":
+        raise UserInputError("tflite realizes int8 as dynamic range (int8 weights, activations quantized at run time); "
+                             "activations: static is not supported for tflite: use activations: dynamic, or drop "
+                             "tflite from export.formats")
+    if getattr(quant, "weights", "linear") != "linear":
+        raise UserInputError("tflite int8 has linear int8 weights only; weights: codebook is not supported for tflite")
+
+
+def quantize_tflite(fp32: bytes, quant) -> bytes:
+    """The quantization intent realized by ai-edge-quantizer: dynamic range int8 weights, fp32 activations."""
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe_manager
+
+    check_intent(quant)
+    granularity = qtyping.QuantGranularity.CHANNELWISE if quant.per_channel else qtyping.QuantGranularity.TENSORWISE
+    rm = recipe_manager.RecipeManager()
+    # Same as ai_edge_quantizer.recipe.dynamic_wi8_afp32() (channelwise), with the granularity of the intent.
+    rm.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8,
+                          granularity=granularity)
+    if getattr(quant, "embeddings", None) is False:  # None (the spine default) and True: int8 table
+        rm.add_quantization_config(regex=".*", operation_name=qtyping.TFLOperationName.EMBEDDING_LOOKUP,
+                                   algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    try:
+        # It print()s a size summary: keep stdout for the CLI's own output (--json).
+        with redirect_stdout(sys.stderr):
+            q = quantizer.Quantizer(bytearray(fp32), rm.get_quantization_recipe())
+            out = q.quantize().quantized_model
+    except Exception as e:  # noqa: BLE001 - any quantizer failure is a runtime failure of this export
+        raise RuntimeFailure(f"ai-edge-quantizer dynamic int8 failed: {type(e).__name__}: {e}") from e
+    if out is None:
+        raise RuntimeFailure("ai-edge-quantizer returned no model")
+    return bytes(out)
+
+
+@EXPORTERS.register("tflite")
+class TfliteExporter(Exporter):
+    name = "tflite"
+    suffix = ".tflite"
+    runtime = "tflite"
+    extra = "tflite"
+
+    def __init__(self, batch: int = 1):
+        # The signature's batch. 1 fits the phone/Pi case (one sentence per call); larger batches are looped.
+        if batch < 1:
+            raise UserInputError(f"tflite batch must be >= 1, got {batch}")
+        self.batch = batch
+
+    def missing(self) -> Optional[str]:
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+            import ai_edge_quantizer  # noqa: F401
+            import litert_torch  # noqa: F401
+        except ImportError as e:
+            return f"TFLite export needs litert-torch, ai-edge-quantizer and ai-edge-litert ({e.name} missing): " \
+                   f"pip install -e \".[tflite]\""
+        return None
+
+    def static_io(self, io: IOSpec) -> IOSpec:
+        return dataclasses.replace(io, input_dtype="int32", static_shape=(self.batch, io.max_seq_len), pad_to_max=True)
+
+    def _convert(self, model, io: IOSpec) -> bytes:
+        """fp32 .tflite bytes of (input_ids, attention_mask) int32 [batch, max_seq_len] -> logits."""
+        import torch
+        with _quiet_converter():
+            import litert_torch
+            ex = io.example_inputs(self.batch, io.max_seq_len)
+            kwargs = {n: torch.from_numpy(ex[n].astype(np.int32)) for n in ("input_ids", "attention_mask")}
+            with tempfile.TemporaryDirectory(prefix="edgecompress.tflite.") as tmp:
+                try:
+                    # sample_kwargs, not args: the signature's inputs are then named input_ids/attention_mask
+                    # (tensors "serving_default_input_ids"), not args_0/args_1.
+                    edge = litert_torch.convert(logits_module(model), sample_kwargs=kwargs)
+                    edge.export(str(Path(tmp) / "fp32.tflite"))
+                except Exception as e:  # noqa: BLE001
+                    raise RuntimeFailure(f"litert-torch conversion failed: {type(e).__name__}: "
+                                         f"{(str(e).splitlines() or [''])[0][:300]}") from e
+                return (Path(tmp) / "fp32.tflite").read_bytes()
+
+    def export(self, model, io: IOSpec, quant, calib: Optional[Iterable[dict[str, np.ndarray]]],
+               out_dir: Path) -> ExportResult:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out = out_dir / f"model{self.suffix}"
+        sio = self.static_io(io)
+        notes = [f"static signature int32 [{self.batch}, {io.max_seq_len}]: inputs padded to max_seq_len "
+                 f"(pad_token_id {io.pad_token_id}, mask 0); every call costs a {io.max_seq_len}-token call"]
+        details: dict = {"precision": "fp32" if quant is None else "int8", "converter": "litert_torch.convert",
+                         "static_shape": list(sio.static_shape), "input_dtype": "int32", "max_seq_len": io.max_seq_len}
+        if quant is not None:
+            check_intent(quant)  # before the slow conversion
+        t0 = time.perf_counter()
+        data = self._convert(model.eval(), io)
+        details["convert_s"] = round(time.perf_counter() - t0, 2)
+        if quant is not None:
+            data = quantize_tflite(data, quant)
+            gran = "channelwise" if quant.per_channel else "tensorwise"
+            emb = "embedding table fp32" if getattr(quant, "embeddings", None) is False else "embedding table int8"
+            notes.append(f"int8: ai-edge-quantizer dynamic range, int8 {gran} weights ({emb}), "
+                         f"activations fp32 quantized at run time")
+            details.update(quantizer="ai_edge_quantizer dynamic_wi8_afp32", per_channel=quant.per_channel,
+                           int8_embeddings=getattr(quant, "embeddings", None) is not False)
+        out.write_bytes(data)
+        write_io(sio, out_dir)
+        details.update(export_s=round(time.perf_counter() - t0, 2), file_mb=file_mb(out))
+        return ExportResult(file=out, notes=notes, details=details)
+
+    def load(self, path: Path, threads: int = 1) -> InferFn:
+        from ai_edge_litert.interpreter import Interpreter
+
+        path = Path(path)
+        io = read_io_beside(path)
+        interp = Interpreter(model_path=str(path), num_threads=threads)
+        interp.allocate_tensors()
+        slots = {}
+        for d in interp.get_input_details():
+            for n in ("input_ids", "attention_mask"):
+                if d["name"] == n or d["name"].endswith("_" + n) or d["name"].startswith(f"serving_default_{n}:"):
+                    slots[n] = d
+        if set(slots) != {"input_ids", "attention_mask"}:
+            raise RuntimeFailure(f"{path.name} has inputs {[d['name'] for d in interp.get_input_details()]}; "
+                                 "expected input_ids and attention_mask")
+        # The file is the truth for its shape (io.json may predate the static fields).
+        shape = tuple(int(v) for v in slots["input_ids"]["shape"])
+        out_index = interp.get_output_details()[0]["index"]
+
+        def infer(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            ids, mask = check_inputs(inputs, io)
+            chunks, n = pad_rows(ids, mask, shape, io.pad_token_id)
+            outs = []
+            for ci, cm in chunks:
+                interp.set_tensor(slots["input_ids"]["index"], ci)
+                interp.set_tensor(slots["attention_mask"]["index"], cm)
+                interp.invoke()
+                outs.append(np.array(interp.get_tensor(out_index), dtype=np.float32))  # copy: the buffer is reused
+            return np.concatenate(outs)[:n]
+
+        return infer
