@@ -128,16 +128,8 @@ class Transport(ABC):
         self.cleanup()
 
 
-_MODULE_FOR_KIND = {"qemu-arm64": "qemu"}  # kinds whose name is not a module name
-
-
 def make_transport(reach) -> Transport:
-    import importlib
-
-    from edgecompress.registry import TRANSPORTS
-    # Import the module by kind first: Registry._load marks itself loaded before its imports finish, so a second
-    # thread (bench_fleet) could see a half-filled registry. The kinds are a closed Literal, so this is safe.
-    importlib.import_module(f"edgecompress.targets.{_MODULE_FOR_KIND.get(reach.kind, reach.kind)}")
+    from edgecompress.registry import TRANSPORTS  # maps each kind to its module, imported on first use
     return TRANSPORTS.get(reach.kind)(reach)
 
 
