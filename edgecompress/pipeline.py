@@ -163,7 +163,7 @@ class Runner:
                           [parent.id], build, label=f"{index + 1}-{cfg.kind}")
 
     def export(self, fmt: str, precision: str, parent: Artifact, ctx, label: str) -> Artifact:
-        from edgecompress.export.base import IOSpec, file_mb
+        from edgecompress.export.base import IOSpec, file_mb, read_io_beside
         from edgecompress.export import parity
         from edgecompress.registry import EXPORTERS
         r = self.recipe
@@ -179,8 +179,9 @@ class Runner:
             torch.manual_seed(r.seed)
             model = _load_model(parent)
             ctx.tokenizer = _load_tokenizer(parent)
-            # .pte bakes its largest batch into the program (memory is planned for it): export for the bench batch.
-            exporter = EXPORTERS.get(fmt)(max_batch=r.bench.batch) if fmt == "pte" else EXPORTERS.get(fmt)()
+            # .pte and .tflite bake their (largest) batch into the file: export for the bench batch.
+            batch_arg = {"pte": {"max_batch": r.bench.batch}, "tflite": {"batch": r.bench.batch}}.get(fmt, {})
+            exporter = EXPORTERS.get(fmt)(**batch_arg)
             io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels,
                         max_seq_len=r.export.max_seq_len, pad_token_id=ctx.tokenizer.pad_token_id or 0)
             # Streamed, not listed: static int8 takes calibration.samples rows, QAT its train rows, fallback labelled
@@ -197,7 +198,7 @@ class Runner:
             with progress.status(f"exporting {label}"):
                 res = exporter.export(model, io, quant, calib, tmp)
             export_s = time.perf_counter() - t0
-            io.write(tmp / "io.json")
+            io = read_io_beside(res.file)  # the exporter's own io.json (tflite adds its static shape)
             infer = exporter.load(res.file, threads=r.bench.threads)
             par = parity.compare(model, infer, io, shapes=r.export.parity_shapes, seed=r.seed)
             test = ctx.splits["test"].subset(r.export.max_test_samples, r.seed)
