@@ -6,7 +6,6 @@ A hand-built graph (Gather -> masked mean -> MatMul) loads in milliseconds, wher
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -60,78 +59,15 @@ def zero_model(tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------- a real sshd on 127.0.0.1
 
-SSHD = Path("/usr/sbin/sshd")
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
-    """Throwaway OpenSSH server on a free port: fresh host + user keys, key-only login, known_hosts for the client.
+    """Throwaway OpenSSH server on a free port (edgecompress.targets.loopback_sshd); yields an SshReach.
 
-    Yields an SshReach for the current user. Skipped only when the server binary is absent (.ci/install-system-deps
-    installs it).
+    Skipped only when the server binary is absent (.ci/install-system-deps installs it).
     """
-    import getpass
-    import socket
-    import subprocess
-    import sys
-    import time
-
+    from edgecompress.targets.loopback_sshd import SSHD, loopback_sshd
     if not SSHD.exists():
         pytest.skip(f"{SSHD} not installed (apt-get install openssh-server; see .ci/install-system-deps)")
-    from edgecompress.targets.base import SshReach
-
-    # setup
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
-    (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
-    port = _free_port()
-    sftp = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
-                             "/usr/libexec/sftp-server") if Path(p).exists()), "internal-sftp")
-    (d / "sshd_config").write_text(f"""
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {d / 'host_key'}
-PidFile {d / 'sshd.pid'}
-AuthorizedKeysFile {d / 'authorized_keys'}
-# the temp dir is not root-owned 0755 all the way up, which StrictModes would reject
-StrictModes no
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-# scp in OpenSSH >= 9 speaks SFTP
-Subsystem sftp {sftp}
-LogLevel ERROR
-""")
-    Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None  # privilege-separation dir
-    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"sshd exited: {proc.stderr.read().decode()[-500:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    host_pub = " ".join((d / "host_key.pub").read_text().split()[:2])
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-    try:
-        yield SshReach(host="127.0.0.1", user=getpass.getuser(), port=port, key=str(d / "user_key"),
-                       known_hosts=str(d / "known_hosts"), workdir=str(d / "remote"), python=sys.executable,
-                       connect_timeout_s=5)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with loopback_sshd(tmp_path_factory.mktemp("sshd")) as reach:
+        yield reach
