@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompress import progress
-from edgecompress.compress.adaptor import Adapted, adapt, eager_attention, head_count, hidden_width, layer_count
+from edgecompress.compress.adaptor import Adapted, adapt, eager_attention, hidden_width
 from edgecompress.compress.base import StageContext
 from edgecompress.compress.train import accuracy, is_distributed, predict_logits, train
 from edgecompress.errors import UserInputError

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from edgecompress.compress.base import StageContext
 from edgecompress.compress.distill import attention_loss, distill, hidden_loss
@@ -28,8 +27,8 @@ def test_hidden_mse_with_identity_projection_matches_hand_computed_value():
     both = hidden_loss(proj(s), t, torch.tensor([[1, 1]]))
     first = hidden_loss(proj(s), t, torch.tensor([[1, 0]]))
     # assert: token 0 -> (0 + 4) / 2 = 2, token 1 -> (9 + 16) / 2 = 12.5
-    assert float(both) == pytest.approx((2 + 12.5) / 2)
-    assert float(first) == pytest.approx(2.0)
+    assert float(both.detach()) == pytest.approx((2 + 12.5) / 2)
+    assert float(first.detach()) == pytest.approx(2.0)
 
 
 def test_hidden_cosine_is_zero_for_parallel_vectors():
@@ -92,10 +91,19 @@ def test_student_from_config_defaults_keep_head_size_and_ffn_ratio(tiny_vocab_be
     assert s.init_report["teacher_layers"] == [0, 1]
 
 
-def _teacher(tiny_vocab_bert, ctx):
+@pytest.fixture(scope="module")
+def taught(minilm_tokenizer, small_splits):
+    """A tiny teacher that knows something (one fine-tuning epoch), built once; tests get a deep copy."""
     from edgecompress.compress.finetune import finetune
+    from tests._models import tiny_bert_with_real_vocab
     torch.manual_seed(0)
-    return finetune(tiny_vocab_bert, TrainCfg(epochs=1, learning_rate=1e-3, batch_size=16), ctx)
+    ctx = StageContext(small_splits, minilm_tokenizer, 64, seed=0)
+    return finetune(tiny_bert_with_real_vocab(), TrainCfg(epochs=1, learning_rate=1e-3, batch_size=16), ctx)
+
+
+def _teacher(taught, ctx):
+    import copy
+    return copy.deepcopy(taught)
 
 
 MATCHES = [MatchCfg(teacher_layer=-1, student_layer=-1, feature="hidden", loss="mse", weight=1.0),
@@ -103,10 +111,10 @@ MATCHES = [MatchCfg(teacher_layer=-1, student_layer=-1, feature="hidden", loss="
            MatchCfg(teacher_layer=1, student_layer=0, feature="attention", loss="kl", weight=1.0)]
 
 
-def test_tiny_distillation_with_intermediate_matches_reduces_the_loss(tiny_vocab_bert, minilm_tokenizer, small_splits):
+def test_tiny_distillation_with_intermediate_matches_reduces_the_loss(taught, minilm_tokenizer, small_splits):
     # setup: a narrower 1-layer student (width 16 vs 32: the hidden matches go through a projection)
     ctx = StageContext(small_splits, minilm_tokenizer, 64, seed=0)
-    teacher = _teacher(tiny_vocab_bert, ctx)
+    teacher = _teacher(taught, ctx)
     ctx.teacher, ctx.metrics = teacher, {}
     cfg = DistillCfg(student=StudentCfg(config=StudentArchCfg(num_hidden_layers=1, hidden_size=16)),
                      alpha=0.0, matches=MATCHES,
@@ -122,13 +130,14 @@ def test_tiny_distillation_with_intermediate_matches_reduces_the_loss(tiny_vocab
     assert student.config._attn_implementation != "eager" and teacher.config._attn_implementation != "eager"
 
 
-def test_two_phase_schedule_trains_intermediate_then_logits(tiny_vocab_bert, minilm_tokenizer, small_splits):
+def test_two_phase_schedule_trains_intermediate_then_logits(taught, minilm_tokenizer, small_splits):
     # setup
     ctx = StageContext(small_splits, minilm_tokenizer, 64, seed=0)
-    teacher = _teacher(tiny_vocab_bert, ctx)
+    teacher = _teacher(taught, ctx)
     ctx.metrics = {}
     cfg = DistillCfg(student=StudentCfg(from_teacher_layers=[1]), matches=MATCHES[1:2], schedule="two_phase",
-                     intermediate_epochs=0.5, train=TrainCfg(epochs=1, learning_rate=2e-3, batch_size=16))
+                     intermediate_epochs=0.5, train=TrainCfg(epochs=1, learning_rate=2e-3, batch_size=16,
+                                                             max_train_samples=128))
     # execute
     distill(teacher, cfg, ctx)
     # assert
@@ -179,10 +188,10 @@ def test_three_class_distillation_runs(minilm_tokenizer, small_splits):
         return Split(s.name, s.texts, y, s.domains, ["neg", "pos", "news"])
     splits = {k: three(v) for k, v in small_splits.items()}
     ctx = StageContext(splits, minilm_tokenizer, 64, seed=0)
-    teacher = _teacher(tiny_bert_with_real_vocab(num_labels=3), ctx)
+    teacher = tiny_bert_with_real_vocab(num_labels=3)
     ctx.metrics = {}
     cfg = DistillCfg(student=StudentCfg(from_teacher_layers=[0]), matches=MATCHES[1:2],
-                     train=TrainCfg(epochs=1, learning_rate=2e-3, batch_size=16))
+                     train=TrainCfg(epochs=1, learning_rate=2e-3, batch_size=16, max_train_samples=128))
     # execute
     student = distill(teacher, cfg, ctx)
     # assert
