@@ -16,12 +16,13 @@ def pareto_png(rows: list[dict]) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     if pts:
         big = max(r["file_mb"] for r in pts) or 1.0
-        for r in pts:
+        for i, r in enumerate(sorted(pts, key=lambda r: (r["p50_ms"], r["test_accuracy"]))):
             teacher = r["label"].startswith("teacher")
             ax.scatter(r["p50_ms"], r["test_accuracy"], s=60 + 1400 * r["file_mb"] / big, alpha=0.55,
                        color="tab:red" if teacher else "tab:blue", edgecolors="black", linewidths=0.6)
             ax.annotate(f"{r['label']}\n{r['file_mb']:.1f} MB", (r["p50_ms"], r["test_accuracy"]),
-                        textcoords="offset points", xytext=(8, 6), fontsize=8)
+                        # alternate above/below so neighbouring int8 points do not print over each other
+                        textcoords="offset points", xytext=(10, 8 if i % 2 == 0 else -22), fontsize=8)
         xs = [r["p50_ms"] for r in pts]
         ax.set_xlim(0, max(xs) * 1.35)
         accs = [r["test_accuracy"] for r in pts]

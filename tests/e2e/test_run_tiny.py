@@ -1,5 +1,6 @@
 """The whole pipeline on a tiny teacher (saved like a user's local model) and a small slice of real data."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -69,3 +70,25 @@ def test_rerun_reuses_every_finished_step(tiny_run):
     assert {p.name: (p / "manifest.json").stat().st_mtime_ns for p in store.iterdir()} == before
     ids = lambda p: [(r["export_id"], r["bench_id"]) for r in json.loads(p.stdout)["rows"]]
     assert ids(first) == ids(second)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (.ci/install-system-deps installs it)")
+def test_report_html_renders_the_plot_in_headless_chromium(tiny_run, tmp_path):
+    # setup
+    run_dir = tiny_run[0] / "runs" / "tiny"
+    shot = tmp_path / "shot.png"
+    # execute: the flags keep Chromium off the (closed) network
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,800", f"--screenshot={shot}",
+                    (run_dir / "report.html").as_uri()], capture_output=True, timeout=120)
+    # assert: the page rendered, and the region where the inline PNG sits has the plot's coloured markers
+    import matplotlib.image as mpimg
+    img = mpimg.imread(str(shot))[:, :, :3]
+    plot = img[100:600, 20:750]
+    blue = (plot[:, :, 2] > 0.6) & (plot[:, :, 0] < 0.6)
+    assert blue.mean() > 0.001, "no plot markers visible in the rendered report"
+    assert 'id="pareto"' in (run_dir / "report.html").read_text()
