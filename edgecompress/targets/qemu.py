@@ -330,18 +330,11 @@ def artifact_paths(artifact_dir: Path) -> tuple[Path, Path, str, Optional[Path]]
     return model[0], d / "io.json", runtime, parent
 
 
-def main(argv=None) -> int:
-    """python -m edgecompress.targets.qemu ARTIFACT_DIR [--limit N]: label agreement of an export artifact
-    on the emulated arm64 CPU vs this host, over the packaged test split; one JSON object on stdout."""
-    import argparse
+def verify_command(args) -> int:
+    """`edgecompress verify ARTIFACT [--target qemu-arm64] [--limit N]`: label agreement of an export artifact on a
+    target (default: the emulated arm64 CPU) vs this host, over the packaged test split; one JSON object on stdout.
+    Exit 0 when agreement >= --min-agreement, 1 below it, 3 when the target failed."""
     import json
-    p = argparse.ArgumentParser(prog="python -m edgecompress.targets.qemu", description=main.__doc__)
-    p.add_argument("artifact", type=Path)
-    p.add_argument("--target", default="qemu-arm64", help="qemu-arm64[?cpu=...] (or any target URL)")
-    p.add_argument("--limit", type=int, help="first N test samples only")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--min-agreement", type=float, default=0.99)
-    args = p.parse_args(argv)
     from edgecompress.targets.base import make_transport, parse_target
     model, io, runtime, parent = artifact_paths(args.artifact)
     with make_transport(parse_target(args.target)) as t:
@@ -350,8 +343,3 @@ def main(argv=None) -> int:
     if not res.get("ok"):
         return 3
     return 0 if res["agreement_host_runtime"] >= args.min_agreement else 1
-
-
-if __name__ == "__main__":
-    import sys
-    sys.exit(main())
