@@ -98,8 +98,7 @@ class Runner:
                 if art is None:
                     raise RuntimeFailure(f"{step}: rank {dist.get_rank()} cannot see artifact {aid} written by rank 0; "
                                          "every rank needs the same EDGECOMPRESS_HOME (a shared file system across nodes)")
-                self.lineage.append({"label": label or step, "step": step, "id": art.id, "parents": parents,
-                                     "path": str(art.path), "duration_s": art.manifest.get("duration_s")})
+                self._record(label or step, step, art, parents)
                 return art
         if art is not None:
             progress.log(f"[{label or step}] reusing {art.path.name}")
@@ -114,14 +113,17 @@ class Runner:
             progress.log(f"[{label or step}] done in {time.perf_counter() - t0:.1f} s -> {art.path}")
             if dist is not None:
                 dist.barrier()
-        self.lineage.append({"label": label or step, "step": step, "id": art.id, "parents": parents,
-                             "path": str(art.path), "duration_s": art.manifest.get("duration_s")})
+        self._record(label or step, step, art, parents)
         link = self.run_dir / "artifacts" / (label or step)
         link.parent.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(art.path, target_is_directory=True)
         return art
+
+    def _record(self, label: str, step: str, art: Artifact, parents: list[str]) -> None:
+        self.lineage.append({"label": label, "step": step, "id": art.id, "parents": parents,
+                             "path": str(art.path), "duration_s": art.manifest.get("duration_s")})
 
     # -- steps ---------------------------------------------------------------------------------------------
     def teacher(self, ctx) -> Artifact:
@@ -269,7 +271,10 @@ class Runner:
                     traceback.print_exc()
         from edgecompress.report import build_report, write_report
         report = build_report(self, teacher_art, student_art, rows, failures, time.perf_counter() - t_start)
-        write_report(report, self.run_dir)
+        from edgecompress.compress.train import process_group
+        dist = process_group()
+        if dist is None or dist.get_rank() == 0:  # one writer of the run folder, as for the store
+            write_report(report, self.run_dir)
         return report
 
 
@@ -322,7 +327,8 @@ def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool =
         print(json.dumps(report, default=_json_default))
     else:
         progress.log(f"report: {run_dir / 'report.md'}")
-        print((run_dir / "report.md").read_text())
+        from edgecompress.report import to_markdown
+        print(to_markdown(report))
     if report["failures"]:
         return 3
     return 1 if report.get("budget_violations") else 0
