@@ -60,3 +60,12 @@ def test_cli_bad_recipe_exits_2_in_under_a_second(tmp_path):
     assert "unknown key 'bench.warmup'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert elapsed < 5  # process start included; the validation itself is milliseconds
+
+
+@pytest.mark.parametrize("path", sorted(DEFAULT_RECIPE_PATH.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_packaged_recipe_plans(path):
+    # setup / execute: the whole plan (teacher folder, data, stages vs teacher, exporters, profile), no work
+    from edgecompress.plan import make_plan
+    plan = make_plan(load_recipe(path))
+    # assert
+    assert plan.steps[0].startswith("teacher") and plan.num_labels == 2
