@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("artifacts", nargs="+", type=Path)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--warmup-runs", type=int, default=20)
     args = ap.parse_args()
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp, loopback_sshd(Path(tmp)) as reach, make_transport(reach) as ssh:
@@ -42,7 +43,7 @@ def main() -> None:
             res = {"local": [], "ssh": []}
             for _ in range(args.repeats):  # interleaved so drift in machine load hits both alike
                 for name, transport in (("local", None), ("ssh", ssh)):
-                    r = bench_file(art.path / m["file"], art.path / "io.json", m["runtime"], threads=1, warmup_runs=5,
+                    r = bench_file(art.path / m["file"], art.path / "io.json", m["runtime"], threads=1, warmup_runs=args.warmup_runs,
                                    runs=args.runs, batch=1, seq_len=128, transport=transport,
                                    expected_json=art.path / "expected.json")
                     if not r.get("ok"):
@@ -60,7 +61,7 @@ def main() -> None:
         for name, s in per.items():
             lines.append(f"| {label} | {name} | {s['p50_ms_median']:.2f} | {s['p50_spread_pct']:.1f} | {s['p90_ms_median']:.2f} | "
                          f"{s['p99_ms_median']:.2f} | {s['load_ms_median']:.0f} | {s['peak_rss_mb_median']:.0f} |")
-    (here / "results.md").write_text(f"{args.repeats} interleaved repeats x {args.runs} runs each, batch 1, seq 128, "
+    (here / "results.md").write_text(f"{args.repeats} interleaved repeats x {args.runs} runs each after {args.warmup_runs} warmup, batch 1, seq 128, "
                                      "1 thread, sshd on 127.0.0.1 (same machine).\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
