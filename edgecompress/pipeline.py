@@ -174,7 +174,8 @@ class Runner:
             from edgecompress.profiles import load_profile
             quant = quant.with_profile(load_profile(r.profile).int8)
         config = {"format": fmt, "precision": precision, "quantize": quant.model_dump() if quant else None,
-                  "export": r.export.model_dump(exclude={"formats", "precisions"}),  # adding a format must not redo the others "verify_threads": r.bench.threads}
+                  # Not the list of formats: adding a format to a recipe must not redo the others.
+                  "export": r.export.model_dump(exclude={"formats", "precisions"}), "verify_threads": r.bench.threads}
 
         def build(tmp: Path) -> None:
             import torch
