@@ -46,7 +46,9 @@ class DataCfg(Cfg):
 
 
 class StudentArchCfg(Cfg):
-    """A student built from a config (narrower/shallower than the teacher); None fields copy the teacher's."""
+    """A student built from a config (narrower/shallower than the teacher). None fields follow the teacher: the
+    width copies the teacher's; with a narrower width, heads keep the teacher's head size and the FFN keeps the
+    teacher's width ratio (modeling.student_from_config)."""
     num_hidden_layers: int = Field(3, ge=1)
     hidden_size: Optional[int] = Field(None, ge=8)
     num_attention_heads: Optional[int] = Field(None, ge=1)
