@@ -16,6 +16,27 @@ from edgecompress.registry import TRANSPORTS
 from edgecompress.targets.base import ExecResult, LocalReach, Transport, run_local
 
 
+def copy_into(workdir: str, local_path: Path, remote_rel: str) -> ExecResult:
+    """Push for transports whose device directory is on this file system (local, qemu-arm64)."""
+    t0 = time.perf_counter()
+    try:
+        dest = Path(workdir) / remote_rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local_path, dest)
+        return ExecResult(0, "", "", time.perf_counter() - t0)
+    except OSError as e:
+        return ExecResult(1, "", f"push {local_path} -> {remote_rel}: {e}", time.perf_counter() - t0)
+
+
+def copy_out_of(workdir: str, remote_rel: str, local_path: Path) -> ExecResult:
+    t0 = time.perf_counter()
+    try:
+        shutil.copyfile(Path(workdir) / remote_rel, local_path)
+        return ExecResult(0, "", "", time.perf_counter() - t0)
+    except OSError as e:
+        return ExecResult(1, "", f"pull {remote_rel} -> {local_path}: {e}", time.perf_counter() - t0)
+
+
 @TRANSPORTS.register("local")
 class LocalTransport(Transport):
     kind = "local"
@@ -35,25 +56,13 @@ class LocalTransport(Transport):
         return self.reach.python or sys.executable
 
     def push(self, local_path: Path, remote_rel: str) -> ExecResult:
-        t0 = time.perf_counter()
-        try:
-            dest = Path(self.workdir) / remote_rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(local_path, dest)
-            return ExecResult(0, "", "", time.perf_counter() - t0)
-        except OSError as e:
-            return ExecResult(1, "", f"push {local_path} -> {remote_rel}: {e}", time.perf_counter() - t0)
+        return copy_into(self.workdir, local_path, remote_rel)
 
     def exec(self, argv: list[str], timeout_s: float) -> ExecResult:
         return run_local(list(argv), timeout_s, cwd=self.workdir)
 
     def pull(self, remote_rel: str, local_path: Path) -> ExecResult:
-        t0 = time.perf_counter()
-        try:
-            shutil.copyfile(Path(self.workdir) / remote_rel, local_path)
-            return ExecResult(0, "", "", time.perf_counter() - t0)
-        except OSError as e:
-            return ExecResult(1, "", f"pull {remote_rel} -> {local_path}: {e}", time.perf_counter() - t0)
+        return copy_out_of(self.workdir, remote_rel, local_path)
 
     def cleanup(self) -> None:
         if self._workdir is not None:

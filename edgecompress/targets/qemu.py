@@ -28,6 +28,7 @@ from pydantic import Field
 
 from edgecompress.registry import TRANSPORTS
 from edgecompress.targets.base import ExecResult, Transport, _Cfg, run_local
+from edgecompress.targets.local import copy_into, copy_out_of
 
 KIND = "qemu-arm64"
 DEFAULT_ROOTFS = "~/.cache/edgecompress/qemu-arm64-rootfs"
@@ -129,17 +130,7 @@ class QemuArm64Transport(Transport):
         return f"{KIND} (emulated {self.reach.cpu}, {self.rootfs})"
 
     def push(self, local_path: Path, remote_rel: str) -> ExecResult:
-        t0 = time.perf_counter()
-        failed = self._ensure_workdir()
-        if failed:
-            return failed
-        try:
-            dest = Path(self._workdir) / remote_rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(local_path, dest)
-            return ExecResult(0, "", "", time.perf_counter() - t0)
-        except OSError as e:
-            return ExecResult(1, "", f"push {local_path} -> {remote_rel}: {e}", time.perf_counter() - t0)
+        return self._ensure_workdir() or copy_into(self._workdir, local_path, remote_rel)
 
     def env(self) -> dict[str, str]:
         """A clean environment: host PATH (to find sh and qemu), no PYTHON*/LD_* of the host."""
@@ -158,15 +149,7 @@ class QemuArm64Transport(Transport):
         return run_local(list(argv), timeout_s, cwd=self._workdir, env=self.env())
 
     def pull(self, remote_rel: str, local_path: Path) -> ExecResult:
-        t0 = time.perf_counter()
-        failed = self._ensure_workdir()
-        if failed:
-            return failed
-        try:
-            shutil.copyfile(Path(self._workdir) / remote_rel, local_path)
-            return ExecResult(0, "", "", time.perf_counter() - t0)
-        except OSError as e:
-            return ExecResult(1, "", f"pull {remote_rel} -> {local_path}: {e}", time.perf_counter() - t0)
+        return self._ensure_workdir() or copy_out_of(self._workdir, remote_rel, local_path)
 
     def cleanup(self) -> None:
         if self._workdir is not None:
