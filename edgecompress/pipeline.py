@@ -6,7 +6,6 @@ folder (<out>/<recipe name>/) links to the artifacts it used and holds the repor
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -17,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from edgecompress import progress
-from edgecompress.artifact import Artifact, Store, artifact_id
+from edgecompress.artifact import Artifact, Store, artifact_id, sha256_file
 from edgecompress.errors import EdgeCompressError, RuntimeFailure
 from edgecompress.plan import Plan, make_plan
 from edgecompress.recipe import Recipe, load_recipe
@@ -30,12 +29,8 @@ def home() -> Path:
 
 
 def _teacher_identity(teacher_dir: Path) -> dict:
-    w = teacher_dir / "model.safetensors"
-    h = hashlib.sha256()
-    with open(w, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return {"weights_sha256": h.hexdigest()[:16], "config": json.loads((teacher_dir / "config.json").read_text())}
+    return {"weights_sha256": sha256_file(teacher_dir / "model.safetensors")[:16],
+            "config": json.loads((teacher_dir / "config.json").read_text())}
 
 
 def _save_model(model, tokenizer, path: Path) -> None:
@@ -171,8 +166,7 @@ class Runner:
         r = self.recipe
         quant = r.quantize if precision == "int8" else None
         if quant is not None:  # preset "profile": the device decides the int8 flavour (u8/s8, per_channel, reduce_range)
-            from edgecompress.profiles import load_profile
-            quant = quant.with_profile(load_profile(r.profile).int8)
+            quant = quant.with_profile(self.plan.profile.int8)
         config = {"format": fmt, "precision": precision, "quantize": quant.model_dump() if quant else None,
                   # Not the list of formats: adding a format to a recipe must not redo the others.
                   "export": r.export.model_dump(exclude={"formats", "precisions"}), "verify_threads": r.bench.threads}

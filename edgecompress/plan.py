@@ -30,7 +30,7 @@ class Plan:
     data_dir: Path
     num_labels: int
     split_sizes: dict[str, int]
-    profile: Optional[object] = None
+    profile: Optional[object] = None  # profiles.DeviceProfile, loaded once here
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -39,8 +39,8 @@ def _tokenizer_vocab_size(model_dir: Path) -> Optional[int]:
     tj = model_dir / "tokenizer.json"
     if tj.is_file():
         try:
-            vocab = json.loads(tj.read_text(encoding="utf-8")).get("model", {}).get("vocab")
-            added = json.loads(tj.read_text(encoding="utf-8")).get("added_tokens", [])
+            tok = json.loads(tj.read_text(encoding="utf-8"))
+            vocab, added = tok.get("model", {}).get("vocab"), tok.get("added_tokens", [])
             if isinstance(vocab, dict):
                 return max(list(vocab.values()) + [t.get("id", 0) for t in added]) + 1
         except (ValueError, UnicodeDecodeError):
@@ -86,13 +86,8 @@ def make_plan(recipe: Recipe) -> Plan:
         missing = [m for m in mods if importlib.util.find_spec(m) is None]
         if missing:
             raise UserInputError(f"export format {fmt!r} needs {', '.join(missing)}; run: pip install -e \".[{extra}]\"")
-    profile = None
-    try:
-        from edgecompress.profiles import load_profile
-    except ImportError:  # profiles module not present in this build
-        load_profile = None
-    if load_profile is not None:
-        profile = load_profile(recipe.profile)
+    from edgecompress.profiles import load_profile
+    profile = load_profile(recipe.profile)
     steps = (["teacher:finetune" if recipe.teacher.finetune else "teacher:load"] + [s.kind for s in recipe.stages]
              + [f"export:{f}-{p}" for f in recipe.export.formats for p in recipe.export.precisions]
              + ["export:teacher-onnx-fp32" if "onnx" in recipe.export.formats else None, "bench", "report"])

@@ -21,12 +21,7 @@ def _cpu() -> str:
 
 
 def _budget_violations(runner, rows: list[dict]) -> list[str]:
-    try:
-        from edgecompress.bench.budget import check_budgets
-    except ImportError:
-        return []
-    if runner.plan.profile is None:
-        return []
+    from edgecompress.bench.budget import check_budgets
     teacher_acc = next((r["test_accuracy"] for r in rows if r["label"] == BASELINE), None)
     out = []
     for r in rows:
@@ -35,8 +30,7 @@ def _budget_violations(runner, rows: list[dict]) -> list[str]:
         res = dict(r)
         if teacher_acc is not None:
             res["accuracy_drop"] = teacher_acc - r["test_accuracy"]
-        out += [v if isinstance(v, str) else getattr(v, "message", str(v))
-                for v in check_budgets(res, runner.plan.profile, f"{r['format']}-{r['precision']}")]
+        out += [c.message for c in check_budgets(res, runner.plan.profile, f"{r['format']}-{r['precision']}")]
     return out
 
 
