@@ -153,6 +153,9 @@ class VocabTrimCfg(Cfg):
     kind: Literal["trim_vocab"] = "trim_vocab"
     corpus_splits: list[Literal["train", "validation", "test"]] = Field(["train"], min_length=1)
     min_count: int = Field(1, ge=1)
+    # A word that needed a dropped piece is re-segmented or becomes [UNK]; a short KD fine-tune on the trimmed
+    # ids teaches the model those new segmentations (the teacher keeps reading the full vocabulary).
+    recovery: Optional[TrainCfg] = Field(None, description="fine-tune under distillation from the teacher after trimming")
 
 
 StageCfg = Annotated[Union[DistillCfg, PruneCfg, StructuredPruneCfg, VocabTrimCfg], Field(discriminator="kind")]

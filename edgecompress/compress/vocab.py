@@ -119,6 +119,11 @@ def trim_vocab(model, cfg: VocabTrimCfg, ctx: StageContext):
     trim_embeddings(model, keep, new_tok.pad_token_id)
     model.eval()
     ctx.tokenizer = new_tok  # the pipeline saves it beside the model; every later stage tokenizes with it
+    if cfg.recovery is not None:
+        from edgecompress.compress.prune import recover
+        ctx.metrics["val_accuracy_before_recovery"] = accuracy(model, ctx.batches("validation", EVAL_BATCH, shuffle=False))
+        ctx.metrics["recovery"] = recover(model, cfg.recovery, ctx, "vocab recovery")
+        model.eval()
     ctx.metrics.update({
         "vocab_size_before": vocab_before, "vocab_size": len(keep), "corpus_splits": list(cfg.corpus_splits),
         "corpus_texts": len(texts), "min_count": cfg.min_count, "corpus_tokens": int(sum(counts.values())),

@@ -64,3 +64,23 @@ def test_min_count_keeps_fewer_tokens(tiny_vocab_bert, minilm_tokenizer, small_s
     trim_vocab(tiny_vocab_bert, VocabTrimCfg(min_count=3, corpus_splits=["train", "validation"]), ctx3)
     # assert
     assert ctx3.metrics["vocab_size"] < ctx1.metrics["vocab_size"]
+
+
+def test_recovery_fine_tunes_the_trimmed_model_under_the_full_vocabulary_teacher(tiny_vocab_bert, minilm_tokenizer,
+                                                                                 small_splits):
+    # setup: the teacher keeps the full vocabulary; the student is trimmed hard so most ids change
+    import copy
+    from edgecompress.recipe import TrainCfg
+    teacher = copy.deepcopy(tiny_vocab_bert).eval()
+    ctx = StageContext(small_splits, minilm_tokenizer, 64, teacher=teacher, teacher_tokenizer=minilm_tokenizer)
+    cfg = VocabTrimCfg(min_count=2, recovery=TrainCfg(epochs=1, learning_rate=1e-3, batch_size=16,
+                                                      max_train_samples=64))
+    # execute
+    model = trim_vocab(tiny_vocab_bert, cfg, ctx)
+    # assert: recovery ran with the teacher, on the trimmed ids, and moved the embedding it trained
+    rec = ctx.metrics["recovery"]
+    assert rec["teacher"] is True and rec["max_train_samples"] == 64 and rec["history"]
+    assert model.config.vocab_size == ctx.metrics["vocab_size"] == len(ctx.tokenizer) < len(minilm_tokenizer)
+    kept = ctx.tokenizer.convert_ids_to_tokens(list(range(len(ctx.tokenizer))))
+    before = teacher.get_input_embeddings().weight[minilm_tokenizer.convert_tokens_to_ids(kept)]
+    assert not torch.allclose(model.get_input_embeddings().weight, before)
