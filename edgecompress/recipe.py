@@ -65,10 +65,15 @@ class StudentArchCfg(Cfg):
         return self
 
 
+# The default student (issue 3): 4 layers, width 256 (8 heads of 32), FFN 768, sliced from the teacher. On the
+# default data it keeps 98.7% of the teacher at 3.46x lower fp32 ONNX latency (benchmarks/distill_frontier).
+DEFAULT_STUDENT_ARCH = {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 768}
+
+
 class StudentCfg(Cfg):
-    # DistilBERT-style default: initialise a shallower student from chosen teacher layers, same width.
-    from_teacher_layers: Optional[list[int]] = Field([0, 2, 4], min_length=1)
-    # Or a student from a config (issue 3). Exactly one of the two is set.
+    # DistilBERT-style: initialise a shallower student from chosen teacher layers, same width ...
+    from_teacher_layers: Optional[list[int]] = Field(None, min_length=1)
+    # ... or a student from a config (issue 3). Exactly one of the two is set; neither means DEFAULT_STUDENT_ARCH.
     config: Optional[StudentArchCfg] = None
 
     @field_validator("from_teacher_layers")
@@ -81,8 +86,8 @@ class StudentCfg(Cfg):
     @model_validator(mode="before")
     @classmethod
     def _one_of(cls, data):
-        if isinstance(data, dict) and data.get("config") is not None and "from_teacher_layers" not in data:
-            data = {**data, "from_teacher_layers": None}
+        if isinstance(data, dict) and data.get("config") is None and data.get("from_teacher_layers") is None:
+            data = {**data, "config": DEFAULT_STUDENT_ARCH}
         return data
 
     @model_validator(mode="after")
@@ -114,7 +119,8 @@ class DistillCfg(Cfg):
     schedule: Literal["joint", "two_phase"] = "joint"
     intermediate_epochs: float = Field(1.0, gt=0)
     early_stopping_patience: Optional[int] = Field(None, ge=1, description="epochs without val-accuracy gain before stopping")
-    train: TrainCfg = TrainCfg(epochs=2, learning_rate=1e-4, batch_size=32)
+    # 2e-4: the sliced narrow default student reached 96.9% of the teacher at 1e-4 and 98.7% at 2e-4.
+    train: TrainCfg = TrainCfg(epochs=2, learning_rate=2e-4, batch_size=32)
 
 
 class PruneCfg(Cfg):
