@@ -33,13 +33,13 @@ def uniform(n_s: int, n_t: int = 6) -> list[int]:
     return [(i + 1) * n_t // n_s - 1 for i in range(n_s)]
 
 
-def matches_for(n_s: int, n_t: int = 6) -> list[dict]:
+def matches_for(n_s: int, n_t: int = 6, weight: float = 1.0, hidden_loss: str = "mse") -> list[dict]:
     """TinyBERT-style uniform map: embeddings, each student layer's hidden state and attention to teacher layer
     (i+1)*N/M - 1 (the last student layer meets the last teacher layer)."""
-    out = [{"teacher_layer": -1, "student_layer": -1, "feature": "hidden", "loss": "mse", "weight": 1.0}]
+    out = [{"teacher_layer": -1, "student_layer": -1, "feature": "hidden", "loss": hidden_loss, "weight": weight}]
     for s, t in enumerate(uniform(n_s, n_t)):
-        out.append({"teacher_layer": t, "student_layer": s, "feature": "hidden", "loss": "mse", "weight": 1.0})
-        out.append({"teacher_layer": t, "student_layer": s, "feature": "attention", "loss": "kl", "weight": 1.0})
+        out.append({"teacher_layer": t, "student_layer": s, "feature": "hidden", "loss": hidden_loss, "weight": weight})
+        out.append({"teacher_layer": t, "student_layer": s, "feature": "attention", "loss": "kl", "weight": weight})
     return out
 
 
@@ -149,6 +149,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="student names (default: all)")
     ap.add_argument("--modes", nargs="*", default=["logits", "intermediate"])
     ap.add_argument("--lr", type=float, default=1e-4, help="distillation learning rate")
+    ap.add_argument("--match-weight", type=float, default=1.0, help="weight of every intermediate term")
+    ap.add_argument("--hidden-loss", choices=["mse", "cosine"], default="mse")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--keep", action="store_true", help="keep results of students not rerun")
@@ -188,7 +190,7 @@ def main() -> None:
                            "latency: fp32 ONNX, batch 1, seq 128, onnxruntime intra_op=1, OMP_WAIT_POLICY=PASSIVE, teacher and students "
                            "interleaved in one process on a 2-vCPU machine shared with other jobs (p50 over all rounds). "
                            "Intermediate = joint loss with embedding + per-layer hidden MSE (learned projection when narrower) + "
-                           "attention KL on TinyBERT's uniform layer map, weight 1 each.")},
+                           f"attention KL on TinyBERT's uniform layer map, weight {args.match_weight:g} each (hidden loss {args.hidden_loss}).")},
         "teacher": {"name": str(tdir.parent.name), "params": count_params(teacher), "test_accuracy": t_acc,
                     "test_accuracy_by_domain": by_domain(t_logits, splits["test"])},
         "students": [r for r in (prev or {}).get("students", [])],
@@ -201,7 +203,7 @@ def main() -> None:
             n_s = int(name.split("-")[0][1:])
             cfg = DistillCfg.model_validate({
                 "student": STUDENTS[name], "alpha": 0.5, "temperature": 2.0,
-                "matches": matches_for(n_s) if mode == "intermediate" else [],
+                "matches": matches_for(n_s, weight=args.match_weight, hidden_loss=args.hidden_loss) if mode == "intermediate" else [],
                 "train": {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": 32,
                           "max_train_samples": args.train_samples}})
             print(f"== {name} {mode}", flush=True)
