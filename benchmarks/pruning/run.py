@@ -1,8 +1,8 @@
 """Pruning benchmark (issue 4): what unstructured, structured and vocabulary pruning do to the exported file.
 
 On the default student (the latest `distill` artifact of the default recipe in the store) builds pruned
-variants with the product's own stages, exports each to ONNX fp32 (edgecompress's exporter, one file) and
-int8 (onnxruntime quantize_dynamic, QInt8 per channel, in a temp dir), and reports params, file MB,
+variants with the product's own stages, exports each with the product's ONNX exporter to fp32 and int8 (dynamic,
+u8 x s8 per channel, int8 embeddings: the files `edgecompress run` ships), and reports params, file MB,
 onnxruntime p50 (batch 1, seq 128, 1 intra-op thread, OMP_WAIT_POLICY=PASSIVE) and test accuracy (torch fp32
 and the int8 file in onnxruntime) on the packaged VADER test split.
 
@@ -55,22 +55,14 @@ def load(path: Path):
 
 
 def export(model, out: Path, max_seq_len: int) -> tuple[Path, Path]:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """The files the product ships: edgecompress's ONNX exporter, fp32 and int8 (quantize_dynamic, u8 activations x
+    s8 per-channel weights, int8 embeddings: the host profile's flavour), debug metadata stripped."""
     from edgecompress.export.base import IOSpec
     from edgecompress.export.onnx import OnnxExporter
+    from edgecompress.recipe import QuantSpec
     io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels, max_seq_len=max_seq_len)
     fp32 = OnnxExporter().export(model, io, None, None, out / "fp32").file
-    (out / "int8").mkdir(parents=True, exist_ok=True)
-    int8 = out / "int8" / "model.onnx"
-    with tempfile.TemporaryDirectory(prefix="prune-bench.") as tmp:  # the quantizer litters its CWD
-        cwd = os.getcwd()
-        os.chdir(tmp)
-        try:
-            quantize_dynamic(fp32, Path(tmp) / "q.onnx", per_channel=True, weight_type=QuantType.QInt8)
-            onnx.save(onnx.load(str(Path(tmp) / "q.onnx")), str(int8), save_as_external_data=False)
-        finally:
-            os.chdir(cwd)
+    int8 = OnnxExporter().export(model, io, QuantSpec(preset="manual"), None, out / "int8").file
     return fp32, int8
 
 
@@ -83,12 +75,21 @@ def session(path: Path):
     return ort.InferenceSession(str(path), sess_options=o, providers=["CPUExecutionProvider"])
 
 
-def ort_accuracy(sess, tokenizer, split, max_seq_len: int) -> float:
+def ort_predictions(sess, tokenizer, split, max_seq_len: int) -> np.ndarray:
     from edgecompress.data import batches
     preds = np.zeros(len(split), dtype=np.int64)
     for inputs, _, idx in batches(tokenizer, split, 64, max_seq_len, shuffle=False):
         preds[idx] = sess.run(None, inputs)[0].argmax(-1)
-    return float((preds == split.labels).mean())
+    return preds
+
+
+def paired_ci95_pt(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> float:
+    """Half-width, in points, of the normal-approximation 95% interval of acc(a) - acc(b) on the same rows
+    (McNemar's variance: only rows where exactly one of the two is right carry the difference)."""
+    ra, rb = a == labels, b == labels
+    n01, n10 = int((ra & ~rb).sum()), int((~ra & rb).sum())
+    var = (n01 + n10 - (n01 - n10) ** 2 / len(labels)) / len(labels) ** 2
+    return float(100 * 1.96 * np.sqrt(max(var, 0.0)))
 
 
 def main() -> int:
@@ -101,7 +102,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--train-threads", type=int, default=2)
     ap.add_argument("--vocab-min-counts", type=int, nargs="+", default=[1, 3, 5])
-    ap.add_argument("--vocab-recovery-min-counts", type=int, nargs="*", default=[3],
+    ap.add_argument("--vocab-recovery-min-counts", type=int, nargs="*", default=[3, 4],
                     help="min_counts also built with recovery fine-tuning after the trim")
     ap.add_argument("--combined-min-count", type=int, default=3, help="vocab min_count of the combined variants")
     ap.add_argument("--out", type=Path, default=HERE)
@@ -113,7 +114,7 @@ def main() -> int:
     from edgecompress.compress.base import StageContext
     from edgecompress.compress.prune import prune
     from edgecompress.compress.structured import heads_per_layer, prune_structured
-    from edgecompress.compress.train import accuracy
+    from edgecompress.compress.train import predict_logits
     from edgecompress.compress.vocab import trim_vocab
     from edgecompress.data import batches, load_splits
     from edgecompress.modeling import count_params
@@ -203,9 +204,11 @@ def main() -> int:
         v["int8_mb"] = int8.stat().st_size / 1e6
         v["int8_gzip_mb"] = len(gzip.compress(int8.read_bytes(), 6)) / 1e6
         v["sessions"] = {"fp32": session(fp32), "int8": session(int8)}
-        v["test_accuracy_torch_fp32"] = accuracy(model, batches(v["tokenizer"], test, 64, data.max_seq_len,
-                                                                shuffle=False))
-        v["test_accuracy_onnx_int8"] = ort_accuracy(v["sessions"]["int8"], v["tokenizer"], test, data.max_seq_len)
+        v["preds"] = {"fp32": predict_logits(model, batches(v["tokenizer"], test, 64, data.max_seq_len,
+                                                            shuffle=False)).argmax(-1),
+                      "int8": ort_predictions(v["sessions"]["int8"], v["tokenizer"], test, data.max_seq_len)}
+        v["test_accuracy_torch_fp32"] = float((v["preds"]["fp32"] == test.labels).mean())
+        v["test_accuracy_onnx_int8"] = float((v["preds"]["int8"] == test.labels).mean())
         print(f"[{time.perf_counter() - t_start:6.0f} s] exported {v['name']}: {v['int8_mb']:.1f} MB int8, "
               f"acc {v['test_accuracy_torch_fp32']:.4f}/{v['test_accuracy_onnx_int8']:.4f}", flush=True)
 
@@ -239,9 +242,11 @@ def main() -> int:
     base = variants[0]
     rows = []
     for v in variants:
-        rows.append({k: v[k] for k in v if k not in ("model", "tokenizer", "sessions")}
+        rows.append({k: v[k] for k in v if k not in ("model", "tokenizer", "sessions", "preds")}
                     | {"accuracy_delta_pt_fp32": 100 * (v["test_accuracy_torch_fp32"] - base["test_accuracy_torch_fp32"]),
                        "accuracy_delta_pt_int8": 100 * (v["test_accuracy_onnx_int8"] - base["test_accuracy_onnx_int8"]),
+                       "accuracy_delta_ci95_pt_fp32": paired_ci95_pt(v["preds"]["fp32"], base["preds"]["fp32"], test.labels),
+                       "accuracy_delta_ci95_pt_int8": paired_ci95_pt(v["preds"]["int8"], base["preds"]["int8"], test.labels),
                        "int8_size_ratio": base["int8_mb"] / v["int8_mb"]})
     s50 = next(r for r in rows if r["name"].startswith("structured heads 1/3"))
     # The vocabulary target is judged on the first vocab row (table order) that meets both size and accuracy;
@@ -261,10 +266,17 @@ def main() -> int:
                                             "met": min(s50["accuracy_delta_pt_fp32"], s50["accuracy_delta_pt_int8"]) >= -1.0},
         "vocab_int8_file_ge_2x": {"variant": voc["name"], "ratio": voc["int8_size_ratio"],
                                   "met": voc["int8_size_ratio"] >= 2.0},
-        "vocab_accuracy_within_0.3pt": {"delta_pt_fp32": voc["accuracy_delta_pt_fp32"],
+        "vocab_accuracy_within_0.3pt": {"variant": voc["name"], "delta_pt_fp32": voc["accuracy_delta_pt_fp32"],
                                         "delta_pt_int8": voc["accuracy_delta_pt_int8"],
                                         "met": max(abs(voc["accuracy_delta_pt_fp32"]), abs(voc["accuracy_delta_pt_int8"])) <= 0.3},
     }
+    # Recovery is also extra training: next to each target judged against the baseline (the model the user has),
+    # give the same delta against the control (the unpruned student after the same recovery).
+    ctrl = next(r for r in rows if r["kind"] == "control")
+    for key, r in (("structured_accuracy_loss_le_1pt", s50), ("vocab_accuracy_within_0.3pt", voc)):
+        if r["stage_metrics"].get("recovery"):
+            targets[key]["vs_control_pt_fp32"] = 100 * (r["test_accuracy_torch_fp32"] - ctrl["test_accuracy_torch_fp32"])
+            targets[key]["vs_control_pt_int8"] = 100 * (r["test_accuracy_onnx_int8"] - ctrl["test_accuracy_onnx_int8"])
     result = {
         "student": str(student_dir), "teacher": str(teacher_dir),
         "student_manifest_id": _manifest_id(student_dir), "test_samples": len(test),
@@ -302,7 +314,7 @@ def markdown(r: dict) -> str:
            "baseline/variant in the same round [p10-p90]. Total run: "
            f"{r['total_seconds'] / 60:.1f} min.", "",
            "| variant | params (M) | heads/layer | FFN | vocab | fp32 MB | int8 MB | int8 gz MB | fp32 p50 ms | "
-           "fp32 speed-up | int8 p50 ms | int8 speed-up | acc fp32 | acc int8 (ONNX) | Δ pt (fp32) | Δ pt (int8) |",
+           "fp32 speed-up | int8 p50 ms | int8 speed-up | acc fp32 | acc int8 (ONNX) | Δ pt (fp32) ±95% | Δ pt (int8) ±95% |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         out.append(
@@ -310,13 +322,16 @@ def markdown(r: dict) -> str:
             f"{x['vocab_size']} | {x['fp32_mb']:.1f} | {x['int8_mb']:.1f} | {x['int8_gzip_mb']:.1f} | "
             f"{x['fp32_p50_ms']:.1f} | {x['fp32_speedup']:.2f}× [{x['fp32_speedup_p10_p90'][0]:.2f}–{x['fp32_speedup_p10_p90'][1]:.2f}] | "
             f"{x['int8_p50_ms']:.1f} | {x['int8_speedup']:.2f}× [{x['int8_speedup_p10_p90'][0]:.2f}–{x['int8_speedup_p10_p90'][1]:.2f}] | "
-            f"{x['test_accuracy_torch_fp32']:.4f} | {x['test_accuracy_onnx_int8']:.4f} | {x['accuracy_delta_pt_fp32']:+.2f} | "
-            f"{x['accuracy_delta_pt_int8']:+.2f} |")
+            f"{x['test_accuracy_torch_fp32']:.4f} | {x['test_accuracy_onnx_int8']:.4f} | "
+            f"{x['accuracy_delta_pt_fp32']:+.2f} ±{x['accuracy_delta_ci95_pt_fp32']:.2f} | "
+            f"{x['accuracy_delta_pt_int8']:+.2f} ±{x['accuracy_delta_ci95_pt_int8']:.2f} |")
     out += ["", "## Targets", ""]
     for k, v in r["targets"].items():
         out.append(f"- {k}: {'MET' if v['met'] else 'MISSED'} ("
                    + ", ".join(f"{a} {b:.3f}" if isinstance(b, float) else f"{a} {b}" for a, b in v.items() if a != "met") + ")")
-    out += ["", "Unstructured zeros leave every matrix its size: file MB and latency do not move; only a compressed "
+    out += ["", f"Δ pt: test accuracy minus the baseline's, on the same {r['test_samples']} rows; ± is the half-width of its paired "
+            "95% interval (McNemar variance). Deltas inside it are not distinguishable from zero on this test split.",
+            "", "Unstructured zeros leave every matrix its size: file MB and latency do not move; only a compressed "
             "file (gz column) shows them. Reproduce: `python benchmarks/pruning/run.py`.", ""]
     return "\n".join(out)
 

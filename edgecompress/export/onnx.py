@@ -74,6 +74,11 @@ class OnnxExporter(Exporter):
         with tempfile.TemporaryDirectory(prefix="edgecompress.onnx.") as tmp:
             fp32 = out if quant is None else Path(tmp) / "fp32.onnx"
             self._export_fp32(model, io, fp32)
+            if quant is None:  # the int8 paths strip their own output; their fp32 input keeps the module scopes
+                import onnx
+                proto = onnx.load(str(out))
+                _strip_debug_metadata(proto)
+                onnx.save(proto, str(out), save_as_external_data=False)
             if quant is not None and quant.weights == "codebook":
                 qdetails.update(self._codebook(fp32, out, quant))
                 notes.append(f"codebook {quant.codebook_bits}-bit: {qdetails['codebook']['stored']} weight tensors "

@@ -145,6 +145,17 @@ def test_int8_is_realized_in_the_file(exports, case):
     assert any("int8" in n for n in exported.result.notes)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.values[0][0] == "onnx"])
+def test_onnx_file_ships_without_the_exporters_debug_metadata(exports, case):
+    # setup
+    import onnx
+    exported = exports(case)
+    # execute
+    nodes = onnx.load(str(exported.result.file)).graph.node
+    # assert: torch.onnx's per-node stack traces and module scopes are not in the device file
+    assert nodes and not any(n.metadata_props for n in nodes)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_too_long_input_raises_user_input_error(exports, case):
     # setup
