@@ -139,6 +139,13 @@ def derive_arch(teacher_config, arch) -> dict:
     from types import SimpleNamespace
     t = SimpleNamespace(**teacher_config) if isinstance(teacher_config, dict) else teacher_config
     h = arch.hidden_size or t.hidden_size
+    # A student is a compression of its teacher: the slicing init cannot add dimensions or layers, and the default
+    # student (4 x 256) is sized for MiniLM-L6-H384, so a smaller teacher must say what its student is.
+    for field, s_val, t_val in (("hidden_size", h, t.hidden_size), ("num_hidden_layers", arch.num_hidden_layers,
+                                                                    t.num_hidden_layers)):
+        if s_val > t_val:
+            raise UserInputError(f"student.config.{field} {s_val} exceeds the teacher's {t_val}; set "
+                                 f"student.config.{field} to at most {t_val} (or use student.from_teacher_layers)")
     head_dim = t.hidden_size // t.num_attention_heads
     heads = arch.num_attention_heads or (t.num_attention_heads if h == t.hidden_size else max(1, h // head_dim))
     if h % heads:

@@ -210,3 +210,19 @@ def test_early_stopping_stops_after_patience_epochs_without_gain(tiny_vocab_bert
                 "t", patience=1)
     # assert
     assert res.stopped_early and len(res.history) == 2
+
+
+def test_default_student_on_a_smaller_teacher_fails_in_plan_naming_the_field(tmp_path):
+    # setup: the tiny 2-layer, width-32 teacher with the recipe's default student (4 layers, width 256)
+    from edgecompress.plan import make_plan
+    from edgecompress.recipe import parse_recipe
+    from tests._models import save_tiny_teacher, write_small_vader
+    recipe = parse_recipe({
+        "teacher": {"source": str(save_tiny_teacher(tmp_path / "t")), "finetune": None},
+        "data": {"source": str(write_small_vader(tmp_path / "d", 40, 12)), "max_seq_len": 64},
+        "stages": [{"kind": "distill"}],
+        "export": {"formats": ["onnx"], "max_seq_len": 64}, "bench": {"seq_len": 32}})
+    # execute / assert
+    with pytest.raises(UserInputError, match=r"student\.config\.hidden_size 256 exceeds the teacher's 32") as e:
+        make_plan(recipe)
+    assert "\n" not in str(e.value)
