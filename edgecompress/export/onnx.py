@@ -73,12 +73,8 @@ class OnnxExporter(Exporter):
         # never in out_dir or the CWD.
         with tempfile.TemporaryDirectory(prefix="edgecompress.onnx.") as tmp:
             fp32 = out if quant is None else Path(tmp) / "fp32.onnx"
-            self._export_fp32(model, io, fp32)
-            if quant is None:  # the int8 paths strip their own output; their fp32 input keeps the module scopes
-                import onnx
-                proto = onnx.load(str(out))
-                _strip_debug_metadata(proto)
-                onnx.save(proto, str(out), save_as_external_data=False)
+            # The int8 paths strip their own output; their fp32 input keeps the module scopes they read.
+            self._export_fp32(model, io, fp32, strip_metadata=quant is None)
             if quant is not None and quant.weights == "codebook":
                 qdetails.update(self._codebook(fp32, out, quant))
                 notes.append(f"codebook {quant.codebook_bits}-bit: {qdetails['codebook']['stored']} weight tensors "
@@ -103,7 +99,8 @@ class OnnxExporter(Exporter):
         return ExportResult(file=out, notes=notes, details=details)
 
     @staticmethod
-    def _export_fp32(model, io: IOSpec, path: Path) -> None:
+    def _export_fp32(model, io: IOSpec, path: Path, strip_metadata: bool = False) -> None:
+        import onnx
         import torch
 
         ex = io.example_inputs(io.example_batch, io.example_seq_len)
@@ -118,7 +115,10 @@ class OnnxExporter(Exporter):
             prog = torch.onnx.export(logits_module(model), args, input_names=list(io.input_names),
                                      output_names=[io.output_name], dynamic_shapes=dyn, opset_version=OPSET,
                                      dynamo=True, verbose=False)
-        prog.save(str(path), external_data=False)
+        proto = prog.model_proto
+        if strip_metadata:
+            _strip_debug_metadata(proto)
+        onnx.save(proto, str(path), save_as_external_data=False)
 
     @staticmethod
     def _codebook(fp32: Path, out: Path, quant) -> dict:
