@@ -89,11 +89,18 @@ class Transport(ABC):
 
     kind: str
     reach: BaseModel
+    _workdir: Optional[str] = None
+
+    @abstractmethod
+    def _ensure_workdir(self) -> Optional[ExecResult]:
+        """Create the device workdir (self._workdir) once; the failure as data, or None when it exists."""
 
     @property
-    @abstractmethod
-    def workdir(self) -> str:
-        """The device path every remote_rel is relative to (created on first use)."""
+    def workdir(self) -> Optional[str]:
+        """The device path every remote_rel is relative to (created on first use), or None when the device could
+        not be reached to create it."""
+        self._ensure_workdir()
+        return self._workdir
 
     @property
     @abstractmethod
@@ -119,7 +126,7 @@ class Transport(ABC):
 
     def has_workdir(self) -> bool:
         """Whether the device workdir exists (False after a failed connect), without trying to connect again."""
-        return True
+        return self._workdir is not None
 
     def __enter__(self) -> "Transport":
         return self

@@ -45,11 +45,9 @@ class LocalTransport(Transport):
         self.reach = reach or LocalReach()
         self._workdir: Optional[str] = None
 
-    @property
-    def workdir(self) -> str:
+    def _ensure_workdir(self) -> None:
         if self._workdir is None:
             self._workdir = tempfile.mkdtemp(prefix="edgecompress-bench-")
-        return self._workdir
 
     @property
     def python(self) -> str:

@@ -110,14 +110,6 @@ class QemuArm64Transport(Transport):
     # ---------------------------------------------------------------- interface
 
     @property
-    def workdir(self) -> Optional[str]:
-        self._ensure_workdir()
-        return self._workdir
-
-    def has_workdir(self) -> bool:
-        return self._workdir is not None
-
-    @property
     def python(self) -> str:
         """The launcher (host path) that runs the rootfs's arm64 python under qemu."""
         self._ensure_workdir()

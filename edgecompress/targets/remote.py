@@ -58,15 +58,6 @@ class RemoteShellTransport(Transport):
         return None
 
     @property
-    def workdir(self) -> Optional[str]:
-        """The device directory, or None when the device could not be reached to create it."""
-        self._ensure_workdir()
-        return self._workdir
-
-    def has_workdir(self) -> bool:
-        return self._workdir is not None
-
-    @property
     def python(self) -> str:
         return self.reach.python
 
