@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from edgecompress.errors import RuntimeFailure
+from edgecompress.errors import RuntimeFailure, UserInputError
 
 MANIFEST = "manifest.json"
 _VERSIONED = ("edgecompress", "torch", "transformers", "onnx", "onnxruntime", "executorch", "torchao", "numpy")
@@ -77,15 +77,87 @@ class Artifact:
             raise RuntimeFailure(f"{path}: no readable {MANIFEST} ({e}); point at an artifact folder") from None
         return cls(Path(path), manifest)
 
+    def inside(self, rel: str) -> Path:
+        """`rel` resolved inside this artifact's folder; a path that leaves it (absolute, `..`, a link out) is
+        refused: a manifest must never make the host push or load a file from elsewhere."""
+        root = self.path.resolve()
+        p = (self.path / str(rel)).resolve()
+        if not str(rel) or Path(str(rel)).is_absolute() or (p != root and root not in p.parents):
+            raise UserInputError(f"{self.path / MANIFEST}: file {str(rel)[:200]!r} lies outside the artifact folder; "
+                                 f"re-create the artifact instead of editing its manifest")
+        return p
+
     def verify(self) -> Optional[str]:
         """None if every listed file matches its sha256, else a one-line reason."""
-        for rel, info in self.manifest.get("files", {}).items():
-            p = self.path / rel
-            if not p.is_file():
+        files = self.manifest.get("files", {})
+        if not isinstance(files, dict):
+            return f"{self.path / MANIFEST}: 'files' is not a mapping"
+        for rel, info in files.items():
+            p = self.inside(rel)
+            if not isinstance(info, dict) or not p.is_file():
                 return f"{p} is missing"
-            if p.stat().st_size != info["bytes"] or sha256_file(p) != info["sha256"]:
+            if p.stat().st_size != info.get("bytes") or sha256_file(p) != info.get("sha256"):
                 return f"{p} does not match its sha256 in {MANIFEST}"
         return None
+
+
+@dataclass(frozen=True)
+class ExportFiles:
+    """An export artifact's files, read from its manifest and checked against their hashes before any use."""
+    artifact: Artifact
+    format: str
+    precision: str
+    model_file: Path
+    io_json: Path
+    expected_json: Optional[Path]
+
+    @property
+    def key(self) -> str:
+        return f"{self.format}-{self.precision}"
+
+    def parent_model_dir(self) -> Optional[Path]:
+        """The model folder of the artifact this file was exported from, when it sits beside it in the store."""
+        for pid in self.artifact.manifest.get("parents") or []:
+            for p in sorted(self.artifact.path.resolve().parent.glob(f"*-{pid}")):
+                if (p / "model" / "config.json").is_file():
+                    return p / "model"
+        return None
+
+
+def open_export(path: Path) -> ExportFiles:
+    """Read an export artifact folder: format and precision from manifest.json (never from file names), every
+    listed file inside the folder and matching its sha256. Bad input raises UserInputError with the fix."""
+    from edgecompress.formats import FORMATS
+
+    d = Path(path)
+    if not (d / MANIFEST).is_file():
+        raise UserInputError(f"{d}: no {MANIFEST}; pass an export artifact folder (runs/<recipe>/artifacts/<format>-"
+                             f"<precision>)")
+    try:
+        art = Artifact.open(d)
+    except RuntimeFailure as e:
+        raise UserInputError(str(e)) from None
+    if not isinstance(art.manifest, dict) or not isinstance(art.manifest.get("config"), dict):
+        raise UserInputError(f"{d / MANIFEST}: not an artifact manifest (no config mapping)")
+    cfg, metrics = art.manifest["config"], art.metrics if isinstance(art.metrics, dict) else {}
+    fmt, precision = cfg.get("format"), cfg.get("precision")
+    if fmt not in FORMATS or not isinstance(precision, str):
+        raise UserInputError(f"{d / MANIFEST}: config.format / config.precision missing or unknown (got "
+                             f"{str(fmt)[:40]!r}, {str(precision)[:40]!r}); is this an export artifact?")
+    problem = art.verify()
+    if problem:
+        raise UserInputError(f"{problem}: the artifact was changed after it was written; re-create it "
+                             f"(edgecompress run) instead of editing it")
+    listed = list(art.manifest.get("files", {}))
+    named = metrics.get("file")
+    cands = [named] if isinstance(named, str) else [r for r in listed if r.endswith(FORMATS[fmt].suffix)]
+    if len(cands) != 1 or cands[0] not in listed:
+        raise UserInputError(f"{d}: expected one listed {FORMATS[fmt].suffix} file, found {len(cands)}")
+    if "io.json" not in listed:
+        raise UserInputError(f"{d}: io.json is not listed in {MANIFEST}; re-create the artifact")
+    expected = "expected.json" if "expected.json" in listed else None
+    return ExportFiles(art, fmt, precision, art.inside(cands[0]), art.inside("io.json"),
+                       art.inside(expected) if expected else None)
 
 
 class Store:

@@ -35,11 +35,6 @@ def _cmd_plan(args) -> int:
     return plan_command(args.recipe, json_output=args.json)
 
 
-def _cmd_verify(args) -> int:
-    from edgecompress.targets.qemu import verify_command
-    return verify_command(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgecompress", description=__doc__.split(".")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -58,16 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=_cmd_plan)
 
-    v = sub.add_parser("verify", help="label agreement of an export artifact on a target (default: emulated arm64) vs this host")
-    v.add_argument("artifact", type=Path, help="an export artifact folder (manifest.json + model file + io.json)")
-    v.add_argument("--target", default="qemu-arm64", help="qemu-arm64[?cpu=...] or any target URL (ssh://, adb://)")
-    v.add_argument("--limit", type=int, help="first N test samples only")
-    v.add_argument("--threads", type=int, default=1)
-    v.add_argument("--min-agreement", type=float, default=0.99)
-    v.set_defaults(func=_cmd_verify)
-
     from edgecompress.bench import commands as bench_commands
     bench_commands.register(sub)
+    from edgecompress.bench import verify
+    verify.register(sub)
     return p
 
 

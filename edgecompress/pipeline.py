@@ -17,11 +17,31 @@ import numpy as np
 
 from edgecompress import progress
 from edgecompress.artifact import Artifact, Store, artifact_id, sha256_file
+from edgecompress.data import EVAL_BATCH, batches
 from edgecompress.errors import EdgeCompressError, RuntimeFailure
+from edgecompress.formats import FORMATS
 from edgecompress.plan import Plan, make_plan
 from edgecompress.recipe import Recipe, load_recipe
 
-EVAL_BATCH = 64
+
+
+def export_config(r: Recipe, fmt: str, precision: str, quant) -> dict:
+    """What the exported file depends on, and nothing else: the verification and bench settings are their own
+    steps' configs, so changing them never re-exports (or re-lowers a .pte)."""
+    cfg = {"format": fmt, "precision": precision, "quantize": quant.model_dump() if quant else None,
+           "max_seq_len": r.export.max_seq_len, "seed": r.seed}
+    if FORMATS[fmt].fixed_batch:  # the file bakes in the largest batch it accepts
+        cfg["batch"] = r.bench.batch
+    return cfg
+
+
+def verify_config(r: Recipe, data_id: str) -> dict:
+    return {"parity_shapes": [list(s) for s in r.export.parity_shapes], "max_test_samples": r.export.max_test_samples,
+            "threads": r.bench.threads, "seed": r.seed, "data": data_id}
+
+
+def bench_config(r: Recipe) -> dict:
+    return {"bench": r.bench.model_dump(), "profile": r.profile, "target": "local"}
 
 
 def home() -> Path:
@@ -159,64 +179,74 @@ class Runner:
         return self._step(cfg.kind, {"stage": cfg.model_dump(), "seed": self.recipe.seed, "index": index},
                           [parent.id], build, label=f"{index + 1}-{cfg.kind}")
 
-    def export(self, fmt: str, precision: str, parent: Artifact, ctx, label: str) -> Artifact:
+    def _quant(self, precision: str):
+        """The int8 intent with the device's flavour filled in (preset "profile"), or None for fp32."""
+        return self.recipe.quantize.with_profile(self.plan.profile.int8) if precision == "int8" else None
+
+    def _calib(self, quant, tokenizer):
+        """Calibration rows, streamed, not listed: static int8 takes calibration.samples rows, QAT its train rows,
+        fallback labelled validation rows (quant/calibration.py). Without a quant intent 64 rows feed the observers."""
+        from edgecompress.export.quant.calibration import CalibData
+        r, splits = self.recipe, self.splits
+        q = quant or r.quantize
+        n_cal = q.calibration.samples if q.activations == "static" else 64
+
+        def rows(split: str, bs: int, shuffle: bool, n=None):
+            return batches(tokenizer, splits[split].subset(n, r.seed), bs, r.data.max_seq_len, shuffle=shuffle,
+                           seed=r.seed)
+        return CalibData(
+            inputs=lambda: (b[0] for b in rows("train", q.calibration.batch_size, True, n_cal)),
+            train=(lambda: rows("train", q.qat.batch_size, True, q.qat.max_train_samples)) if q.qat else None,
+            validation=lambda: [(b[0], b[1]) for b in rows("validation", 32, False)])
+
+    def export(self, fmt: str, precision: str, parent: Artifact, label: str) -> Artifact:
         from edgecompress.export.base import IOSpec, file_mb, read_io_beside
-        from edgecompress.export import parity
         from edgecompress.registry import EXPORTERS
-        r = self.recipe
-        quant = r.quantize if precision == "int8" else None
-        if quant is not None:  # preset "profile": the device decides the int8 flavour (u8/s8, per_channel, reduce_range)
-            quant = quant.with_profile(self.plan.profile.int8)
-        config = {"format": fmt, "precision": precision, "quantize": quant.model_dump() if quant else None,
-                  # Not the list of formats: adding a format to a recipe must not redo the others.
-                  "export": r.export.model_dump(exclude={"formats", "precisions"}), "verify_threads": r.bench.threads}
+        from edgecompress.verification import write_expected
+        r, spec = self.recipe, FORMATS[fmt]
+        quant = self._quant(precision)
 
         def build(tmp: Path) -> None:
             import torch
             torch.manual_seed(r.seed)
-            model = _load_model(parent)
-            ctx.tokenizer = _load_tokenizer(parent)
-            # .pte and .tflite bake their (largest) batch into the file: export for the bench batch.
-            batch_arg = {"pte": {"max_batch": r.bench.batch}, "tflite": {"batch": r.bench.batch}}.get(fmt, {})
-            exporter = EXPORTERS.get(fmt)(**batch_arg)
+            model, tokenizer = _load_model(parent), _load_tokenizer(parent)
+            exporter = EXPORTERS.get(fmt)(batch=r.bench.batch)
             io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels,
-                        max_seq_len=r.export.max_seq_len, pad_token_id=ctx.tokenizer.pad_token_id or 0)
-            # Streamed, not listed: static int8 takes calibration.samples rows, QAT its train rows, fallback labelled
-            # validation rows (quant/calibration.py). Without a quant intent only the spine's 64 rows are used.
-            from edgecompress.export.quant.calibration import CalibData
-            q = quant or r.quantize
-            n_cal = q.calibration.samples if q.activations == "static" else 64
-            n_qat = (q.qat.max_train_samples if q.qat is not None else None)
-            calib = CalibData(
-                inputs=lambda: (b[0] for b in ctx.batches("train", q.calibration.batch_size, shuffle=True, subset=n_cal)),
-                train=(lambda: ctx.batches("train", q.qat.batch_size, shuffle=True, subset=n_qat)) if q.qat else None,
-                validation=lambda: [(b[0], b[1]) for b in ctx.batches("validation", 32, shuffle=False)])
+                        max_seq_len=r.export.max_seq_len, pad_token_id=tokenizer.pad_token_id or 0)
             t0 = time.perf_counter()
             with progress.status(f"exporting {label}"):
-                res = exporter.export(model, io, quant, calib, tmp)
+                res = exporter.export(model, io, quant, self._calib(quant, tokenizer), tmp)
             export_s = time.perf_counter() - t0
             io = read_io_beside(res.file)  # the exporter's own io.json (tflite adds its static shape)
             infer = exporter.load(res.file, threads=r.bench.threads)
-            par = parity.compare(model, infer, io, shapes=r.export.parity_shapes, seed=r.seed)
-            test = ctx.splits["test"].subset(r.export.max_test_samples, r.seed)
-            acc = evaluate(infer, ctx.tokenizer, test, r.export.max_seq_len, model=model)
-            expected_inputs = io.example_inputs(r.bench.batch, r.bench.seq_len, seed=r.seed)
-            expected = infer(expected_inputs)
-            (tmp / "expected.json").write_text(json.dumps({
-                "inputs": {k: v.tolist() for k, v in expected_inputs.items()},
-                "logits": np.asarray(expected).tolist(),
-                # int8 kernels differ by CPU (u8/s8, VNNI vs NEON): a device is allowed 4x the host's own drift vs fp32.
-                "atol": max(1e-3, 4 * float(par["max_abs_diff"])), "argmax_must_match": precision == "fp32"}))
+            expected = write_expected(tmp, io, infer, model, r.bench.batch if spec.fixed_batch else 1, r.seed,
+                                      exact=precision == "fp32")
             _write_metrics(tmp, {"format": fmt, "precision": precision, "file": res.file.name,
                                  "file_mb": file_mb(res.file), "export_seconds": round(export_s, 2),
-                                 "parity": par, **acc, "notes": res.notes, "details": res.details,
-                                 "runtime": exporter.runtime})
-        return self._step("export", config, [parent.id], build, label=label)
+                                 "notes": res.notes, "details": res.details, "runtime": spec.runtime, **expected})
+        return self._step("export", export_config(r, fmt, precision, quant), [parent.id], build, label=label)
+
+    def verify(self, exp: Artifact, parent: Artifact, label: str) -> Artifact:
+        from edgecompress.export.base import read_io_beside
+        from edgecompress.registry import EXPORTERS
+        from edgecompress.verification import verify_file
+        r = self.recipe
+
+        def build(tmp: Path) -> None:
+            model, tokenizer = _load_model(parent), _load_tokenizer(parent)
+            file = exp.path / exp.metrics["file"]
+            infer = EXPORTERS.get(exp.metrics["format"])().load(file, threads=r.bench.threads)
+            test = self.splits["test"].subset(r.export.max_test_samples, r.seed)
+            with progress.status(f"verifying {label}"):
+                metrics = verify_file(infer, read_io_beside(file), model, tokenizer, test,
+                                      shapes=r.export.parity_shapes, seed=r.seed)
+            _write_metrics(tmp, metrics)
+        return self._step("verify", verify_config(r, self._data_id), [exp.id, parent.id], build,
+                          label=f"verify-{label}")
 
     def bench(self, exp: Artifact, label: str) -> Artifact:
         from edgecompress.bench.harness import bench_file
         b = self.recipe.bench
-        config = {"bench": b.model_dump(), "profile": self.recipe.profile, "target": "local"}
 
         def build(tmp: Path) -> None:
             m = exp.metrics
@@ -226,7 +256,8 @@ class Runner:
             if not res.get("ok", False):
                 raise RuntimeFailure(f"benchmark of {label} failed: {res.get('error', 'no result')}")
             _write_metrics(tmp, res)
-        return self._step("bench", config, [exp.id], build, label=f"bench-{label}", force=self.rebench)
+        return self._step("bench", bench_config(self.recipe), [exp.id], build, label=f"bench-{label}",
+                          force=self.rebench)
 
     # -- whole run -----------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -237,7 +268,7 @@ class Runner:
         r = self.recipe
         t_start = time.perf_counter()
         self._data_id = fingerprint(r.data)
-        splits = load_splits(r.data)
+        self.splits = splits = load_splits(r.data)
         tokenizer = load_tokenizer(self.plan.teacher_dir)
         ctx = StageContext(splits, tokenizer, r.data.max_seq_len, r.seed, teacher_tokenizer=tokenizer)
         teacher_art = self.teacher(ctx)
@@ -253,9 +284,10 @@ class Runner:
             jobs.insert(0, ("onnx", "fp32", teacher_art, "teacher-onnx-fp32"))
         for fmt, prec, parent, label in jobs:
             try:
-                exp = self.export(fmt, prec, parent, ctx, label)
+                exp = self.export(fmt, prec, parent, label)
+                ver = self.verify(exp, parent, label)
                 bench = self.bench(exp, label)
-                rows.append(_row(label, exp, bench))
+                rows.append(_row(label, exp, ver, bench))
             except EdgeCompressError as e:
                 failures.append({"label": label, "error": str(e)})
                 progress.log(f"[{label}] FAILED: {e}")
@@ -273,38 +305,16 @@ class Runner:
         return report
 
 
-def evaluate(infer, tokenizer, split, max_seq_len: int, model=None) -> dict:
-    """Accuracy of an exported file in its runtime on a split (+ per-domain, + label agreement with the torch model)."""
-    from edgecompress.data import batches
-    from edgecompress.compress.train import to_torch
-    preds = np.zeros(len(split), dtype=np.int64)
-    ref = np.zeros(len(split), dtype=np.int64) if model is not None else None
-    bs = batches(tokenizer, split, EVAL_BATCH, max_seq_len, shuffle=False)
-    for inputs, _, idx in progress.track(bs, description="verify on test split"):
-        preds[idx] = np.asarray(infer(inputs)).argmax(-1)
-        if model is not None:
-            import torch
-            with torch.no_grad():
-                ref[idx] = model(**to_torch(inputs)).logits.argmax(-1).numpy()
-    out = {"test_accuracy": float((preds == split.labels).mean()), "test_samples": len(split)}
-    if ref is not None:
-        out["test_label_agreement_vs_torch"] = float((preds == ref).mean())
-    if split.domains:
-        doms = np.array(split.domains)
-        out["test_accuracy_by_domain"] = {d: float((preds[doms == d] == split.labels[doms == d]).mean())
-                                          for d in sorted(set(split.domains))}
-    return out
-
-
-def _row(label: str, exp: Artifact, bench: Artifact) -> dict:
-    m, b = exp.metrics, bench.metrics
+def _row(label: str, exp: Artifact, ver: Artifact, bench: Artifact) -> dict:
+    m, v, b = exp.metrics, ver.metrics, bench.metrics
     return {"label": label, "format": m["format"], "precision": m["precision"], "runtime": m["runtime"],
-            "test_accuracy": m["test_accuracy"], "test_accuracy_by_domain": m.get("test_accuracy_by_domain"),
-            "label_agreement_vs_torch": m.get("test_label_agreement_vs_torch"),
-            "parity_max_abs_diff": m["parity"]["max_abs_diff"], "parity": m["parity"],
+            "test_accuracy": v["test_accuracy"], "test_accuracy_by_domain": v.get("test_accuracy_by_domain"),
+            "label_agreement_vs_torch": v.get("test_label_agreement_vs_torch"),
+            "parity_max_abs_diff": v["parity"]["max_abs_diff"], "parity": v["parity"],
             "p50_ms": b.get("p50_ms"), "p90_ms": b.get("p90_ms"), "p99_ms": b.get("p99_ms"),
             "load_ms": b.get("load_ms"), "peak_rss_mb": b.get("peak_rss_mb"), "file_mb": m["file_mb"],
-            "threads": b.get("threads"), "notes": m.get("notes", []), "export_id": exp.id, "bench_id": bench.id,
+            "threads": b.get("threads"), "runner": b.get("runner", "python"), "notes": m.get("notes", []),
+            "export_id": exp.id, "verify_id": ver.id, "bench_id": bench.id,
             "export_path": str(exp.path)}
 
 

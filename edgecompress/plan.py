@@ -3,7 +3,6 @@ exporters x quantization x profile. Cheap by design (no weights, no torch import
 under two seconds and `run` can call it first."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from dataclasses import dataclass, field
@@ -12,16 +11,6 @@ from typing import Optional
 
 from edgecompress.errors import UserInputError
 from edgecompress.recipe import Recipe, load_recipe
-
-# What each format needs importable on the host to export and verify it, and the extra that installs it.
-FORMAT_NEEDS = {
-    "onnx": (("onnx", "onnxruntime", "onnxscript"), "onnx"),
-    "ptl": (("torch",), "all"),
-    "pte": (("executorch", "torchao"), "pte"),
-    # litert-torch pulls ~750 MB (jax): its own extra, named in the error when missing.
-    "tflite": (("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), "tflite"),
-}
-
 
 @dataclass
 class Plan:
@@ -81,18 +70,39 @@ def make_plan(recipe: Recipe) -> Plan:
             check_layer_map(s, cfg)  # student layers/width and the teacher->student match map
     from edgecompress.compress.structured import check_plan as check_pruning  # no torch: heads/neurons left
     check_pruning(recipe.stages, cfg)
-    for fmt in recipe.export.formats:
-        mods, extra = FORMAT_NEEDS[fmt]
-        missing = [m for m in mods if importlib.util.find_spec(m) is None]
-        if missing:
-            raise UserInputError(f"export format {fmt!r} needs {', '.join(missing)}; run: pip install -e \".[{extra}]\"")
     from edgecompress.profiles import load_profile
     profile = load_profile(recipe.profile)
+    check_formats(recipe, profile)
     steps = (["teacher:finetune" if recipe.teacher.finetune else "teacher:load"] + [s.kind for s in recipe.stages]
              + [f"export:{f}-{p}" for f in recipe.export.formats for p in recipe.export.precisions]
-             + ["export:teacher-onnx-fp32" if "onnx" in recipe.export.formats else None, "bench", "report"])
+             + ["export:teacher-onnx-fp32" if "onnx" in recipe.export.formats else None, "verify", "bench",
+                "report"])
     return Plan(recipe, teacher_dir, ddir, n_labels, {k: len(v) for k, v in splits.items()}, profile,
                 [s for s in steps if s])
+
+
+def check_formats(recipe: Recipe, profile) -> None:
+    """Every format x quantization x profile combination an exporter would refuse, refused here, before any work."""
+    from edgecompress.formats import FORMATS, install_hint
+    quant = None
+    if "int8" in recipe.export.precisions:
+        try:  # preset "profile": the device's int8 flavour must make a valid intent too
+            quant = recipe.quantize.with_profile(profile.int8)
+        except ValueError as e:
+            msg = str(e).splitlines()[-1].removeprefix("  Value error, ")
+            raise UserInputError(f"profile {profile.name}: its int8 flavour does not fit quantize: {msg}; use "
+                                 f"quantize.preset: manual or another profile") from None
+    for fmt in recipe.export.formats:
+        spec = FORMATS[fmt]
+        missing = spec.missing_modules()
+        if missing:
+            raise UserInputError(f"export format {fmt!r} needs {', '.join(missing)}; run: {install_hint(spec)}")
+        why = spec.refusal(quant)
+        if why:
+            raise UserInputError(f"export.formats: {why}")
+        if fmt not in profile.runtimes:
+            raise UserInputError(f"export.formats: profile {profile.name} has no runtime for .{fmt} (it runs "
+                                 f"{', '.join(profile.runtimes)}); drop {fmt} from export.formats or use another profile")
 
 
 def plan_command(recipe_path: Optional[Path], json_output: bool = False) -> int:

@@ -14,14 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgecompress.errors import UserInputError
-from edgecompress.targets.base import AdbReach, LocalReach, Reach, SshReach
+from edgecompress.formats import FORMAT_NAMES, FORMATS, PRECISIONS, Format, Runtime
+from edgecompress.transports.base import AdbReach, LocalReach, Reach, SshReach
 
-Format = Literal["onnx", "pte", "ptl", "tflite"]
-Runtime = Literal["onnxruntime", "executorch", "lite_interpreter", "tflite"]
-# The runtime that can open each format; a profile naming another is a typo, caught at load time.
-RUNTIME_FOR_FORMAT: dict[str, str] = {"onnx": "onnxruntime", "pte": "executorch", "ptl": "lite_interpreter",
-                                      "tflite": "tflite"}
-BUDGET_KEY_PATTERN = r"^(default|(onnx|pte|ptl|tflite)(-(fp32|fp16|int8))?)$"
+BUDGET_KEY_PATTERN = rf"^(default|({'|'.join(FORMAT_NAMES)})(-({'|'.join(PRECISIONS)}))?)$"
 
 
 class _Cfg(BaseModel):
@@ -93,8 +89,9 @@ class DeviceProfile(_Cfg):
     @model_validator(mode="after")
     def _runtimes_match(self) -> "DeviceProfile":
         for fmt, rc in self.runtimes.items():
-            if rc.runtime != RUNTIME_FOR_FORMAT[fmt]:
-                raise ValueError(f"runtimes.{fmt}: {rc.runtime} cannot run .{fmt}; use {RUNTIME_FOR_FORMAT[fmt]}")
+            # The runtime that can open each format is the table's; a profile naming another is a typo.
+            if rc.runtime != FORMATS[fmt].runtime:
+                raise ValueError(f"runtimes.{fmt}: {rc.runtime} cannot run .{fmt}; use {FORMATS[fmt].runtime}")
             if rc.threads > self.cores.total:
                 raise ValueError(f"runtimes.{fmt}.threads {rc.threads} > {self.cores.total} cores")
         return self
@@ -166,4 +163,4 @@ def load_profile(name_or_path: Union[str, Path]) -> DeviceProfile:
 
 
 __all__ = ["AdbReach", "Budget", "Cores", "DeviceProfile", "Int8Flavour", "LocalReach", "RuntimeCfg", "SshReach",
-           "list_profiles", "load_profile", "parse_profile", "RUNTIME_FOR_FORMAT"]
+           "list_profiles", "load_profile", "parse_profile"]

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgecompress.errors import UserInputError
+from edgecompress.formats import Format, Precision
 
 PACKAGED_TEACHER = "packaged:all-MiniLM-L6-v2"
 PACKAGED_DATA = "packaged:vader"
@@ -109,11 +110,16 @@ class MatchCfg(Cfg):
     weight: float = Field(1.0, ge=0)
 
 
+# The KD loss's defaults, shared by distill, recovery after pruning/trimming, and QAT (which distils from fp32).
+KD_ALPHA = 0.5
+KD_TEMPERATURE = 2.0
+
+
 class DistillCfg(Cfg):
     kind: Literal["distill"] = "distill"
     student: StudentCfg = StudentCfg()
-    alpha: float = Field(0.5, ge=0, le=1, description="weight of CE on labels; 1-alpha goes to the KD term")
-    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(KD_ALPHA, ge=0, le=1, description="weight of CE on labels; 1-alpha goes to the KD term")
+    temperature: float = Field(KD_TEMPERATURE, gt=0)
     matches: list[MatchCfg] = Field(default_factory=list, description="intermediate-layer matches; empty = logit KD only")
     # "joint": all terms from the start; "two_phase": intermediate terms alone for intermediate_epochs, then logits.
     schedule: Literal["joint", "two_phase"] = "joint"
@@ -249,8 +255,6 @@ class QuantSpec(Cfg):
         return QuantSpec(**data)
 
 
-Format = Literal["onnx", "ptl", "pte", "tflite"]
-Precision = Literal["fp32", "int8"]
 
 
 class ExportCfg(Cfg):

@@ -1,7 +1,7 @@
 """One registry mechanism for stages, exporters and transports.
 
-A component registers under a name (the string used in recipes and on the command line). Lookups of an
-unknown name fail with the list of known names, so a typo in a recipe tells the user what they meant.
+A component registers under a name (the string used in recipes and on the command line). The recipe and profile
+schemas only admit known names (formats come from edgecompress/formats.py), so a typo fails there, with its path.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import importlib
 import threading
 from typing import Callable, Generic, TypeVar
 
-from edgecompress.errors import UserInputError
+from edgecompress.formats import FORMATS
 
 T = TypeVar("T")
 
@@ -37,8 +37,8 @@ class Registry(Generic[T]):
         with self._lock:
             if name not in self._items and name in self._modules:
                 importlib.import_module(self._modules[name])
-        if name not in self._items:
-            raise UserInputError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        if name not in self._items:  # schemas only admit known names: reaching this is a bug, not bad input
+            raise LookupError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._items[name]
 
     def names(self) -> list[str]:
@@ -46,12 +46,10 @@ class Registry(Generic[T]):
 
 
 STAGES: Registry = Registry("stage", {
-    "finetune": "edgecompress.compress.finetune", "distill": "edgecompress.compress.distill",
+    "distill": "edgecompress.compress.distill",
     "prune": "edgecompress.compress.prune", "prune_structured": "edgecompress.compress.structured",
     "trim_vocab": "edgecompress.compress.vocab"})
-EXPORTERS: Registry = Registry("exporter", {
-    "onnx": "edgecompress.export.onnx", "ptl": "edgecompress.export.ptl", "pte": "edgecompress.export.pte",
-    "tflite": "edgecompress.export.tflite"})
+EXPORTERS: Registry = Registry("exporter", {name: f.exporter for name, f in FORMATS.items()})
 TRANSPORTS: Registry = Registry("transport", {
-    "local": "edgecompress.targets.local", "ssh": "edgecompress.targets.ssh", "adb": "edgecompress.targets.adb",
-    "qemu-arm64": "edgecompress.targets.qemu"})
+    "local": "edgecompress.transports.local", "ssh": "edgecompress.transports.ssh", "adb": "edgecompress.transports.adb",
+    "qemu-arm64": "edgecompress.transports.qemu"})

@@ -36,3 +36,8 @@ def small_splits():
     """320 train / 96 validation / 96 test rows of the packaged VADER data, stratified."""
     from tests._models import small_vader
     return small_vader()
+
+
+# Device-side fixtures (a tiny hand-built ONNX classifier, a loopback sshd), shared by tests/device, tests/bench
+# and tests/transports.
+from tests._device import sshd, tiny_model, zero_model  # noqa: E402,F401

@@ -21,8 +21,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from edgecompress.artifact import Artifact  # noqa: E402
 from edgecompress.bench.harness import bench_file  # noqa: E402
-from edgecompress.targets.base import make_transport  # noqa: E402
-from edgecompress.targets.loopback_sshd import loopback_sshd  # noqa: E402
+from edgecompress.transports.base import make_transport  # noqa: E402
+from edgecompress.transports.loopback_sshd import loopback_sshd  # noqa: E402
 
 KEYS = ("p50_ms", "p90_ms", "p99_ms", "load_ms", "peak_rss_mb")
 

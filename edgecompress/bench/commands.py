@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from edgecompress.errors import UserInputError
+from edgecompress.formats import FORMAT_NAMES
 
-SUFFIX = {"onnx": ".onnx", "pte": ".pte", "ptl": ".ptl", "tflite": ".tflite"}
 ACCURACY_KEYS = ("accuracy", "accuracy_drop", "reference_accuracy")
 
 
@@ -30,7 +30,7 @@ def register(sub) -> None:
     b.add_argument("--target", action="append", default=[], metavar="URL",
                    help="local | ssh://user@host:port | adb://SERIAL (repeat for a fleet; default: the profile's reach)")
     b.add_argument("--io", type=Path, help="io.json, for a bare model file")
-    b.add_argument("--format", choices=sorted(SUFFIX), help="format of a bare model file")
+    b.add_argument("--format", choices=FORMAT_NAMES, help="format of a bare model file")
     b.add_argument("--precision", default="fp32", help="precision of a bare model file (budget key FORMAT-PRECISION)")
     b.add_argument("--threads", type=int, help="default: the profile's threads for the format")
     b.add_argument("--runs", type=int, default=50)
@@ -84,38 +84,31 @@ def _cmd_profiles(args) -> int:
 # ---------------------------------------------------------------- artifacts -> bench items
 
 def _artifact_item(d: Path, profile, threads: Optional[int]):
+    from edgecompress.artifact import open_export
     from edgecompress.bench.harness import BenchItem
-    try:
-        manifest = json.loads((d / "manifest.json").read_text())
-    except (OSError, ValueError) as e:
-        raise UserInputError(f"{d}: unreadable manifest.json ({e})") from None
-    cfg = manifest.get("config") or {}
-    metrics = manifest.get("metrics") or {}
-    fmt, precision = cfg.get("format") or metrics.get("format"), cfg.get("precision") or metrics.get("precision")
-    if fmt not in SUFFIX or not precision:
-        raise UserInputError(f"{d}/manifest.json: config.format / config.precision missing or unknown "
-                             f"(got {fmt!r}, {precision!r}); is this an export artifact?")
-    listed = [d / rel for rel in manifest.get("files", {})]
-    named = manifest.get("model_file") or cfg.get("file") or metrics.get("file")
-    if named:
-        model = d / named
-    else:  # the one listed file of the format's own type; sidecars (.onnx.data) have another suffix
-        cands = [p for p in listed if p.suffix == SUFFIX[fmt]] or sorted(d.glob(f"*{SUFFIX[fmt]}"))
-        if len(cands) != 1:
-            raise UserInputError(f"{d}: expected one {SUFFIX[fmt]} file, found {len(cands)}")
-        model = cands[0]
-    io = d / "io.json"
-    if not model.is_file() or not io.is_file():
-        raise UserInputError(f"{d}: missing {model.name if not model.is_file() else 'io.json'}")
-    meta = {"format": fmt, "precision": precision, "budget_key": f"{fmt}-{precision}",
-            "artifact_id": manifest.get("id"), "artifact_dir": str(d)}
+    exp = open_export(d)  # hashes checked, paths confined to the folder
+    metrics = exp.artifact.metrics
+    meta = {"format": exp.format, "precision": exp.precision, "budget_key": exp.key,
+            "artifact_id": exp.artifact.id, "artifact_dir": str(d)}
     meta.update({k: metrics[k] for k in ACCURACY_KEYS if metrics.get(k) is not None})
-    if "accuracy" not in meta and metrics.get("test_accuracy") is not None:  # the pipeline's export metrics
-        meta["accuracy"] = metrics["test_accuracy"]
-    expected = d / "expected.json"
-    return BenchItem(key=f"{fmt}-{precision}", model_file=model, io_json=io, runtime=_runtime(profile, fmt),
-                     threads=threads or profile.runtimes[fmt].threads,
-                     expected_json=expected if expected.is_file() else None, meta=meta)
+    accuracy = metrics.get("test_accuracy", _verified_accuracy(exp))
+    if "accuracy" not in meta and accuracy is not None:
+        meta["accuracy"] = accuracy
+    return BenchItem(key=exp.key, model_file=exp.model_file, io_json=exp.io_json,
+                     runtime=_runtime(profile, exp.format), threads=threads or profile.runtimes[exp.format].threads,
+                     expected_json=exp.expected_json, extra_files=(), meta=meta)
+
+
+def _verified_accuracy(exp) -> Optional[float]:
+    """The test accuracy of the pipeline's verify step of this export, when it sits beside it in the store."""
+    for m in sorted(exp.artifact.path.resolve().parent.glob("verify-*/manifest.json")):
+        try:
+            doc = json.loads(m.read_text())
+        except (OSError, ValueError):
+            continue
+        if exp.artifact.id in (doc.get("parents") or []):
+            return (doc.get("metrics") or {}).get("test_accuracy")
+    return None
 
 
 def _runtime(profile, fmt: str) -> str:
@@ -131,7 +124,8 @@ def collect_items(path: Path, profile, *, io: Optional[Path] = None, fmt: Option
     from edgecompress.bench.harness import BenchItem
     if path.is_file():
         if io is None or fmt is None:
-            raise UserInputError(f"{path} is a bare model file: give --io io.json and --format {{{','.join(SUFFIX)}}}")
+            raise UserInputError(f"{path} is a bare model file: give --io io.json and --format "
+                                 f"{{{','.join(FORMAT_NAMES)}}}")
         if not io.is_file():
             raise UserInputError(f"--io {io}: no such file")
         return [BenchItem(key=f"{fmt}-{precision}", model_file=path, io_json=io, runtime=_runtime(profile, fmt),
@@ -139,6 +133,9 @@ def collect_items(path: Path, profile, *, io: Optional[Path] = None, fmt: Option
                           meta={"format": fmt, "precision": precision, "budget_key": f"{fmt}-{precision}"})]
     if not path.is_dir():
         raise UserInputError(f"{path}: no such file or folder")
+    if io is not None or fmt is not None:
+        raise UserInputError(f"--io and --format describe a bare model file; {path} is a folder whose manifest.json "
+                             f"says both: drop them")
     dirs = [path] if (path / "manifest.json").is_file() else sorted(
         m.parent for m in path.rglob("manifest.json") if _is_export(m))
     if not dirs:
@@ -157,13 +154,13 @@ def _is_export(manifest: Path) -> bool:
         cfg = json.loads(manifest.read_text()).get("config") or {}
     except (OSError, ValueError):
         return False
-    return isinstance(cfg, dict) and cfg.get("format") in SUFFIX and bool(cfg.get("precision"))
+    return isinstance(cfg, dict) and cfg.get("format") in FORMAT_NAMES and bool(cfg.get("precision"))
 
 
 # ---------------------------------------------------------------- bench / check
 
 def _targets(urls: list[str], profile) -> dict:
-    from edgecompress.targets.base import parse_target
+    from edgecompress.transports.base import parse_target
     if not urls:
         return {profile.name: profile.reach}
     reaches = [parse_target(u, profile.reach) for u in urls]

@@ -1,76 +1,41 @@
-"""Run the bench agent on a device and bring its one JSON line back as a dict.
+"""Benchmark model files on devices: one file on one device (bench_file), or every file on a fleet (bench_fleet).
 
-bench_file pushes the agent, the model (+ its sidecars, e.g. ONNX external data), io.json and optionally the
-expected-output file into a fresh sub-directory of the transport's workdir, runs `python bench_agent.py ...`
-there and parses the JSON. Every failure (unreachable device, missing runtime, timeout, wrong outputs) comes
-back as {"ok": False, "error": ...}: a fleet run keeps the other devices' numbers.
+Both go through edgecompress.device.run_agent, the one path that pushes a runner and its files, runs it on the
+device and reads its JSON line back; a failure anywhere comes back as {"ok": False, "error": ...}.
 """
 from __future__ import annotations
 
-import importlib.resources
-import itertools
-import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from edgecompress.targets.base import ExecResult, Transport, make_transport
-
-AGENT_NAME = "bench_agent.py"
-_run_ids = itertools.count()
-
-
-def agent_path() -> Path:
-    """The agent as shipped in the package (edgecompress/resources/targets -> top-level targets/)."""
-    return Path(str(importlib.resources.files("edgecompress") / "resources" / "targets" / AGENT_NAME))
+from edgecompress.device.protocol import AgentRequest
+from edgecompress.device.run import run_agent
+from edgecompress.transports.base import Transport, make_transport
 
 
 def onnx_sidecars(model_file: Path) -> list[Path]:
-    """External-data files an .onnx needs beside it (torch.onnx.export's dynamo path writes `<model>.onnx.data`).
+    """External-data files an .onnx needs beside it (torch.onnx's dynamo path writes `<model>.onnx.data`).
 
     Read from the model's initializers when onnx is installed (the location is whatever the exporter chose),
-    else the `<model>.data` convention.
+    else the `<model>.data` convention. Only files inside the model's folder count: a location that leaves it is
+    not pushed to a device.
     """
     model_file = Path(model_file)
     if model_file.suffix != ".onnx":
         return []
+    folder = model_file.parent.resolve()
     try:
         import onnx
-        from onnx.external_data_helper import _get_all_tensors
         m = onnx.load(str(model_file), load_external_data=False)
-        locations = set()
-        for t in _get_all_tensors(m):
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                locations.update(e.value for e in t.external_data if e.key == "location")
-        return [model_file.parent / loc for loc in sorted(locations) if (model_file.parent / loc).is_file()]
+        locations = {e.value for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                     for e in t.external_data if e.key == "location"}
     except Exception:  # noqa: BLE001 - onnx missing or an unreadable model: fall back to the naming convention
-        guess = model_file.with_name(model_file.name + ".data")
-        return [guess] if guess.is_file() else []
-
-
-def _failure(error: str, res: Optional[ExecResult], transport: Transport, stage: str, t0: float) -> dict:
-    out = {"ok": False, "error": error, "stage": stage, "transport": transport.describe(),
-           "wall_s": round(time.perf_counter() - t0, 3)}
-    if res is not None:
-        out.update(returncode=res.returncode, timed_out=res.timed_out, stderr_tail=res.stderr_tail())
-    return out
-
-
-def parse_agent_output(stdout: str) -> Optional[dict]:
-    """The agent's one JSON line (the last line that parses as a JSON object), or None."""
-    for line in reversed(stdout.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                return obj
-    return None
+        locations = {model_file.name + ".data"}
+    found = [(model_file.parent / loc) for loc in sorted(locations)]
+    return [p for p in found if p.is_file() and p.resolve().parent == folder]
 
 
 def bench_file(model_file: Path, io_json: Path, runtime: str, *, threads: int = 1, warmup_runs: int = 5,
@@ -78,59 +43,21 @@ def bench_file(model_file: Path, io_json: Path, runtime: str, *, threads: int = 
                timeout_s: float = 600, expected_json: Optional[Path] = None, min_time_s: float = 0.0,
                extra_files: Optional[Sequence[Path]] = None, inputs_json: Optional[Path] = None,
                cpu_list: Optional[str] = None) -> dict:
-    """Benchmark one model file on one device; returns the agent's dict (+ transport, wall_s) or a failure dict.
+    """Benchmark one model file on one device; returns the runner's dict (+ transport, wall_s) or a failure dict.
 
     transport=None runs on this machine in a temp dir (cleaned up); a given transport is left open, so a caller
     benching several files on one device reuses its connection/workdir. extra_files=None finds ONNX sidecars.
     """
-    t0 = time.perf_counter()
-    model_file, io_json = Path(model_file), Path(io_json)
+    model_file = Path(model_file)
+    sidecars = onnx_sidecars(model_file) if extra_files is None else [Path(p) for p in extra_files]
+    request = AgentRequest(model_file, Path(io_json), runtime, threads=threads, warmup_runs=warmup_runs, runs=runs,
+                           batch=batch, seq_len=seq_len, min_time_s=min_time_s, expected_json=expected_json,
+                           inputs_json=inputs_json, cpu_list=cpu_list, extra_files=tuple(sidecars))
     with ExitStack() as stack:
         if transport is None:
-            from edgecompress.targets.local import LocalTransport
+            from edgecompress.transports.local import LocalTransport
             transport = stack.enter_context(LocalTransport())
-        sidecars = onnx_sidecars(model_file) if extra_files is None else [Path(p) for p in extra_files]
-        run_dir = f"run{next(_run_ids)}"
-        pushes = [(agent_path(), AGENT_NAME), (model_file, model_file.name), (io_json, "io.json")]
-        pushes += [(p, p.name) for p in sidecars]
-        args = ["--model", model_file.name, "--io", "io.json", "--runtime", runtime, "--threads", str(threads),
-                "--warmup-runs", str(warmup_runs), "--runs", str(runs), "--batch", str(batch),
-                "--seq-len", str(seq_len), "--min-time-s", str(min_time_s)]
-        for p in sidecars:
-            args += ["--extra-file", p.name]
-        if expected_json is not None:
-            pushes.append((Path(expected_json), "expected.json"))
-            args += ["--expected", "expected.json"]
-        if inputs_json is not None:
-            pushes.append((Path(inputs_json), "inputs.json"))
-            args += ["--inputs", "inputs.json"]
-        if cpu_list:
-            args += ["--cpu-list", cpu_list]
-
-        for local, rel in pushes:
-            if not local.is_file():
-                return _failure(f"{local} does not exist", None, transport, "push", t0)
-            res = transport.push(local, f"{run_dir}/{rel}")
-            if not res.ok:
-                stage = "push" if transport.has_workdir() else "connect"
-                return _failure(f"push {local.name} to {transport.describe()} failed: {res.stderr_tail(3)}",
-                                res, transport, stage, t0)
-        push_s = time.perf_counter() - t0
-        res = transport.exec(["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", run_dir,
-                              transport.python, AGENT_NAME, *args], timeout_s)
-        data = parse_agent_output(res.stdout)
-        if res.timed_out:
-            return _failure(f"agent timed out after {timeout_s:g} s on {transport.describe()}", res, transport,
-                            "exec", t0)
-        if data is None:
-            return _failure(f"agent printed no JSON (exit {res.returncode}): {res.stderr_tail(3) or res.stdout[-300:]}",
-                            res, transport, "exec", t0)
-        if not data.get("ok") or res.returncode != 0:
-            fail = _failure(str(data.get("error") or f"agent exit {res.returncode}"), res, transport, "agent", t0)
-            return fail
-        data.update(transport=transport.describe(), push_s=round(push_s, 3),
-                    wall_s=round(time.perf_counter() - t0, 3))
-        return data
+        return run_agent(transport, request, timeout_s)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,9 @@ from edgecompress.errors import UserInputError
 from edgecompress.recipe import PACKAGED_DATA, DataCfg
 
 SPLITS = ("train", "validation", "test")
+# Rows per forward when a model is only evaluated (accuracy, teacher logits): no gradients, so memory allows more
+# than a training batch.
+EVAL_BATCH = 64
 PACKAGED_DIR = Path(__file__).parent / "vader"
 
 

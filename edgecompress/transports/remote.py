@@ -13,7 +13,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Optional
 
-from edgecompress.targets.base import ExecResult, Transport
+from edgecompress.transports.base import ExecResult, Transport
 
 COPY_TIMEOUT_S = 600  # a 60 MB model over a Pi's Wi-Fi takes tens of seconds
 

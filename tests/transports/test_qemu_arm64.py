@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from edgecompress.errors import UserInputError
-from edgecompress.targets.base import make_transport, parse_target
-from edgecompress.targets.qemu import (QemuArm64Transport, QemuReach, build_script, label_agreement,
-                                       predict_on_target, rootfs_path, rootfs_problem)
+from edgecompress.transports.base import make_transport, parse_target
+from edgecompress.bench.verify import label_agreement, predict_on_target
+from edgecompress.transports.qemu import QemuArm64Transport, QemuReach, build_script, rootfs_path, rootfs_problem
+from tests._device import write_export_manifest
 
 slow = pytest.mark.slow
-LABEL_AGREEMENT_MIN = 0.99  # issue 8: int8 on arm64 vs the same file on x86_64
+LABEL_AGREEMENT_MIN = 0.99  # int8 on arm64 vs the same file on x86_64
 
 
 # ---------------------------------------------------------------- fast: URL parsing and failures as data
@@ -37,6 +38,13 @@ def test_parse_target_qemu_arm64_with_options():
     assert (pi5.cpu, pi5.rootfs) == ("cortex-a76", "/srv/rootfs")
     with pytest.raises(UserInputError, match="unknown option"):
         parse_target("qemu-arm64?cores=4")
+
+
+@pytest.mark.parametrize("cpu", ["max", "host"])
+def test_qemu_cpu_models_that_give_wrong_int8_results_are_refused(cpu):
+    # execute / assert: "max" enables SME, under which the default int8 .pte gave sign-flipped logits
+    with pytest.raises(UserInputError, match="wrong int8 results.*cortex-a72"):
+        parse_target(f"qemu-arm64?cpu={cpu}")
 
 
 def test_unbuilt_rootfs_is_a_connect_failure_naming_the_build_command(tmp_path, tiny_model):
@@ -107,9 +115,7 @@ def tiny_int8(tmp_path_factory):
     d = tmp_path_factory.mktemp("onnx-int8")
     EXPORTERS.get("onnx")().export(model, io, QuantSpec(per_channel=True), None, d)
     # An export artifact as `edgecompress bench` reads it (format/precision from manifest.json).
-    (d / "manifest.json").write_text(json.dumps({"id": "tinyqemu", "step": "export",
-                                                 "config": {"format": "onnx", "precision": "int8"},
-                                                 "files": {"model.onnx": {}, "io.json": {}}}))
+    write_export_manifest(d, "onnx", "int8", aid="tinyqemu")
     return model, d
 
 
@@ -168,6 +174,7 @@ def test_cli_bench_on_emulated_arm64_checks_outputs_and_marks_latency(rootfs, ti
     # atol: u8s8 NEON vs x86 kernels round differently (MiniLM int8 differed by up to 0.054 on real sentences).
     (d / "expected.json").write_text(json.dumps({"inputs": inputs, "logits": logits.tolist(), "atol": 0.1,
                                                  "argmax_must_match": True}))
+    write_export_manifest(d, "onnx", "int8", aid="tinyqemu")  # expected.json is one of the artifact's files now
     out, md = tmp_path / "results.json", tmp_path / "summary.md"
     # execute
     code = main(["bench", str(d), "--profile", "rpi4", "--target", "qemu-arm64", "--runs", "5", "--warmup-runs", "1",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgecompress.bench import stats
-from edgecompress.bench.harness import agent_path
+from edgecompress.device.protocol import agent_path
 
 
 @pytest.fixture(scope="module")

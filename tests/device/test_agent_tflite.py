@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecompress.bench.harness import agent_path, bench_file
+from edgecompress.bench.harness import bench_file
+from edgecompress.device.protocol import agent_path
 from edgecompress.export.base import IOSpec
 
 VOCAB, HIDDEN, LABELS, MAX_SEQ = 1100, 8, 2, 48

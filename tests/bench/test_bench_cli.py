@@ -9,7 +9,8 @@ import pytest
 
 from edgecompress.bench.harness import BenchItem, bench_fleet
 from edgecompress.cli import main
-from edgecompress.targets.base import LocalReach, SshReach
+from edgecompress.transports.base import LocalReach, SshReach
+from tests._device import write_export_manifest
 
 
 def _free_port() -> int:
@@ -27,10 +28,7 @@ def artifact(tmp_path, tiny_model):
     d.mkdir()
     shutil.copy(model, d / "student.onnx")
     shutil.copy(io, d / "io.json")
-    (d / "manifest.json").write_text(json.dumps({
-        "id": "0123456789abcdef", "step": "export", "config": {"format": "onnx", "precision": "int8"},
-        "files": {"student.onnx": {}, "io.json": {}}, "metrics": {"accuracy": 0.84, "accuracy_drop": 0.01}}))
-    return d
+    return write_export_manifest(d, "onnx", "int8", metrics={"accuracy": 0.84, "accuracy_drop": 0.01})
 
 
 def test_bench_fleet_runs_targets_concurrently_and_keeps_failures_per_device(tiny_model, sshd):

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecompress.registry import TRANSPORTS
-from edgecompress.targets.base import ExecResult, run_local
-from edgecompress.targets.remote import RemoteShellTransport
+from edgecompress.transports.base import ExecResult, run_local
+from edgecompress.transports.remote import RemoteShellTransport
 
 
 @TRANSPORTS.register("ssh")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgecompress.registry import TRANSPORTS
-from edgecompress.targets.base import ExecResult, LocalReach, Transport, run_local
+from edgecompress.transports.base import ExecResult, LocalReach, Transport, run_local
 
 
 def copy_into(workdir: str, local_path: Path, remote_rel: str) -> ExecResult:

@@ -1,4 +1,4 @@
-"""Fixtures for the device-side tests: a tiny hand-built ONNX classifier with BERT's IO names.
+"""Device-side test fixtures (imported by tests/conftest.py): a tiny hand-built ONNX classifier with BERT's IO names.
 
 A hand-built graph (Gather -> masked mean -> MatMul) loads in milliseconds, where a torch.onnx.export of even a
 2-layer BERT takes seconds; the agent only needs the IO contract (input_ids, attention_mask) -> logits.
@@ -62,12 +62,24 @@ def zero_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
-    """Throwaway OpenSSH server on a free port (edgecompress.targets.loopback_sshd); yields an SshReach.
+    """Throwaway OpenSSH server on a free port (edgecompress.transports.loopback_sshd); yields an SshReach.
 
     Skipped only when the server binary is absent (.ci/install-system-deps installs it).
     """
-    from edgecompress.targets.loopback_sshd import SSHD, loopback_sshd
+    from edgecompress.transports.loopback_sshd import SSHD, loopback_sshd
     if not SSHD.exists():
         pytest.skip(f"{SSHD} not installed (apt-get install openssh-server; see .ci/install-system-deps)")
     with loopback_sshd(tmp_path_factory.mktemp("sshd")) as reach:
         yield reach
+
+
+def write_export_manifest(d: Path, fmt: str, precision: str, aid: str = "0123456789abcdef",
+                          metrics: dict | None = None, parents: list[str] | None = None) -> Path:
+    """manifest.json for an export artifact folder as the store writes it: every file with its sha256 and size."""
+    from edgecompress.artifact import MANIFEST, sha256_file
+    files = {str(p.relative_to(d)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+             for p in sorted(d.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (d / MANIFEST).write_text(json.dumps({"id": aid, "step": "export", "parents": parents or [],
+                                          "config": {"format": fmt, "precision": precision},
+                                          "files": files, "metrics": metrics or {}}))
+    return d

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from edgecompress.bench.harness import agent_path, bench_file
+from edgecompress.bench.harness import bench_file
+from edgecompress.device.protocol import agent_path
 
 TIMING_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms")
 

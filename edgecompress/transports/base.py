@@ -152,7 +152,7 @@ def parse_target(url: str, profile_reach=None):
     """
     url = url.strip()
     if url == "qemu-arm64" or url.startswith("qemu-arm64?"):  # an emulated Pi CPU on this host (targets/qemu.py)
-        from edgecompress.targets.qemu import parse_qemu_target
+        from edgecompress.transports.qemu import parse_qemu_target
         return parse_qemu_target(url)
     if url == "local":
         base = profile_reach.model_dump() if isinstance(profile_reach, LocalReach) else {}

@@ -11,10 +11,10 @@ import pytest
 
 from edgecompress.bench.harness import bench_file
 from edgecompress.errors import UserInputError
-from edgecompress.targets.adb import AdbTransport
-from edgecompress.targets.base import AdbReach, LocalReach, SshReach, parse_target
-from edgecompress.targets.local import LocalTransport
-from edgecompress.targets.ssh import SshTransport
+from edgecompress.transports.adb import AdbTransport
+from edgecompress.transports.base import AdbReach, LocalReach, SshReach, parse_target
+from edgecompress.transports.local import LocalTransport
+from edgecompress.transports.ssh import SshTransport
 from edgecompress.registry import TRANSPORTS
 
 

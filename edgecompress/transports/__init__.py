@@ -2,7 +2,7 @@
 
 The top-level `targets/` folder is the other side: what gets copied onto the device (the bench agent).
 """
-from edgecompress.targets.base import (AdbReach, ExecResult, LocalReach, Reach, SshReach, Transport,
+from edgecompress.transports.base import (AdbReach, ExecResult, LocalReach, Reach, SshReach, Transport,
                                        make_transport, parse_target)
 
 __all__ = ["AdbReach", "ExecResult", "LocalReach", "Reach", "SshReach", "Transport", "make_transport", "parse_target"]

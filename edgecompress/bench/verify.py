@@ -1,0 +1,141 @@
+"""`edgecompress verify`: does an exported file give the same labels on a target as on this host?
+
+The packaged test split is tokenized here, pushed as one samples file, and run once through the on-device runner
+(run_agent with --predict); the same file then runs in the same runtime on the host, and, when the artifact's parent
+model folder is beside it in the store, in torch. Int8 kernels differ by CPU (NEON vs VNNI/AVX2), so agreement is
+the number that says an x86-verified file is still right on an arm64 board.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edgecompress.artifact import ExportFiles, open_export
+from edgecompress.device.protocol import AgentRequest, failure
+from edgecompress.device.run import run_agent
+from edgecompress.errors import UserInputError
+from edgecompress.formats import FORMATS
+
+
+def predict_on_target(transport, model_file: Path, io_json: Path, runtime: str, samples: list[dict], *,
+                      threads: int = 1, timeout_s: float = 3600) -> dict:
+    """Run every sample ({input_name: [[ids]]}) once on the target; the runner's dict with "predictions" (argmax
+    per row, in sample order) and "logits", or a failure dict."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgecompress-predict-") as tmp:
+        inputs = Path(tmp) / "inputs.json"
+        inputs.write_text(json.dumps(samples, separators=(",", ":")))
+        request = AgentRequest(Path(model_file), Path(io_json), runtime, threads=threads, warmup_runs=0, runs=1,
+                               inputs_json=inputs, predict=True)
+        res = run_agent(transport, request, timeout_s)
+    if res.get("ok") and len(res.get("predictions") or []) != len(samples):
+        return failure(f"the runner returned {len(res.get('predictions') or [])} predictions for {len(samples)} "
+                       f"samples", "agent", transport.describe(), t0)
+    return res
+
+
+def label_agreement(a: list[int], b: list[int]) -> float:
+    if len(a) != len(b) or not a:
+        raise ValueError(f"cannot compare {len(a)} labels with {len(b)}")
+    return sum(x == y for x, y in zip(a, b)) / len(a)
+
+
+def tokenized_samples(tokenizer, texts: list[str], io: dict) -> list[dict]:
+    """One batch-of-one sample per text, unpadded (the true length: no [PAD] rows to emulate), truncated to the
+    exported sequence bound."""
+    enc = tokenizer(list(texts), truncation=True, max_length=int(io["max_seq_len"]), padding=False)
+    return [{n: [list(enc[n][i]) if n in enc else [0] * len(enc["input_ids"][i])] for n in io["input_names"]}
+            for i in range(len(texts))]
+
+
+def _host_logits(exp: ExportFiles, samples: list[dict], threads: int) -> list[np.ndarray]:
+    from edgecompress.registry import EXPORTERS
+    infer = EXPORTERS.get(exp.format)().load(exp.model_file, threads=threads)
+    return [np.asarray(infer({k: np.asarray(v, dtype=np.int64) for k, v in s.items()
+                              if k in ("input_ids", "attention_mask")}))[0] for s in samples]
+
+
+def _torch_labels(model_dir: Path, samples: list[dict], num_labels: int) -> list[int]:
+    import torch
+
+    from edgecompress.modeling import load_classifier
+    model = load_classifier(model_dir, num_labels).eval()
+    with torch.no_grad():
+        return [int(model(input_ids=torch.tensor(s["input_ids"]),
+                          attention_mask=torch.tensor(s["attention_mask"])).logits.argmax(-1)[0]) for s in samples]
+
+
+def verify_labels(exp: ExportFiles, transport, *, threads: int = 1, limit: Optional[int] = None,
+                  timeout_s: float = 3600) -> dict:
+    """Predict the packaged test split on `transport` and on this host; report label agreement with the same file
+    in the same runtime on the host, with the torch model it was exported from, and with the gold labels."""
+    from edgecompress.data import load_splits
+    from edgecompress.modeling import load_tokenizer
+    from edgecompress.recipe import DataCfg
+
+    model_dir = exp.parent_model_dir()
+    if model_dir is None:
+        raise UserInputError(f"{exp.artifact.path}: the model folder it was exported from is not beside it (its "
+                             f"tokenizer made the ids the file expects); verify the export inside its store, e.g. "
+                             f"runs/<recipe>/artifacts/{exp.key}")
+    io = json.loads(exp.io_json.read_text())
+    test = load_splits(DataCfg())["test"]
+    texts, gold = list(test.texts)[:limit], [int(x) for x in test.labels][:limit]
+    samples = tokenized_samples(load_tokenizer(model_dir), texts, io)
+    runtime = FORMATS[exp.format].runtime
+    t0 = time.perf_counter()
+    target = predict_on_target(transport, exp.model_file, exp.io_json, runtime, samples, threads=threads,
+                               timeout_s=timeout_s)
+    target_s = time.perf_counter() - t0
+    if not target.get("ok"):
+        return {"ok": False, "error": target.get("error"), "target": target}
+    preds = target["predictions"]
+    host_logits = _host_logits(exp, samples, threads)
+    host = [int(np.argmax(r)) for r in host_logits]
+    ref = _torch_labels(model_dir, samples, int(io["num_labels"]))
+    return {"ok": True, "artifact_id": exp.artifact.id, "n": len(samples), "runtime": runtime,
+            "runner": target.get("runner", "python"), "machine": target.get("machine"),
+            "emulated": target.get("emulated"), "emulator": target.get("emulator"),
+            "runtime_version": target.get("runtime_version"), "transport": target.get("transport"),
+            "agreement_host_runtime": round(label_agreement(preds, host), 4),
+            "max_abs_logit_diff_host_runtime": round(float(max(np.max(np.abs(np.asarray(a) - b))
+                                                             for a, b in zip(target["logits"], host_logits))), 6),
+            "accuracy_target": round(label_agreement(preds, gold), 4),
+            "accuracy_host_runtime": round(label_agreement(host, gold), 4),
+            "agreement_host_torch": round(label_agreement(preds, ref), 4),
+            "host_torch_vs_host_runtime": round(label_agreement(host, ref), 4),
+            "accuracy_host_torch": round(label_agreement(ref, gold), 4),
+            "target_s": round(target_s, 1), "target_predict_s": target.get("predict_s")}
+
+
+def register(sub) -> None:
+    v = sub.add_parser("verify", help="label agreement of an export artifact on a target (default: emulated arm64) "
+                                      "vs this host")
+    v.add_argument("artifact", type=Path, help="an export artifact folder (manifest.json + model file + io.json)")
+    v.add_argument("--target", default="qemu-arm64", help="qemu-arm64[?cpu=...] or any target URL (ssh://, adb://)")
+    v.add_argument("--limit", type=int, help="first N test samples only")
+    v.add_argument("--threads", type=int, default=1)
+    v.add_argument("--min-agreement", type=float, default=0.99)
+    v.add_argument("--timeout-s", type=float, default=3600, help="for the whole prediction run on the target")
+    v.set_defaults(func=verify_command)
+
+
+def verify_command(args) -> int:
+    """One JSON object on stdout. Exit 0 when agreement >= --min-agreement, 1 below it, 3 when the target failed."""
+    from edgecompress.transports.base import make_transport, parse_target
+    if args.limit is not None and args.limit < 1:
+        raise UserInputError(f"--limit must be >= 1 (got {args.limit}); omit it to verify the whole test split")
+    if args.threads < 1 or args.timeout_s <= 0 or not 0 <= args.min_agreement <= 1:
+        raise UserInputError("--threads must be >= 1, --timeout-s > 0 and --min-agreement within [0, 1]")
+    exp = open_export(args.artifact)
+    with make_transport(parse_target(args.target)) as t:
+        res = verify_labels(exp, t, threads=args.threads, limit=args.limit, timeout_s=args.timeout_s)
+    print(json.dumps(res, indent=2))
+    if not res.get("ok"):
+        return 3
+    return 0 if res["agreement_host_runtime"] >= args.min_agreement else 1

@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""edgecompress's Python agent: runs ON the device, measures one model file, prints ONE JSON line on stdout.
+
+Self-contained on purpose: it is copied to a Raspberry Pi (with agent_runtimes.py beside it), so it uses the
+standard library plus the one runtime it is asked for (imported lazily). numpy comes with onnxruntime and the TFLite
+interpreters; torch is imported only for lite_interpreter (.ptl has no other Python runtime) and executorch (its
+Python runtime takes torch tensors). The arguments and the JSON line are the protocol every runner speaks
+(edgecompress/device/protocol.py).
+
+    python3 agent.py --model m.onnx --io io.json --runtime onnxruntime --threads 1 --warmup-runs 5 --runs 50
+
+Measurement semantics (docs/benchmarking.md has the long form, modelled on TFLite's benchmark_model):
+  import_ms           importing the runtime's Python module (reported apart: an app links the runtime in)
+  load_ms             wall time to create the session / load the program from the file
+  first_inference_ms  the first call after load (allocations, lazy packing of weights); on --expected inputs if given
+  warmup              --warmup-runs calls, not recorded
+  runs                at least --runs calls and at least --min-time-s seconds; each call timed with perf_counter
+  percentiles         linear interpolation between closest ranks, numpy's default 'linear' method
+  std_ms              population standard deviation (ddof=0, numpy's default)
+  peak_rss_mb         high-water mark of resident memory of this process (runtime + model + Python), MiB
+Errors are one JSON line too: {"ok": false, "error": "..."} and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+
+# libgomp/OpenMP threads busy-wait by default; on a 2-vCPU box that slowed onnxruntime 3x in the same process.
+# Must be set before any runtime library loads, i.e. here, before the lazy imports below.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The runtime loaders live in the sibling file the host pushes beside this one.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from agent_runtimes import IMPORTS, LOADERS, AgentError  # noqa: E402
+
+AGENT_VERSION = 2
+RUNTIMES = tuple(LOADERS)
+ENV_KNOBS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY",
+             "GOMP_CPU_AFFINITY")
+
+
+# ---------------------------------------------------------------- statistics (stdlib; tested against numpy)
+
+def percentile(values, q):
+    """numpy.percentile(values, q) with the default method='linear': rank (n-1)*q/100, interpolated."""
+    if not values:
+        raise ValueError("percentile of no values")
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summarize(times_ms):
+    n = len(times_ms)
+    mean = sum(times_ms) / n
+    std = math.sqrt(sum((t - mean) ** 2 for t in times_ms) / n)  # ddof=0, like numpy.std
+    r = lambda v: round(v, 4)  # noqa: E731
+    return {"p50_ms": r(percentile(times_ms, 50)), "p90_ms": r(percentile(times_ms, 90)),
+            "p99_ms": r(percentile(times_ms, 99)), "mean_ms": r(mean), "std_ms": r(std),
+            "min_ms": r(min(times_ms)), "max_ms": r(max(times_ms)), "runs": n}
+
+
+# ---------------------------------------------------------------- memory
+
+def peak_rss_mb():
+    """Peak resident set size of this process in MiB, or None where the OS does not say."""
+    try:  # Linux and Android: VmHWM is the RSS high-water mark, in kB
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 2)
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is bytes on macOS/iOS but kilobytes on Linux and the BSDs.
+    return round(rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0, 2)
+
+
+def parse_cpu_list(text):
+    """'4-7,9' -> {4, 5, 6, 7, 9} (the taskset/cpuset syntax)."""
+    cpus = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            cpus.update(range(int(a), int(b) + 1))
+        else:
+            cpus.add(int(part))
+    if not cpus:
+        raise AgentError(f"--cpu-list {text!r} names no CPU")
+    return cpus
+
+
+# ---------------------------------------------------------------- inputs
+
+def random_inputs(io, batch, seq_len, seed):
+    """Random token ids in [min(1000, vocab-1), vocab): never BERT's special ids, so no accidental [PAD]; mask all ones.
+
+    Same id range as IOSpec.example_inputs on the host, but Python's `random`, so no numpy is needed here.
+    """
+    rng = random.Random(seed)
+    vocab = int(io["vocab_size"])
+    low = min(1000, vocab - 1)
+    out = {}
+    for name in io["input_names"]:
+        if "mask" in name:
+            out[name] = [[1] * seq_len for _ in range(batch)]
+        elif "token_type" in name:
+            out[name] = [[0] * seq_len for _ in range(batch)]
+        else:
+            out[name] = [[rng.randrange(low, vocab) for _ in range(seq_len)] for _ in range(batch)]
+    return out
+
+
+def read_samples(path, io):
+    """--inputs: {name: [[...]]} or a list of such dicts (real tokenized samples), cycled over the runs."""
+    with open(path) as f:
+        data = json.load(f)
+    samples = data if isinstance(data, list) else [data]
+    if not samples:
+        raise AgentError(f"{path}: no samples")
+    for i, s in enumerate(samples):
+        missing = [n for n in io["input_names"] if n not in s]
+        if missing:
+            raise AgentError(f"{path}: sample {i} lacks inputs {missing}")
+    return samples
+
+
+def shape_of(sample):
+    first = next(iter(sample.values()))
+    return len(first), len(first[0])
+
+
+def to_rows(out):
+    """Any runtime's output (numpy array, torch tensor) -> list of rows of floats, without requiring numpy here."""
+    if hasattr(out, "detach"):
+        out = out.detach().float().numpy()
+    rows = out.tolist() if hasattr(out, "tolist") else out
+    if rows and not isinstance(rows[0], list):
+        rows = [rows]
+    return [[float(v) for v in row] for row in rows]
+
+
+# ---------------------------------------------------------------- expected-output check
+
+def check_expected(expected, got_rows):
+    """Compare the first inference with reference logits; returns details, raises AgentError on a mismatch.
+
+    A mismatch is an error, not a number: a runtime returning zeros (tflite-runtime int8 on numpy 2) is fast.
+    """
+    want = expected["logits"]
+    if len(want) != len(got_rows) or any(len(a) != len(b) for a, b in zip(want, got_rows)):
+        raise AgentError(f"output shape {[len(r) for r in got_rows]} != expected {[len(r) for r in want]}")
+    flat = [v for row in got_rows for v in row]
+    if any(math.isnan(v) or math.isinf(v) for v in flat):
+        raise AgentError("output mismatch: runtime returned NaN/inf")
+    if all(v == 0.0 for v in flat) and any(v != 0.0 for row in want for v in row):
+        raise AgentError("output mismatch: runtime returned all zeros")
+    max_abs = max(abs(a - b) for ra, rb in zip(want, got_rows) for a, b in zip(ra, rb))
+    argmax = lambda row: max(range(len(row)), key=row.__getitem__)  # noqa: E731
+    agree = sum(argmax(a) == argmax(b) for a, b in zip(want, got_rows)) / len(want)
+    atol = expected.get("atol")
+    min_agree = expected.get("min_argmax_agreement")
+    if expected.get("argmax_must_match"):
+        min_agree = 1.0
+    if atol is None and min_agree is None:
+        atol = 1e-3
+    if atol is not None and max_abs > atol:
+        raise AgentError(f"output mismatch: max abs diff {max_abs:.4g} > atol {atol} (argmax agreement {agree:.3f})")
+    if min_agree is not None and agree < min_agree:
+        raise AgentError(f"output mismatch: argmax agreement {agree:.3f} < {min_agree} (max abs diff {max_abs:.4g})")
+    return {"max_abs_diff": round(max_abs, 6), "argmax_agreement": round(agree, 4)}
+
+
+def expected_inputs(expected, io, batch, seq_len, seed):
+    if "inputs" in expected:
+        return expected["inputs"]
+    return random_inputs(io, int(expected.get("batch", batch)), int(expected.get("seq_len", seq_len)),
+                         int(expected.get("seed", seed)))
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="edgecompress on-device bench agent (prints one JSON line)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--io", required=True, help="io.json written by the exporter beside the model")
+    p.add_argument("--runtime", required=True, choices=RUNTIMES)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup-runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--min-time-s", type=float, default=0.0, help="keep running past --runs until this much time")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=None, help="default: min(128, io.json max_seq_len)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inputs", help="JSON of real tokenized samples instead of random ids")
+    p.add_argument("--expected", help="JSON with inputs (or seed+batch+seq_len) and reference logits")
+    p.add_argument("--predict", action="store_true",
+                   help="with --inputs: run every sample once (before warmup) and report its logits and argmax labels")
+    p.add_argument("--extra-file", action="append", default=[], help="sidecar counted in file_mb (ONNX external data)")
+    p.add_argument("--cpu-list", help="pin to these CPUs, e.g. 4-7 (the big cores of a big.LITTLE SoC)")
+    return p.parse_args(argv)
+
+
+def _check_args(args):
+    for name, v in (("--threads", args.threads), ("--runs", args.runs), ("--batch", args.batch)):
+        if v < 1:
+            raise AgentError(f"{name} must be >= 1, got {v}")
+    if args.warmup_runs < 0 or args.min_time_s < 0:
+        raise AgentError(f"--warmup-runs and --min-time-s must be >= 0, got {args.warmup_runs}, {args.min_time_s}")
+    if not os.path.isfile(args.model):
+        raise AgentError(f"model file not found: {args.model}")
+    if args.predict and not args.inputs:
+        raise AgentError("--predict needs --inputs (the samples whose labels are wanted)")
+
+
+def _pin(cpu_list):
+    if not cpu_list:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise AgentError("--cpu-list needs os.sched_setaffinity (Linux/Android only)")
+    os.sched_setaffinity(0, parse_cpu_list(cpu_list))
+    return sorted(os.sched_getaffinity(0))
+
+
+def _load(runtime, model, threads, io):
+    """Import the runtime (timed apart: an app links it in) and load the model: (loaded, import_ms, load_ms)."""
+    try:
+        t0 = time.perf_counter()
+        for mod in IMPORTS[runtime]:
+            importlib.import_module(mod)
+        import_ms = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        loaded = LOADERS[runtime](model, threads, io)
+        return loaded, import_ms, (time.perf_counter() - t0) * 1e3
+    except ImportError as e:
+        raise AgentError(f"runtime {runtime} is not installed on this device: {e}") from None
+
+
+def _predict(run, feeds):
+    """One pass over the real samples: the host compares these labels with its own."""
+    t0 = time.perf_counter()
+    logits = [row for feed in feeds for row in to_rows(run(feed))]
+    return {"predictions": [max(range(len(r)), key=r.__getitem__) for r in logits],
+            "logits": [[round(v, 6) for v in r] for r in logits], "predict_s": round(time.perf_counter() - t0, 3)}
+
+
+def _measure(run, feeds, warmup_runs, runs, min_time_s):
+    for i in range(warmup_runs):
+        run(feeds[i % len(feeds)])
+    times = []
+    start = time.perf_counter()
+    while len(times) < runs or time.perf_counter() - start < min_time_s:
+        feed = feeds[len(times) % len(feeds)]
+        t0 = time.perf_counter()
+        run(feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {**summarize(times), "measure_s": round(time.perf_counter() - start, 3)}
+
+
+def _about_this_device():
+    # Set by an emulating transport (qemu-arm64): latency measured under emulation is not a device figure.
+    emulator = os.environ.get("EDGECOMPRESS_EMULATOR")
+    out = {"env": {k: os.environ.get(k) for k in ENV_KNOBS if os.environ.get(k) is not None},
+           "emulated": bool(emulator), "python": platform.python_version(), "machine": platform.machine(),
+           "system": platform.system(), "release": platform.release(), "node": platform.node(),
+           "cpu_count": os.cpu_count()}
+    if emulator:
+        out["emulator"] = emulator
+    return out
+
+
+def bench(args):
+    _check_args(args)
+    with open(args.io) as f:
+        io = json.load(f)
+    pinned = _pin(args.cpu_list)
+    seq_len = args.seq_len or min(128, int(io.get("max_seq_len", 128)))
+    if args.inputs:
+        samples = read_samples(args.inputs, io)
+        batch, seq_len = shape_of(samples[0])
+    else:
+        batch = args.batch
+        samples = [random_inputs(io, batch, seq_len, args.seed)]
+    expected = None
+    if args.expected:
+        with open(args.expected) as f:
+            expected = json.load(f)
+    (prepare, run, version, runtime_notes), import_ms, load_ms = _load(args.runtime, args.model, args.threads, io)
+    feeds = [prepare(s) for s in samples]
+    first_feed = prepare(expected_inputs(expected, io, batch, seq_len, args.seed)) if expected else feeds[0]
+    t0 = time.perf_counter()
+    first_out = run(first_feed)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    check = check_expected(expected, to_rows(first_out)) if expected else None
+    predicted = _predict(run, feeds) if args.predict else None
+    timing = _measure(run, feeds, args.warmup_runs, args.runs, args.min_time_s)
+    file_bytes = os.path.getsize(args.model) + sum(os.path.getsize(p) for p in args.extra_file)
+    result = {"ok": True, "runner": "python", "agent_version": AGENT_VERSION, "runtime": args.runtime,
+              "runtime_version": version, "model": os.path.basename(args.model),
+              "file_mb": round(file_bytes / 2 ** 20, 3), "batch": batch, "seq_len": seq_len, "threads": args.threads,
+              "warmup_runs": args.warmup_runs, "min_time_s": args.min_time_s,
+              "inputs": "samples" if args.inputs else f"random(seed={args.seed})", "import_ms": round(import_ms, 3),
+              "load_ms": round(load_ms, 3), "first_inference_ms": round(first_ms, 3), **timing,
+              # The Python agent's peak includes the interpreter and the runtime's Python bindings.
+              "peak_rss_mb": peak_rss_mb(), "peak_rss_includes": "python interpreter + runtime + model",
+              "runtime_threads": runtime_notes, "cpu_list": pinned}
+    if check:
+        result["expected_check"] = check
+    if predicted:
+        result.update(predicted)
+    result.update(_about_this_device())
+    return result
+
+
+def main(argv=None):
+    # Native runtimes may print to fd 1; the contract is exactly one JSON line on stdout, so everything else
+    # written to fd 1 goes to stderr while the agent runs and the JSON goes to the saved stdout.
+    sys.stdout.flush()
+    saved_fd = os.dup(1)
+    os.dup2(2, 1)
+    py_stdout, sys.stdout = sys.stdout, sys.stderr
+    code = 0
+    try:
+        result = bench(parse_args(argv))
+    except SystemExit as e:  # argparse: usage already went to stderr
+        result, code = {"ok": False, "error": f"bad arguments (exit {e.code}); see stderr"}, 2
+    except AgentError as e:
+        result, code = {"ok": False, "error": str(e)}, 1
+    except Exception as e:  # noqa: BLE001 - a runtime's own failure, reported as data
+        first = (str(e).strip().splitlines() or [""])[0][:500]
+        result, code = {"ok": False, "error": f"{type(e).__name__}: {first}"}, 1
+    sys.stderr.flush()
+    os.dup2(saved_fd, 1)  # restore, so importing and calling main() in a test leaves the process as it was
+    os.close(saved_fd)
+    sys.stdout = py_stdout
+    sys.stdout.write(json.dumps(result, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The contract between the host and an on-device runner: the arguments a runner takes, the files it reads, and
+the one JSON line it prints. Failures travel as data ({"ok": false, "error": ...}) so a fleet run keeps the other
+devices' numbers when one board is down.
+
+Every runner (the Python agent in agent.py, a native runner) takes the same arguments, relative to its working
+directory on the device:
+
+    --model FILE --io io.json --runtime NAME --threads N --warmup-runs N --runs N --min-time-s S
+    --batch N --seq-len N [--expected expected.json] [--inputs inputs.json --predict] [--extra-file F]...
+    [--cpu-list 4-7]
+"""
+from __future__ import annotations
+
+import importlib.resources
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+AGENT_NAME = "agent.py"  # the Python agent; the host runs `python3 agent.py ARGS` in the run directory
+AGENT_FILES = (AGENT_NAME, "agent_runtimes.py")  # what the Python agent needs beside it on the device
+
+
+def agent_path(name: str = AGENT_NAME) -> Path:
+    """A file of the Python agent as shipped in the package."""
+    return Path(str(importlib.resources.files("edgecompress") / "device" / name))
+
+
+@dataclass(frozen=True)
+class AgentRequest:
+    """One measurement (or prediction) of one model file: what to push and which arguments to pass."""
+    model_file: Path
+    io_json: Path
+    runtime: str
+    threads: int = 1
+    warmup_runs: int = 5
+    runs: int = 50
+    batch: int = 1
+    seq_len: int = 128
+    min_time_s: float = 0.0
+    expected_json: Optional[Path] = None
+    inputs_json: Optional[Path] = None
+    predict: bool = False
+    cpu_list: Optional[str] = None
+    extra_files: tuple[Path, ...] = field(default_factory=tuple)
+
+    def files(self) -> list[tuple[Path, str]]:
+        """(local path, name on the device) of every file the runner reads."""
+        out = [(Path(self.model_file), Path(self.model_file).name), (Path(self.io_json), "io.json")]
+        out += [(Path(p), Path(p).name) for p in self.extra_files]
+        if self.expected_json is not None:
+            out.append((Path(self.expected_json), "expected.json"))
+        if self.inputs_json is not None:
+            out.append((Path(self.inputs_json), "inputs.json"))
+        return out
+
+    def argv(self) -> list[str]:
+        """The runner's arguments. Every value follows its flag as a separate word and names a file the host
+        chose, so no user-supplied text can become an option of its own."""
+        args = ["--model", Path(self.model_file).name, "--io", "io.json", "--runtime", self.runtime,
+                "--threads", str(self.threads), "--warmup-runs", str(self.warmup_runs), "--runs", str(self.runs),
+                "--batch", str(self.batch), "--seq-len", str(self.seq_len), "--min-time-s", str(self.min_time_s)]
+        for p in self.extra_files:
+            args += ["--extra-file", Path(p).name]
+        if self.expected_json is not None:
+            args += ["--expected", "expected.json"]
+        if self.inputs_json is not None:
+            args += ["--inputs", "inputs.json"]
+        if self.predict:
+            args.append("--predict")
+        if self.cpu_list:
+            args += ["--cpu-list", self.cpu_list]
+        return args
+
+
+def parse_output(stdout: str) -> Optional[dict]:
+    """The runner's one JSON line (the last line that parses as a JSON object), or None."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                return obj
+    return None
+
+
+def failure(error: str, stage: str, transport_name: str, t0: float, res=None) -> dict:
+    """A failed run as data: what went wrong, at which stage (connect, push, exec, agent), on which device."""
+    out = {"ok": False, "error": error, "stage": stage, "transport": transport_name,
+           "wall_s": round(time.perf_counter() - t0, 3)}
+    if res is not None:
+        out.update(returncode=res.returncode, timed_out=res.timed_out, stderr_tail=res.stderr_tail())
+    return out

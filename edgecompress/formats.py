@@ -1,0 +1,87 @@
+"""The one table of export formats: what each file is, which runtime opens it, what installs its toolchain, and
+which parts of a quantization intent its toolchain can realize.
+
+Torch-free on purpose: the recipe and profile schemas, `plan`, the registry, `bench`, `verify` and the exporters all
+read this table, and `plan` must stay fast. Adding a format is one row here, one exporter module
+(edgecompress/export/<name>.py) and one loader in the on-device agent (edgecompress/device/agent.py).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A value of a QuantSpec field that a format's toolchain cannot realize, and why (one line, with the fix)."""
+    field: str
+    value: object
+    reason: str
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    name: str
+    suffix: str
+    runtime: str                   # the runtime that opens the file: the on-device agent's --runtime
+    extra: str                     # pip extra that installs the host toolchain ("" = the base install)
+    host_modules: tuple[str, ...]  # importable on the host to export and verify the file
+    exporter: str                  # module that registers the exporter class
+    # The file bakes its largest batch in (.pte plans memory for it, .tflite has one signature): export for the
+    # batch the bench runs.
+    fixed_batch: bool
+    refuses: tuple[Refusal, ...] = ()
+
+    def refusal(self, quant) -> Optional[str]:
+        """Why this format cannot realize `quant` (a recipe.QuantSpec), or None. Same text for plan and exporter."""
+        if quant is None:
+            return None
+        for r in self.refuses:
+            if getattr(quant, r.field, None) == r.value:
+                return f"{self.name} cannot realize quantize.{r.field}: {r.value}: {r.reason}"
+        return None
+
+    def missing_modules(self) -> list[str]:
+        return [m for m in self.host_modules if importlib.util.find_spec(m) is None]
+
+
+FORMATS: dict[str, FormatSpec] = {f.name: f for f in (
+    FormatSpec("onnx", ".onnx", "onnxruntime", "onnx", ("onnx", "onnxruntime", "onnxscript"),
+               "edgecompress.export.onnx", fixed_batch=False),
+    FormatSpec("ptl", ".ptl", "lite_interpreter", "", ("torch",), "edgecompress.export.ptl", fixed_batch=False,
+               refuses=(Refusal("activations", "static",
+                                "eager static quantization needs QuantStubs around every region and FX mode cannot "
+                                "trace HF encoders; use activations: dynamic for ptl, or export static int8 as "
+                                "onnx/pte"),)),
+    FormatSpec("pte", ".pte", "executorch", "pte", ("executorch", "torchao"), "edgecompress.export.pte",
+               fixed_batch=True),
+    # litert-torch pulls ~750 MB (jax): its own extra, named in the error when missing.
+    FormatSpec("tflite", ".tflite", "tflite", "tflite", ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
+               "edgecompress.export.tflite", fixed_batch=True,
+               refuses=(Refusal("activations", "static",
+                                "tflite int8 is dynamic range (int8 weights, activations quantized at run time); use "
+                                "activations: dynamic, or drop tflite from export.formats"),
+                        Refusal("weights", "codebook",
+                                "tflite int8 has linear int8 weights only; use weights: linear, or drop tflite "
+                                "from export.formats"))),
+)}
+
+FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)
+RUNTIMES: tuple[str, ...] = tuple(f.runtime for f in FORMATS.values())
+# Literal types for the pydantic schemas, built from the table so a new row needs no edit there.
+Format = Literal[FORMAT_NAMES]  # type: ignore[valid-type]
+Runtime = Literal[RUNTIMES]  # type: ignore[valid-type]
+PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
+
+
+def by_runtime(runtime: str) -> FormatSpec:
+    for f in FORMATS.values():
+        if f.runtime == runtime:
+            return f
+    raise KeyError(runtime)
+
+
+def install_hint(spec: FormatSpec) -> str:
+    return f'pip install -e ".[{spec.extra}]"' if spec.extra else "pip install -e ."

@@ -1,0 +1,64 @@
+"""Judging an exported file in the runtime that will run it.
+
+Two places, on purpose apart:
+- `write_expected` runs inside the export step: the reference logits every device run is checked against
+  (expected.json), with a tolerance from this file's own drift vs the torch model.
+- `verify_file` is the verify step, cached on its own with the export as its parent: parity against the torch
+  model at shapes other than the export shape, accuracy on the test split, label agreement with torch. Changing
+  how many rows are judged re-runs this step only, never the export.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgecompress import progress
+from edgecompress.data import EVAL_BATCH, batches
+
+
+def _torch_logits(model, inputs: dict) -> np.ndarray:
+    import torch
+    with torch.no_grad():
+        return model(input_ids=torch.from_numpy(inputs["input_ids"]),
+                     attention_mask=torch.from_numpy(inputs["attention_mask"])).logits.float().numpy()
+
+
+def write_expected(out_dir: Path, io, infer, model, batch: int, seed: int, exact: bool) -> dict:
+    """expected.json: inputs (batch rows at the exported sequence bound, later rows padded) and this runtime's
+    logits for them. A device may drift 4x as far from torch as this host's runtime does: int8 kernels differ by CPU
+    (u8/s8, VNNI vs NEON). `exact` (fp32) also demands the same argmax per row."""
+    inputs = io.example_inputs(batch, io.max_seq_len, seed=seed)
+    logits = np.asarray(infer(inputs), dtype=np.float32)
+    drift = float(np.abs(logits.astype(np.float64) - _torch_logits(model, inputs)).max())
+    doc = {"inputs": {k: v.tolist() for k, v in inputs.items()}, "logits": logits.tolist(),
+           "atol": max(1e-3, 4 * drift), "argmax_must_match": exact}
+    (Path(out_dir) / "expected.json").write_text(json.dumps(doc))
+    return {"expected_drift_vs_torch": drift, "expected_atol": doc["atol"]}
+
+
+def evaluate(infer, tokenizer, split, max_seq_len: int, model=None) -> dict:
+    """Accuracy of an exported file in its runtime on a split (+ per-domain, + label agreement with the torch model)."""
+    preds = np.zeros(len(split), dtype=np.int64)
+    ref = np.zeros(len(split), dtype=np.int64) if model is not None else None
+    bs = batches(tokenizer, split, EVAL_BATCH, max_seq_len, shuffle=False)
+    for inputs, _, idx in progress.track(bs, description="verify on test split"):
+        preds[idx] = np.asarray(infer(inputs)).argmax(-1)
+        if model is not None:
+            ref[idx] = _torch_logits(model, inputs).argmax(-1)
+    out = {"test_accuracy": float((preds == split.labels).mean()), "test_samples": len(split)}
+    if ref is not None:
+        out["test_label_agreement_vs_torch"] = float((preds == ref).mean())
+    if split.domains:
+        doms = np.array(split.domains)
+        out["test_accuracy_by_domain"] = {d: float((preds[doms == d] == split.labels[doms == d]).mean())
+                                          for d in sorted(set(split.domains))}
+    return out
+
+
+def verify_file(infer, io, model, tokenizer, test_split, *, shapes, seed: int) -> dict:
+    """The verify step's metrics: parity at `shapes` + accuracy on `test_split`, both in the file's runtime."""
+    from edgecompress.export import parity
+    par = parity.compare(model, infer, io, shapes=shapes, seed=seed)
+    return {"parity": par, **evaluate(infer, tokenizer, test_split, io.max_seq_len, model=model)}
