@@ -10,9 +10,9 @@ import importlib.resources
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edgecompress.config import Cfg, first_error, parse_yaml, read_yaml, shown
 from edgecompress.errors import UserInputError
 from edgecompress.formats import FORMAT_NAMES, FORMATS, PRECISIONS, Format, Runtime
 from edgecompress.transports.base import AdbReach, LocalReach, Reach, SshReach
@@ -20,11 +20,7 @@ from edgecompress.transports.base import AdbReach, LocalReach, Reach, SshReach
 BUDGET_KEY_PATTERN = rf"^(default|({'|'.join(FORMAT_NAMES)})(-({'|'.join(PRECISIONS)}))?)$"
 
 
-class _Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Cores(_Cfg):
+class Cores(Cfg):
     big: int = Field(..., ge=1, description="performance cores (all cores on a homogeneous SoC)")
     little: Optional[int] = Field(None, ge=0, description="efficiency cores of a big.LITTLE SoC")
 
@@ -33,12 +29,12 @@ class Cores(_Cfg):
         return self.big + (self.little or 0)
 
 
-class RuntimeCfg(_Cfg):
+class RuntimeCfg(Cfg):
     runtime: Runtime
     threads: int = Field(1, ge=1)
 
 
-class Int8Flavour(_Cfg):
+class Int8Flavour(Cfg):
     """How int8 should be realized on this device (ONNX Runtime QDQ/dynamic knobs, advisory for other exporters)."""
     activation_type: Literal["u8", "s8"] = "u8"
     weight_type: Literal["s8", "u8"] = "s8"
@@ -46,7 +42,7 @@ class Int8Flavour(_Cfg):
     reduce_range: bool = False
 
 
-class Budget(_Cfg):
+class Budget(Cfg):
     """Limits a (format, precision) must meet; None = not budgeted. Field names carry units."""
     p90_ms: Optional[float] = Field(None, gt=0)
     peak_rss_mb: Optional[float] = Field(None, gt=0)
@@ -60,7 +56,7 @@ class Budget(_Cfg):
         return Budget(**{**self.model_dump(), **over.model_dump(exclude_none=True)})
 
 
-class DeviceProfile(_Cfg):
+class DeviceProfile(Cfg):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     arch: Literal["x86_64", "aarch64", "armv7l"]
@@ -113,34 +109,14 @@ def list_profiles() -> list[str]:
     return sorted(p.name[:-5] for p in _profiles_dir().iterdir() if p.name.endswith(".yaml"))
 
 
-def _first_error(e: ValidationError, source: str) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "<top level>"
-    # Discriminated unions put the tag in the path (reach.ssh.host): keep it, it tells which variant was meant.
-    if err["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{loc}'; remove it or check the spelling (see docs/benchmarking.md)"
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{source}: field '{loc}': {msg}"
-
-
 def parse_profile(data: object, source: str) -> DeviceProfile:
     if not isinstance(data, dict):
         raise UserInputError(f"{source}: expected a mapping of profile fields, got {type(data).__name__}")
     try:
         return DeviceProfile(**data)
     except ValidationError as e:
-        raise UserInputError(_first_error(e, source)) from None
-
-
-def _load_text(text: str, source: str) -> DeviceProfile:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserInputError(f"{source}: invalid YAML{where}: {problem}") from None
-    return parse_profile(data, source)
+        # Discriminated unions keep their tag in the path (reach.ssh.host): it tells which variant was meant.
+        raise UserInputError(first_error(e, source, " (see docs/benchmarking.md)")) from None
 
 
 def load_profile(name_or_path: Union[str, Path]) -> DeviceProfile:
@@ -148,15 +124,11 @@ def load_profile(name_or_path: Union[str, Path]) -> DeviceProfile:
     s = str(name_or_path)
     p = Path(s).expanduser()
     if p.suffix in (".yaml", ".yml") or p.is_file() or "/" in s:
-        try:
-            text = p.read_text()
-        except OSError as e:
-            raise UserInputError(f"profile file {s}: cannot read ({e.strerror or e})") from None
-        return _load_text(text, f"profile {p.name}")
+        return parse_profile(read_yaml(p, "profile file"), f"profile {p.name}")
     res = _profiles_dir() / f"{s}.yaml"
     if not res.is_file():
-        raise UserInputError(f"unknown device profile {s!r}; known: {', '.join(list_profiles())} (or a path to a .yaml)")
-    prof = _load_text(res.read_text(), f"profile {s}")
+        raise UserInputError(f"unknown device profile {shown(s)}; known: {', '.join(list_profiles())} (or a path to a .yaml)")
+    prof = parse_profile(parse_yaml(res.read_text(), f"profile {s}"), f"profile {s}")
     if prof.name != s:
         raise UserInputError(f"built-in profile file {s}.yaml names itself {prof.name!r}; they must match")
     return prof

@@ -9,18 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edgecompress.config import Cfg, first_error, read_yaml
 from edgecompress.errors import UserInputError
 from edgecompress.formats import Format, Precision
 
 PACKAGED_TEACHER = "packaged:all-MiniLM-L6-v2"
 PACKAGED_DATA = "packaged:vader"
-
-
-class Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TrainCfg(Cfg):
@@ -171,6 +167,7 @@ class VocabTrimCfg(Cfg):
 
 
 StageCfg = Annotated[Union[DistillCfg, PruneCfg, StructuredPruneCfg, VocabTrimCfg], Field(discriminator="kind")]
+STAGE_KINDS = ("distill", "prune", "prune_structured", "trim_vocab")
 
 
 class CalibrationCfg(Cfg):
@@ -306,23 +303,6 @@ class Recipe(Cfg):
 DEFAULT_RECIPE_PATH = Path(__file__).parent / "recipes" / "default.yaml"
 
 
-def _first_error(e: ValidationError, source: str) -> str:
-    err = e.errors()[0]
-    parts: list[str] = []
-    for p in err["loc"]:
-        if isinstance(p, int):
-            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
-        elif p in ("distill", "prune", "prune_structured", "trim_vocab") and parts and parts[-1].endswith("]"):
-            continue  # the discriminator tag pydantic inserts after a list index; the user never wrote it
-        else:
-            parts.append(str(p))
-    loc = ".".join(parts) or "<top level>"
-    if err["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{loc}'; remove it or check the spelling (see edgecompress/recipes/default.yaml)"
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{source}: field '{loc}': {msg} (got {err.get('input')!r})"
-
-
 def parse_recipe(data: object, source: str = "recipe") -> Recipe:
     if data is None:
         data = {}
@@ -331,21 +311,9 @@ def parse_recipe(data: object, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise UserInputError(_first_error(e, source)) from None
+        raise UserInputError(first_error(e, source, " (see edgecompress/recipes/default.yaml)", STAGE_KINDS)) from None
 
 
 def load_recipe(path: Optional[Path] = None) -> Recipe:
     path = Path(path) if path else DEFAULT_RECIPE_PATH
-    if not path.is_file():
-        raise UserInputError(f"recipe file {path} not found; pass an existing YAML file or omit it for the default")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserInputError(f"{path}: not UTF-8 text; save the recipe as UTF-8") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserInputError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}; fix the syntax") from None
-    return parse_recipe(data, str(path))
+    return parse_recipe(read_yaml(path, "recipe file"), str(path))

@@ -14,21 +14,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from edgecompress.config import Cfg, first_error, shown
 from edgecompress.errors import UserInputError
 
 
-class _Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def no_option(value: Optional[str]) -> Optional[str]:
+    """A value that lands on a command line (host, user, serial, path) must never read as an option there, and never
+    carry whitespace or control characters that a remote shell or ssh's own parser would split on."""
+    if value is None:
+        return value
+    if value.startswith("-"):
+        raise ValueError("must not start with '-' (it would be read as a command-line option)")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain whitespace or control characters")
+    return value
 
 
-class LocalReach(_Cfg):
+class LocalReach(Cfg):
     kind: Literal["local"] = "local"
     python: Optional[str] = Field(None, description="interpreter for the agent; default: the one running edgecompress")
 
+    _safe = field_validator("python")(classmethod(lambda cls, v: no_option(v)))
 
-class SshReach(_Cfg):
+
+class SshReach(Cfg):
     kind: Literal["ssh"] = "ssh"
     host: str = Field(..., min_length=1)
     user: Optional[str] = None
@@ -39,14 +50,19 @@ class SshReach(_Cfg):
     python: str = "python3"
     connect_timeout_s: int = Field(10, ge=1)
 
+    _safe = field_validator("host", "user", "key", "known_hosts", "workdir", "python")(
+        classmethod(lambda cls, v: no_option(v)))
 
-class AdbReach(_Cfg):
+
+class AdbReach(Cfg):
     kind: Literal["adb"] = "adb"
     serial: Optional[str] = Field(None, description="adb -s SERIAL; None = the only attached device")
     workdir: str = Field("/data/local/tmp", description="the one world-writable place on a stock phone")
     # A stock Android has no Python: Termux's is the usual one (run as the shell user it needs a readable path).
     python: str = "python3"
     adb: str = Field("adb", description="adb executable")
+
+    _safe = field_validator("serial", "workdir", "python", "adb")(classmethod(lambda cls, v: no_option(v)))
 
 
 Reach = Annotated[Union[LocalReach, SshReach, AdbReach], Field(discriminator="kind")]
@@ -157,20 +173,23 @@ def parse_target(url: str, profile_reach=None):
     if url == "local":
         base = profile_reach.model_dump() if isinstance(profile_reach, LocalReach) else {}
         return LocalReach(**base)
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as e:  # a malformed IPv6 literal ("ssh://u@[::1")
+        raise UserInputError(f"target {shown(url)}: {e}; expected ssh://user@[ipv6]:port") from None
     if parts.scheme not in ("ssh", "adb", "local"):
-        raise UserInputError(f"target {url!r}: expected local, ssh://user@host:port, adb://SERIAL or qemu-arm64")
+        raise UserInputError(f"target {shown(url)}: expected local, ssh://user@host:port, adb://SERIAL or qemu-arm64")
     kind = parts.scheme
     base = profile_reach.model_dump() if profile_reach is not None and profile_reach.kind == kind else {}
     query = dict(urllib.parse.parse_qsl(parts.query))
     unknown = set(query) - _QUERY_FIELDS[kind]
     if unknown:
-        raise UserInputError(f"target {url!r}: unknown option(s) {sorted(unknown)}; known: {sorted(_QUERY_FIELDS[kind])}")
+        raise UserInputError(f"target {shown(url)}: unknown option(s) {sorted(unknown)}; known: {sorted(_QUERY_FIELDS[kind])}")
     fields = {**base, **query, "kind": kind}
     try:
         if kind == "ssh":
             if not parts.hostname:
-                raise UserInputError(f"target {url!r}: no host; expected ssh://user@host:port")
+                raise UserInputError(f"target {shown(url)}: no host; expected ssh://user@host:port")
             fields["host"] = parts.hostname
             if parts.username:
                 fields["user"] = urllib.parse.unquote(parts.username)
@@ -183,7 +202,6 @@ def parse_target(url: str, profile_reach=None):
             return AdbReach(**fields)
         return LocalReach(**fields)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise UserInputError(f"target {url!r}: field '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+        raise UserInputError(first_error(e, f"target {shown(url)}")) from None
     except ValueError as e:  # urllib: port out of range / not a number
-        raise UserInputError(f"target {url!r}: {e}") from None
+        raise UserInputError(f"target {shown(url)}: {e}") from None

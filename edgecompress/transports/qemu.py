@@ -27,7 +27,8 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator
 
 from edgecompress.registry import TRANSPORTS
-from edgecompress.transports.base import ExecResult, Transport, _Cfg, run_local
+from edgecompress.config import Cfg, first_error, shown
+from edgecompress.transports.base import ExecResult, Transport, run_local
 from edgecompress.transports.local import copy_into, copy_out_of
 
 KIND = "qemu-arm64"
@@ -47,7 +48,7 @@ def build_command() -> str:
     return f"sudo bash {build_script()}"
 
 
-class QemuReach(_Cfg):
+class QemuReach(Cfg):
     kind: Literal["qemu-arm64"] = KIND
     rootfs: Optional[str] = Field(None, description=f"default: $EDGECOMPRESS_QEMU_ROOTFS or {DEFAULT_ROOTFS}")
     # Cortex-A72 = Raspberry Pi 4: ARMv8.0 NEON, no sdot/udot, so onnxruntime takes its plain u8s8 NEON kernels as
@@ -176,5 +177,4 @@ def parse_qemu_target(url: str) -> QemuReach:
     try:
         return QemuReach(**fields)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise UserInputError(f"target {url!r}: field '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+        raise UserInputError(first_error(e, f"target {shown(url)}")) from None

@@ -47,14 +47,15 @@ class SshTransport(RemoteShellTransport):
 
     def _shell(self, cmd: str, timeout_s: float) -> ExecResult:
         # When ssh is killed at the timeout the remote process loses its channel; its next write fails and it ends.
-        return run_local(["ssh", *self._options(), "-p", str(self.reach.port), self._dest, "--", cmd], timeout_s)
+        # "--" ends ssh's options: the destination can never be read as one (the schema refuses a leading '-' too).
+        return run_local(["ssh", *self._options(), "-p", str(self.reach.port), "--", self._dest, cmd], timeout_s)
 
     def _copy_to(self, local_path: Path, remote_path: str, timeout_s: float) -> ExecResult:
-        return run_local(["scp", "-q", *self._options(), "-P", str(self.reach.port), str(local_path),
+        return run_local(["scp", "-q", *self._options(), "-P", str(self.reach.port), "--", str(local_path),
                           self._scp_dest(remote_path)], timeout_s)
 
     def _copy_from(self, remote_path: str, local_path: Path, timeout_s: float) -> ExecResult:
-        return run_local(["scp", "-q", *self._options(), "-P", str(self.reach.port), self._scp_dest(remote_path),
+        return run_local(["scp", "-q", *self._options(), "-P", str(self.reach.port), "--", self._scp_dest(remote_path),
                           str(local_path)], timeout_s)
 
     def describe(self) -> str:

@@ -67,7 +67,7 @@ def test_unknown_key_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("body, fragment", [
-    ("name: b\narch: [unclosed\n", "invalid YAML at line"),
+    ("name: b\narch: [unclosed\n", "malformed YAML at line"),
     ("name: b\narch: riscv64\nos: linux\ncores: {big: 1}\nmemory_mb: 512\nruntimes: {onnx: {runtime: onnxruntime}}\n",
      "field 'arch'"),
     ("name: b\narch: x86_64\nos: linux\ncores: {big: 1}\nmemory_mb: 512\nruntimes: {onnx: {runtime: executorch}}\n",
