@@ -167,7 +167,7 @@ def parse_target(url: str, profile_reach=None):
     so `--target ssh://pi@10.0.0.7` reuses the rpi4 profile's settings for another board of the same kind.
     """
     url = url.strip()
-    if url == "qemu-arm64" or url.startswith("qemu-arm64?"):  # an emulated Pi CPU on this host (targets/qemu.py)
+    if url == "qemu-arm64" or url.startswith("qemu-arm64?"):  # an emulated Pi CPU on this host (transports/qemu.py)
         from edgecompress.transports.qemu import parse_qemu_target
         return parse_qemu_target(url)
     if url == "local":
