@@ -166,7 +166,7 @@ class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        for tmp in self.root.glob(".tmp-*"):
+        for tmp in [*self.root.glob(".tmp-*"), *self.root.glob(".old-*")]:
             # Leftovers of a killed step; only the owning pid could still be writing, and it is gone if
             # its pid no longer runs.
             pid = tmp.name.split("-")[1]
@@ -208,10 +208,7 @@ class Store:
                 "duration_s": round(time.perf_counter() - t0, 3), "metrics": metrics,
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-            final = self.path_for(step, aid)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            self._commit(tmp, self.path_for(step, aid))
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -221,6 +218,33 @@ class Store:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+    @contextmanager
+    def lock(self, step: str, aid: str) -> Iterator[None]:
+        """Exclusive per artifact id across processes: a second run of the same step on this store waits for the
+        first, then finds its artifact instead of building (and racing to rename) its own."""
+        import fcntl
+        locks = self.root / ".locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{step}-{aid}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _commit(tmp: Path, final: Path) -> None:
+        """Rename the finished folder into place. An existing artifact (a forced rebuild) is first moved aside, so
+        the id never points at a half-deleted folder."""
+        old = None
+        if final.exists():
+            old = final.with_name(f".old-{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}")
+            os.rename(final, old)
+        os.rename(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -25,7 +25,8 @@ def shown(value: object) -> str:
 
 
 class Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `epochs: .inf` or a NaN learning rate passes `gt=0` checks and fails only mid-training.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def first_error(e: ValidationError, source: str, hint: str = "", tags: tuple[str, ...] = ()) -> str:

@@ -174,61 +174,101 @@ def student_from_config(teacher, arch):
     Every other shape (e.g. a changed head size) is random-initialised from the config's initializer_range, and
     init "random" skips copying altogether. Only BERT-family encoders (SUPPORTED_MODEL_TYPES)."""
     import torch
-    t_cfg = teacher.config
-    dims = derive_arch(t_cfg, arch)
-    cfg = copy.deepcopy(t_cfg)
+    dims = derive_arch(teacher.config, arch)
+    cfg = copy.deepcopy(teacher.config)
     for k, v in dims.items():
         setattr(cfg, k, v)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the random-initialised tensors are the same on every run
     student = type(teacher)(cfg)
     if arch.init == "random":
         return student.eval()
-    n_t = t_cfg.num_hidden_layers
-    layers = arch.init_from_teacher_layers or _evenly_spaced(n_t, dims["num_hidden_layers"])
-    bad = [i for i in layers if i >= n_t]
+    layers = _init_layers(arch, teacher.config.num_hidden_layers, dims["num_hidden_layers"])
+    sd = teacher.state_dict()
+    hid = _kept_hidden_dims(sd, teacher.config.hidden_size, dims["hidden_size"])
+    per_layer = {s_i: (t_i, *_kept_head_rows_and_neurons(sd, teacher.config, dims, t_i))
+                 for s_i, t_i in enumerate(layers)}
+    narrower = dims["hidden_size"] < teacher.config.hidden_size
+    new_sd, fresh = _sliced_state_dict(sd, student.state_dict(), hid if narrower else None, per_layer)
+    student.load_state_dict(new_sd, strict=False)
+    student.init_report = {"teacher_layers": layers, "copied_tensors": len(new_sd), "hidden_dims": hid.tolist(),
+                           "random_init": [n for n in fresh if "position_ids" not in n]}
+    return student.eval()
+
+
+def _init_layers(arch, n_teacher: int, n_student: int) -> list[int]:
+    """The teacher layer each student layer starts from: as given, else evenly spaced."""
+    layers = arch.init_from_teacher_layers or _evenly_spaced(n_teacher, n_student)
+    bad = [i for i in layers if i >= n_teacher]
     if bad:
         raise UserInputError(f"student.config.init_from_teacher_layers: layer {bad[0]} does not exist; "
-                             f"the teacher has layers 0..{n_t - 1}")
-    if len(layers) != dims["num_hidden_layers"]:
+                             f"the teacher has layers 0..{n_teacher - 1}")
+    if len(layers) != n_student:
         raise UserInputError(f"student.config.init_from_teacher_layers lists {len(layers)} layers but the student has "
-                             f"{dims['num_hidden_layers']}; give one teacher layer per student layer")
-    sd = teacher.state_dict()
-    H, h = t_cfg.hidden_size, dims["hidden_size"]
-    t_hd = H // t_cfg.num_attention_heads
-    s_hd = h // dims["num_attention_heads"]
+                             f"{n_student}; give one teacher layer per student layer")
+    return layers
+
+
+def _kept_hidden_dims(sd: dict, H: int, h: int):
+    """The h teacher hidden dims with the largest summed |LayerNorm gamma| (all H when the width is unchanged)."""
+    import torch
     gamma = sum(v.abs() for k, v in sd.items() if k.endswith("LayerNorm.weight") and v.shape == (H,))
-    hid = _top(gamma, h) if h < H else torch.arange(H)
+    return _top(gamma, h) if h < H else torch.arange(H)
 
-    def layer_idx(name: str):
-        if ".encoder.layer." not in name:
-            return None, name
-        prefix, rest = name.split(".encoder.layer.", 1)
-        i, tail = rest.split(".", 1)
-        return int(i), f"{prefix}.encoder.layer.{{}}.{tail}"
 
-    per_layer = {}
-    for s_i, t_i in enumerate(layers):
-        p = next(k for k in sd if ".encoder.layer." in k).split(".encoder.layer.")[0] + f".encoder.layer.{t_i}."
-        attn_rows = None
-        if s_hd == t_hd and dims["num_attention_heads"] <= t_cfg.num_attention_heads:
-            o = sd[p + "attention.output.dense.weight"]                   # (H, heads*hd)
-            head_norm = o.reshape(H, t_cfg.num_attention_heads, t_hd).pow(2).sum((0, 2))
-            heads = _top(head_norm, dims["num_attention_heads"])
-            attn_rows = (heads[:, None] * t_hd + torch.arange(t_hd)).reshape(-1)
-        w_in, w_out = sd[p + "intermediate.dense.weight"], sd[p + "output.dense.weight"]
-        ffn = _top(w_in.norm(dim=1) * w_out.norm(dim=0), dims["intermediate_size"]) \
-            if dims["intermediate_size"] <= w_in.shape[0] else None
-        per_layer[s_i] = (t_i, attn_rows, ffn)
+def _kept_head_rows_and_neurons(sd: dict, t_cfg, dims: dict, t_i: int):
+    """For teacher layer t_i: the Q/K/V rows of the kept heads (None when the head size changes or heads are
+    added: no consistent subset) and the kept FFN neurons (None when the FFN grows)."""
+    import torch
+    H, n_heads = t_cfg.hidden_size, t_cfg.num_attention_heads
+    t_hd, s_hd = H // n_heads, dims["hidden_size"] // dims["num_attention_heads"]
+    p = next(k for k in sd if ".encoder.layer." in k).split(".encoder.layer.")[0] + f".encoder.layer.{t_i}."
+    attn_rows = None
+    if s_hd == t_hd and dims["num_attention_heads"] <= n_heads:
+        o = sd[p + "attention.output.dense.weight"]                   # (H, heads*hd)
+        head_norm = o.reshape(H, n_heads, t_hd).pow(2).sum((0, 2))
+        heads = _top(head_norm, dims["num_attention_heads"])
+        attn_rows = (heads[:, None] * t_hd + torch.arange(t_hd)).reshape(-1)
+    w_in, w_out = sd[p + "intermediate.dense.weight"], sd[p + "output.dense.weight"]
+    ffn = _top(w_in.norm(dim=1) * w_out.norm(dim=0), dims["intermediate_size"]) \
+        if dims["intermediate_size"] <= w_in.shape[0] else None
+    return attn_rows, ffn
 
-    def take(v, idx_per_dim):
-        for d, idx in enumerate(idx_per_dim):
-            if idx is not None:
-                v = v.index_select(d, idx)
-        return v
 
-    new_sd, copied, fresh = {}, 0, []
-    for name, target in student.state_dict().items():
-        s_i, pattern = layer_idx(name)
+def _layer_idx(name: str):
+    """(layer index, name pattern with {} for the index) for an encoder-layer tensor, else (None, name)."""
+    if ".encoder.layer." not in name:
+        return None, name
+    prefix, rest = name.split(".encoder.layer.", 1)
+    i, tail = rest.split(".", 1)
+    return int(i), f"{prefix}.encoder.layer.{{}}.{tail}"
+
+
+def _slice_plan(name: str, ndim: int, hid, attn_rows, ffn) -> list:
+    """Per dim of a teacher tensor, the indices to keep (None = the whole dim)."""
+    if any(x in name for x in (".query.", ".key.", ".value.")):
+        return [attn_rows, hid] if ndim == 2 else [attn_rows]
+    if "attention.output.dense.weight" in name:
+        return [hid, attn_rows]
+    if "intermediate.dense" in name:
+        return [ffn, hid] if ndim == 2 else [ffn]
+    if name.endswith("output.dense.weight"):                              # FFN output (H, I)
+        return [hid, ffn]
+    if "embeddings" in name and ndim == 2:                                # (vocab|positions|types, H)
+        return [None, hid]
+    if "classifier.weight" in name:
+        return [None, hid]
+    if "classifier.bias" in name:
+        return [None]
+    return [hid] * ndim                                                   # LayerNorms, biases of H, pooler (H, H)
+
+
+def _sliced_state_dict(sd: dict, targets: dict, hid, per_layer: dict) -> tuple[dict, list[str]]:
+    """The student's tensors sliced out of the teacher's state dict, and the names left to their fresh init.
+    hid: kept hidden dims, or None when the width is unchanged; per_layer: student layer -> (teacher layer,
+    attention rows, FFN neurons)."""
+    new_sd, fresh = {}, []
+    for name, target in targets.items():
+        s_i, pattern = _layer_idx(name)
         if s_i is None:
             src_name, attn_rows, ffn = name, None, None
         else:
@@ -238,37 +278,20 @@ def student_from_config(teacher, arch):
         if src is None or src.ndim != target.ndim:
             fresh.append(name)
             continue
-        hid_i = hid if h < H else None
-        if any(x in name for x in (".query.", ".key.", ".value.")):
-            plan = [attn_rows, hid_i] if src.ndim == 2 else [attn_rows]
-        elif "attention.output.dense.weight" in name:
-            plan = [hid_i, attn_rows]
-        elif "intermediate.dense" in name:
-            plan = [ffn, hid_i] if src.ndim == 2 else [ffn]
-        elif name.endswith("output.dense.weight"):                          # FFN output (H, I)
-            plan = [hid_i, ffn]
-        elif "embeddings" in name and src.ndim == 2:                        # (vocab|positions|types, H)
-            plan = [None, hid_i]
-        elif "classifier.weight" in name:
-            plan = [None, hid_i]
-        elif "classifier.bias" in name:
-            plan = [None]
-        else:                                                               # LayerNorms, biases of H, pooler (H, H)
-            plan = [hid_i] * src.ndim
+        plan = _slice_plan(name, src.ndim, hid, attn_rows, ffn)
         # A None entry where sizes differ means no consistent subset is known (e.g. a changed head size): fresh init.
         if any(i is None and src.shape[d] != target.shape[d] for d, i in enumerate(plan)):
             fresh.append(name)
             continue
-        v = take(src, plan)
+        v = src
+        for d, idx in enumerate(plan):
+            if idx is not None:
+                v = v.index_select(d, idx)
         if v.shape != target.shape:
             fresh.append(name)
             continue
         new_sd[name] = v.clone()
-        copied += 1
-    student.load_state_dict(new_sd, strict=False)
-    student.init_report = {"teacher_layers": layers, "copied_tensors": copied, "hidden_dims": hid.tolist(),
-                           "random_init": [n for n in fresh if "position_ids" not in n]}
-    return student.eval()
+    return new_sd, fresh
 
 
 def check_layer_map(cfg, teacher_config: dict, where: str = "stages.distill") -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from edgecompress import progress
 from edgecompress.artifact import Artifact, Store, artifact_id, sha256_file
 from edgecompress.data import EVAL_BATCH, batches
-from edgecompress.errors import EdgeCompressError, RuntimeFailure
+from edgecompress.errors import EdgeCompressError, RuntimeFailure, UserInputError
 from edgecompress.formats import FORMATS
 from edgecompress.plan import Plan, make_plan
 from edgecompress.recipe import Recipe, load_recipe
@@ -74,6 +74,17 @@ def _write_metrics(tmp: Path, metrics: dict) -> None:
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
 
 
+def _check_folder(folder: Path, what: str) -> None:
+    """A folder the run will write into: refused before any work when it cannot be one."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserInputError(f"{what} {folder}: {p} is a file, not a folder; point {what} at a folder")
+            if not os.access(p, os.W_OK):
+                raise UserInputError(f"{what} {folder}: {p} is not writable; point {what} at a writable folder")
+            return
+
+
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
@@ -115,25 +126,34 @@ class Runner:
                                          "every rank needs the same EDGECOMPRESS_HOME (a shared file system across nodes)")
                 self._record(label or step, step, art, parents)
                 return art
-        if art is not None:
-            progress.log(f"[{label or step}] reusing {art.path.name}")
-        else:
-            progress.log(f"[{label or step}] running")
-            t0 = time.perf_counter()
-            with self.store.create(step, aid, config, parents) as tmp:
-                build(tmp)
-            art = self.store.get(step, aid)
-            if art is None:
-                raise RuntimeFailure(f"{step}: artifact {aid} vanished right after it was written; check the disk")
-            progress.log(f"[{label or step}] done in {time.perf_counter() - t0:.1f} s -> {art.path}")
+        if art is None:
+            with self.store.lock(step, aid):  # a concurrent run of the same step waits here, then reuses it
+                art = None if force else self.store.get(step, aid)
+                if art is None:
+                    art = self._build(step, aid, config, parents, build, label or step)
             if dist is not None:
                 dist.barrier()
+        else:
+            progress.log(f"[{label or step}] reusing {art.path.name}")
         self._record(label or step, step, art, parents)
         link = self.run_dir / "artifacts" / (label or step)
         link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(art.path, target_is_directory=True)
+        tmp_link = link.with_name(f".{link.name}.{os.getpid()}")  # replaced atomically: concurrent runs may race here
+        tmp_link.unlink(missing_ok=True)
+        tmp_link.symlink_to(art.path, target_is_directory=True)
+        os.replace(tmp_link, link)
+        return art
+
+    def _build(self, step: str, aid: str, config: dict, parents: list[str], build: Callable[[Path], None],
+               label: str) -> Artifact:
+        progress.log(f"[{label}] running")
+        t0 = time.perf_counter()
+        with self.store.create(step, aid, config, parents) as tmp:
+            build(tmp)
+        art = self.store.get(step, aid)
+        if art is None:
+            raise RuntimeFailure(f"{step}: artifact {aid} vanished right after it was written; check the disk")
+        progress.log(f"[{label}] done in {time.perf_counter() - t0:.1f} s -> {art.path}")
         return art
 
     def _record(self, label: str, step: str, art: Artifact, parents: list[str]) -> None:
@@ -150,32 +170,35 @@ class Runner:
 
         def build(tmp: Path) -> None:
             import torch
+            from edgecompress.modeling import load_tokenizer
             torch.manual_seed(r.seed)
             model = load_classifier(self.plan.teacher_dir, self.plan.num_labels)
-            ctx.metrics = {}
+            tokenizer = load_tokenizer(self.plan.teacher_dir)
             if r.teacher.finetune is not None:
                 from edgecompress.compress.finetune import finetune
-                model = finetune(model, r.teacher.finetune, ctx)
+                res = finetune(model, tokenizer, r.teacher.finetune, ctx)
+                model, tokenizer, metrics = res.model, res.tokenizer, res.metrics
             else:
                 from edgecompress.compress.train import accuracy
-                ctx.metrics["test_accuracy"] = accuracy(model, ctx.batches("test", EVAL_BATCH, shuffle=False))
-            _save_model(model, ctx.tokenizer, tmp / "model")
-            _write_metrics(tmp, ctx.metrics)
+                metrics = {"test_accuracy": accuracy(model, ctx.batches(tokenizer, "test", EVAL_BATCH, shuffle=False))}
+            _save_model(model, tokenizer, tmp / "model")
+            _write_metrics(tmp, metrics)
         return self._step("teacher", config, [], build)
 
-    def stage(self, cfg, parent: Artifact, teacher_model, ctx, index: int) -> Artifact:
+    def stage(self, cfg, parent: Artifact, teacher, ctx, index: int) -> Artifact:
+        """One recipe stage. Its model and tokenizer are its parent artifact's, or the teacher's when the stage
+        declares starts_from_teacher (distillation builds a new model out of the teacher)."""
         from edgecompress.registry import STAGES
-        fn = STAGES.get(cfg.kind)
+        stage = STAGES.get(cfg.kind)
 
         def build(tmp: Path) -> None:
             import torch
             torch.manual_seed(self.recipe.seed + index)
-            model = teacher_model if cfg.kind == "distill" else _load_model(parent)
-            ctx.metrics = {}
-            ctx.tokenizer = _load_tokenizer(parent)  # a stage may replace it (vocabulary trimming)
-            out = fn(model, cfg, ctx)
-            _save_model(out, ctx.tokenizer, tmp / "model")
-            _write_metrics(tmp, ctx.metrics)
+            model = teacher.model if stage.starts_from_teacher else _load_model(parent)
+            # Each artifact carries its own tokenizer: vocabulary trimming changes the ids downstream of it.
+            res = stage(model, _load_tokenizer(parent), cfg, ctx, teacher)
+            _save_model(res.model, res.tokenizer, tmp / "model")
+            _write_metrics(tmp, res.metrics)
         return self._step(cfg.kind, {"stage": cfg.model_dump(), "seed": self.recipe.seed, "index": index},
                           [parent.id], build, label=f"{index + 1}-{cfg.kind}")
 
@@ -262,21 +285,18 @@ class Runner:
     # -- whole run -----------------------------------------------------------------------------------------
     def run(self) -> dict:
         import torch
-        from edgecompress.compress.base import StageContext
+        from edgecompress.compress.base import StageContext, Teacher
         from edgecompress.data import fingerprint, load_splits
-        from edgecompress.modeling import load_tokenizer
         r = self.recipe
         t_start = time.perf_counter()
         self._data_id = fingerprint(r.data)
         self.splits = splits = load_splits(r.data)
-        tokenizer = load_tokenizer(self.plan.teacher_dir)
-        ctx = StageContext(splits, tokenizer, r.data.max_seq_len, r.seed, teacher_tokenizer=tokenizer)
+        ctx = StageContext(splits, r.data.max_seq_len, r.seed)
         teacher_art = self.teacher(ctx)
-        teacher_model = _load_model(teacher_art)
-        ctx.teacher = teacher_model
+        teacher = Teacher(_load_model(teacher_art), _load_tokenizer(teacher_art))
         current = teacher_art
         for i, cfg in enumerate(r.stages):
-            current = self.stage(cfg, current, teacher_model, ctx, i)
+            current = self.stage(cfg, current, teacher, ctx, i)
         student_art = current
         rows, failures = [], []
         jobs = [(f, p, student_art, f"{f}-{p}") for f in r.export.formats for p in r.export.precisions]
@@ -323,6 +343,8 @@ def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool =
     progress.set_quiet(quiet or json_output)
     t0 = time.perf_counter()
     recipe = load_recipe(recipe_path)
+    for folder, what in ((Path(out_dir), "--out"), (home(), "EDGECOMPRESS_HOME")):
+        _check_folder(folder, what)
     plan = make_plan(recipe)
     progress.log(f"plan OK in {time.perf_counter() - t0:.2f} s: {' -> '.join(plan.steps)}")
     run_dir = Path(out_dir) / recipe.name

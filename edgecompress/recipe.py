@@ -62,7 +62,7 @@ class StudentArchCfg(Cfg):
         return self
 
 
-# The default student (issue 3): 4 layers, width 256 (8 heads of 32), FFN 768, sliced from the teacher. On the
+# The default student: 4 layers, width 256 (8 heads of 32), FFN 768, sliced from the teacher. On the
 # default data it keeps 98.7% of the teacher at 3.46x lower fp32 ONNX latency (benchmarks/distill_frontier).
 DEFAULT_STUDENT_ARCH = {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 768}
 
@@ -70,7 +70,7 @@ DEFAULT_STUDENT_ARCH = {"num_hidden_layers": 4, "hidden_size": 256, "intermediat
 class StudentCfg(Cfg):
     # DistilBERT-style: initialise a shallower student from chosen teacher layers, same width ...
     from_teacher_layers: Optional[list[int]] = Field(None, min_length=1)
-    # ... or a student from a config (issue 3). Exactly one of the two is set; neither means DEFAULT_STUDENT_ARCH.
+    # ... or a student from a config. Exactly one of the two is set; neither means DEFAULT_STUDENT_ARCH.
     config: Optional[StudentArchCfg] = None
 
     @field_validator("from_teacher_layers")
@@ -126,7 +126,7 @@ class DistillCfg(Cfg):
 
 
 class PruneCfg(Cfg):
-    """Unstructured pruning: weights set to zero, matrices keep their size (issue 4 adds the structured kind)."""
+    """Unstructured pruning: weights set to zero, matrices keep their size (prune_structured cuts them)."""
     kind: Literal["prune"] = "prune"
     method: Literal["magnitude", "threshold", "taylor"] = "magnitude"
     scope: Literal["global", "per_layer"] = "global"
@@ -194,7 +194,7 @@ class FallbackCfg(Cfg):
 class QuantSpec(Cfg):
     """Quantization as an intent; each exporter realizes it with its own toolchain.
 
-    Defaults are the spine's behaviour: int8 weights per channel, activations quantized at run time (dynamic).
+    Defaults: int8 weights per channel, activations quantized at run time (dynamic).
     The int8 flavour (activation/weight type, per_channel, reduce_range) comes from the device profile when
     preset is "profile" (the pipeline fills it in); preset "manual" takes the fields written here."""
     scheme: Literal["int8"] = "int8"
@@ -203,7 +203,7 @@ class QuantSpec(Cfg):
     # linear: the int8 grid. codebook: k-means per layer (Deep Compression), 2**codebook_bits shared values.
     weights: Literal["linear", "codebook"] = "linear"
     codebook_bits: Literal[4, 8] = 8
-    # None keeps each format's spine behaviour (onnx: int8 Gather, as quantize_dynamic always did; ptl/pte: fp32).
+    # None keeps each format's default (onnx: int8 Gather, as quantize_dynamic does by default; ptl/pte: fp32).
     # True: quantize the word-embedding table where the format can (onnx int8 Gather or codebook, ptl 8-bit rows);
     # False: keep it fp32 everywhere. The table is about half of a MiniLM-size model.
     embeddings: Optional[bool] = None
@@ -281,7 +281,7 @@ class BenchCfg(Cfg):
 
 class Recipe(Cfg):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="numpy and torch seeds must fit 32 bits")
     teacher: TeacherCfg = TeacherCfg()
     data: DataCfg = DataCfg()
     stages: list[StageCfg] = Field(default_factory=lambda: [DistillCfg(), PruneCfg()])
@@ -293,6 +293,9 @@ class Recipe(Cfg):
     @model_validator(mode="after")
     def _order(self) -> "Recipe":
         kinds = [s.kind for s in self.stages]
+        if kinds.count("distill") > 1:
+            raise ValueError("stages: distill appears twice; it builds a new student from the teacher, so the first "
+                             "one's work would be thrown away: keep one distill stage")
         if "distill" in kinds and kinds.index("distill") != 0:
             raise ValueError("distill must be the first stage: it builds the student the other stages compress")
         if self.bench.seq_len > self.export.max_seq_len:
@@ -314,6 +317,22 @@ def parse_recipe(data: object, source: str = "recipe") -> Recipe:
         raise UserInputError(first_error(e, source, " (see edgecompress/recipes/default.yaml)", STAGE_KINDS)) from None
 
 
+def _relative_to(folder: Path, value: object) -> object:
+    """A relative local path in a recipe means relative to the recipe file's folder, as in every config tool."""
+    if not isinstance(value, str) or value.startswith("packaged:") or value.startswith("~"):
+        return value
+    return value if Path(value).is_absolute() else str(folder / value)
+
+
 def load_recipe(path: Optional[Path] = None) -> Recipe:
     path = Path(path) if path else DEFAULT_RECIPE_PATH
-    return parse_recipe(read_yaml(path, "recipe file"), str(path))
+    data = read_yaml(path, "recipe file")
+    if isinstance(data, dict):
+        folder = path.resolve().parent
+        for section in ("teacher", "data"):
+            if isinstance(data.get(section), dict) and "source" in data[section]:
+                data[section] = {**data[section], "source": _relative_to(folder, data[section]["source"])}
+        prof = data.get("profile")
+        if isinstance(prof, str) and prof.endswith((".yaml", ".yml")):
+            data["profile"] = _relative_to(folder, prof)
+    return parse_recipe(data, str(path))

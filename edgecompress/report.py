@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -35,7 +36,6 @@ def _budget_violations(runner, rows: list[dict]) -> list[str]:
 
 
 def build_report(runner, teacher_art, student_art, rows: list[dict], failures: list[dict], seconds: float) -> dict:
-    import os
     base = next((r for r in rows if r["label"] == BASELINE), None)
     for r in rows:
         if base:
@@ -99,7 +99,9 @@ def write_report(report: dict, run_dir: Path) -> None:
     png = pareto_png(report["rows"])
     for name, text in (("report.json", json.dumps(report, indent=2, default=str)), ("report.md", to_markdown(report)),
                        ("report.html", to_html(report, png))):
-        tmp = run_dir / f".{name}.tmp"
+        tmp = run_dir / f".{name}.{os.getpid()}.tmp"  # per process: two runs of one recipe may finish together
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(run_dir / name)
-    (run_dir / "pareto.png").write_bytes(png)
+    tmp = run_dir / f".pareto.png.{os.getpid()}.tmp"
+    tmp.write_bytes(png)
+    tmp.replace(run_dir / "pareto.png")

@@ -1,24 +1,66 @@
-"""What a stage sees besides its model and config."""
+"""What a stage is given and what it gives back.
+
+A stage is a function `(model, tokenizer, cfg, ctx, teacher) -> StageResult`: everything it needs comes in as an
+argument and everything it makes (the model, the tokenizer the model reads, the metrics) comes back in the
+result, so the caller decides what to save and a stage cannot leak state into the next one. The context is
+frozen: it holds only the data every stage shares.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from edgecompress.data import Split, batches
+from edgecompress.registry import STAGES
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """The data side shared by every stage of a run; stages read it, never write it."""
+    splits: dict[str, Split]
+    max_seq_len: int
+    seed: int = 0
+
+    def batches(self, tokenizer, split: str, batch_size: int, *, shuffle: bool, epoch: int = 0,
+                subset: Optional[int] = None):
+        """(inputs, labels, row_index) batches of a split tokenized with `tokenizer`. The tokenizer is an argument
+        because after vocabulary trimming the student and the teacher read different ids; the row index is the same
+        for both, which is what links a student batch to the teacher's logits for those rows."""
+        s = self.splits[split].subset(subset, self.seed)
+        return batches(tokenizer, s, batch_size, self.max_seq_len, shuffle=shuffle, seed=self.seed + epoch)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The model the stages distil from, with its own tokenizer (anything fed to the teacher must use it)."""
+    model: Any
+    tokenizer: Any
 
 
 @dataclass
-class StageContext:
-    splits: dict[str, Split]
-    tokenizer: Any
-    max_seq_len: int
-    seed: int = 0
-    teacher: Optional[Any] = None
-    # The teacher's own tokenizer: after vocabulary trimming the student's ids differ from the teacher's, so
-    # anything that feeds the teacher (KD targets, recovery fine-tuning) must tokenize with this one.
-    teacher_tokenizer: Optional[Any] = None
-    metrics: dict = field(default_factory=dict)   # a stage records what it measured here; lands in manifest.json
+class StageResult:
+    model: Any
+    tokenizer: Any                                  # saved beside the model: a stage may change the ids
+    metrics: dict = field(default_factory=dict)     # what the stage measured; lands in the artifact's metrics.json
 
-    def batches(self, split: str, batch_size: int, *, shuffle: bool, epoch: int = 0, subset: Optional[int] = None):
-        s = self.splits[split].subset(subset, self.seed)
-        return batches(self.tokenizer, s, batch_size, self.max_seq_len, shuffle=shuffle, seed=self.seed + epoch)
+
+@dataclass(frozen=True)
+class Stage:
+    """A registered stage: its function plus what the caller must know before calling it.
+
+    starts_from_teacher: the stage builds its model from the teacher's (distillation makes a new, smaller model
+    out of the teacher), so the caller passes the teacher's model and tokenizer as the input, not its parent's."""
+    name: str
+    run: Callable[..., StageResult]
+    starts_from_teacher: bool = False
+
+    def __call__(self, model, tokenizer, cfg, ctx: StageContext, teacher: Optional[Teacher] = None) -> StageResult:
+        return self.run(model, tokenizer, cfg, ctx, teacher)
+
+
+def register_stage(name: str, *, starts_from_teacher: bool = False):
+    """Register the decorated function in STAGES as a Stage; the function itself is returned unchanged."""
+    def deco(fn: Callable[..., StageResult]) -> Callable[..., StageResult]:
+        STAGES.register(name)(Stage(name, fn, starts_from_teacher))
+        return fn
+    return deco

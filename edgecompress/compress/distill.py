@@ -1,4 +1,4 @@
-"""Knowledge distillation: L = a*CE(labels) + (1-a)*T^2*KL(softmax(t/T) || softmax(s/T)) + sum_i w_i * match_i.
+"""Knowledge distillation: L = kd_loss (compress/kd.py: a*CE(labels) + (1-a)*T^2*KL) + sum_i w_i * match_i.
 
 The student is built from teacher layers (DistilBERT-style) or from a config (narrower/shallower, see
 modeling.student_from_config). Intermediate matches (TinyBERT/MiniLM-style) compare hidden states (MSE or
@@ -16,6 +16,8 @@ encoder works.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,24 +25,13 @@ from torch import nn
 
 from edgecompress import progress
 from edgecompress.compress.adaptor import Adapted, adapt, eager_attention, hidden_width
-from edgecompress.compress.base import StageContext
+from edgecompress.compress.base import StageContext, StageResult, Teacher, register_stage
+from edgecompress.compress.kd import kd_loss
 from edgecompress.compress.train import accuracy, is_distributed, predict_logits, train
+from edgecompress.data import EVAL_BATCH
 from edgecompress.errors import UserInputError
 from edgecompress.modeling import check_layer_map, count_params, student_from_config, student_from_teacher_layers
 from edgecompress.recipe import DistillCfg, MatchCfg
-from edgecompress.registry import STAGES
-
-EVAL_BATCH = 64
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            alpha: float, temperature: float) -> tuple[torch.Tensor, dict]:
-    ce = F.cross_entropy(student_logits, labels)
-    t = temperature
-    # KL(p_teacher || p_student) with batchmean, scaled by T^2 so gradients keep their size as T grows (Hinton 2015).
-    kl = F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
-                  reduction="batchmean", log_target=True) * (t * t)
-    return alpha * ce + (1 - alpha) * kl, {"ce": float(ce.detach()), "kd": float(kl.detach())}
 
 
 def hidden_loss(student_h: torch.Tensor, teacher_h: torch.Tensor, mask: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -133,28 +124,51 @@ def build_student(teacher, cfg: DistillCfg):
     return student_from_teacher_layers(teacher, cfg.student.from_teacher_layers)
 
 
-@STAGES.register("distill")
-def distill(teacher, cfg: DistillCfg, ctx: StageContext):
+@register_stage("distill", starts_from_teacher=True)
+def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optional[Teacher] = None) -> StageResult:
+    """A new student built from `model` (the teacher's: this stage starts from the teacher) and trained against
+    teacher.model. Distill is the recipe's first stage, so `tokenizer` is the teacher's and one batch feeds both."""
     if teacher is None:
         raise UserInputError("distill needs a teacher; set teacher.source")
+    t_model = teacher.model
     # The same check plan runs, against the loaded models: a wrong layer map fails here before any training.
-    check_layer_map(cfg, teacher.config.to_dict())
+    check_layer_map(cfg, t_model.config.to_dict())
     if cfg.schedule == "two_phase" and not cfg.matches:
         raise UserInputError("stages.distill.schedule two_phase needs matches (its first phase trains only them)")
-    teacher.eval()
-    student = build_student(teacher, cfg)
+    t_model.eval()
+    student = build_student(model, cfg)
     init_report = getattr(student, "init_report", None)
-    wrapper = Distiller(student, cfg.matches, hidden_width(teacher),
-                        (init_report or {}).get("hidden_dims"))
+    wrapper = Distiller(student, cfg.matches, hidden_width(t_model), (init_report or {}).get("hidden_dims"))
+    phases = _train_phases(wrapper, t_model, tokenizer, cfg, ctx)
+    student = wrapper.student.eval()  # the projections are dropped here: they only served the loss
+    res = phases[-1][1]
+    history = [{**h, "phase": name} for name, r in phases for h in r.history]
+    metrics = {"train_seconds": round(sum(r.seconds for _, r in phases), 1), "history": history,
+               "val_accuracy": res.best_val_accuracy, "stopped_early": res.stopped_early,
+               "params": count_params(student), "teacher_params": count_params(t_model),
+               "projection_params_dropped": sum(p.numel() for p in wrapper.proj.parameters()),
+               "matches": [m.model_dump() for m in cfg.matches], "schedule": cfg.schedule,
+               "distributed": is_distributed(),
+               "student_config": {k: getattr(student.config, k) for k in
+                                  ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")},
+               "test_accuracy": accuracy(student, ctx.batches(tokenizer, "test", EVAL_BATCH, shuffle=False))}
+    if init_report:
+        metrics["student_init"] = {k: v for k, v in init_report.items() if k != "hidden_dims"}
+    progress.log(f"  distilled student: {metrics['params']:,} params, test acc {metrics['test_accuracy']:.4f}")
+    return StageResult(student, tokenizer, metrics)
+
+
+def _train_phases(wrapper: Distiller, teacher, tokenizer, cfg: DistillCfg, ctx: StageContext) -> list:
+    """Train the student inside `wrapper`; returns [(phase name, TrainResult)], the intermediate phase first."""
     subset = cfg.train.max_train_samples
-    val = ctx.batches("validation", EVAL_BATCH, shuffle=False)
-    make = lambda e: ctx.batches("train", cfg.train.batch_size, shuffle=True, epoch=e, subset=subset)  # noqa: E731
+    val = ctx.batches(tokenizer, "validation", EVAL_BATCH, shuffle=False)
+    make = lambda e: ctx.batches(tokenizer, "train", cfg.train.batch_size, shuffle=True, epoch=e, subset=subset)  # noqa: E731
     cache: dict = {}
 
     def cached_teacher_logits():
         if "logits" not in cache:
             # Teacher logits for every train row, once, indexed by the row index every batch carries.
-            all_train = ctx.batches("train", EVAL_BATCH, shuffle=False, subset=subset)
+            all_train = ctx.batches(tokenizer, "train", EVAL_BATCH, shuffle=False, subset=subset)
             cache["logits"] = torch.from_numpy(predict_logits(teacher, all_train))
         return cache["logits"]
 
@@ -177,6 +191,7 @@ def distill(teacher, cfg: DistillCfg, ctx: StageContext):
 
     # DDP: in the intermediate-only phase the head gets no gradient, in the logit phase the projections get none.
     unused = bool(cfg.matches)
+    student = wrapper.student
     phases = []
     with eager_attention(teacher, student, enabled=wrapper.need_attention):
         if cfg.schedule == "two_phase":
@@ -190,18 +205,4 @@ def distill(teacher, cfg: DistillCfg, ctx: StageContext):
         res = train(wrapper, make, loss_fn_for(wrapper.use_matches, True), cfg.train, val, "distill student", ctx.seed,
                     patience=cfg.early_stopping_patience, find_unused_parameters=unused)
     phases.append(("logits" if cfg.schedule == "two_phase" else "joint", res))
-    student = wrapper.student.eval()  # the projections are dropped here: they only served the loss
-    history = [{**h, "phase": name} for name, r in phases for h in r.history]
-    ctx.metrics.update({"train_seconds": round(sum(r.seconds for _, r in phases), 1), "history": history,
-                        "val_accuracy": res.best_val_accuracy, "stopped_early": res.stopped_early,
-                        "params": count_params(student), "teacher_params": count_params(teacher),
-                        "projection_params_dropped": sum(p.numel() for p in wrapper.proj.parameters()),
-                        "matches": [m.model_dump() for m in cfg.matches], "schedule": cfg.schedule,
-                        "distributed": is_distributed(),
-                        "student_config": {k: getattr(student.config, k) for k in
-                                           ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")},
-                        "test_accuracy": accuracy(student, ctx.batches("test", EVAL_BATCH, shuffle=False))})
-    if init_report:
-        ctx.metrics["student_init"] = {k: v for k, v in init_report.items() if k != "hidden_dims"}
-    progress.log(f"  distilled student: {ctx.metrics['params']:,} params, test acc {ctx.metrics['test_accuracy']:.4f}")
-    return student
+    return phases

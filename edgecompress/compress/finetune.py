@@ -1,27 +1,28 @@
-"""Fine-tune a classifier on the labels (the teacher, when its source ships no task head)."""
+"""Fine-tune a classifier on the labels: the teacher, when its source ships no task head.
+
+Not a recipe stage (a recipe compresses a teacher that already classifies); the pipeline calls it directly for
+the teacher step, with the same arguments and result as a stage minus the teacher.
+"""
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-from edgecompress.compress.base import StageContext
+from edgecompress.compress.base import StageContext, StageResult
 from edgecompress.compress.train import accuracy, train
+from edgecompress.data import EVAL_BATCH
 from edgecompress.recipe import TrainCfg
-from edgecompress.registry import STAGES
-
-EVAL_BATCH = 64
 
 
-@STAGES.register("finetune")
-def finetune(model, cfg: TrainCfg, ctx: StageContext):
-    val = ctx.batches("validation", EVAL_BATCH, shuffle=False)
+def finetune(model, tokenizer, cfg: TrainCfg, ctx: StageContext) -> StageResult:
+    val = ctx.batches(tokenizer, "validation", EVAL_BATCH, shuffle=False)
 
     def loss_fn(m, inputs, labels, idx):
         loss = F.cross_entropy(m(**inputs).logits, labels)
         return loss, {"ce": float(loss.detach())}
 
-    res = train(model, lambda e: ctx.batches("train", cfg.batch_size, shuffle=True, epoch=e, subset=cfg.max_train_samples),
+    res = train(model, lambda e: ctx.batches(tokenizer, "train", cfg.batch_size, shuffle=True, epoch=e,
+                                             subset=cfg.max_train_samples),
                 loss_fn, cfg, val, "fine-tune teacher", ctx.seed)
-    ctx.metrics.update({"train_seconds": round(res.seconds, 1), "history": res.history,
-                        "val_accuracy": res.best_val_accuracy,
-                        "test_accuracy": accuracy(model, ctx.batches("test", EVAL_BATCH, shuffle=False))})
-    return model
+    metrics = {"train_seconds": round(res.seconds, 1), "history": res.history, "val_accuracy": res.best_val_accuracy,
+               "test_accuracy": accuracy(model, ctx.batches(tokenizer, "test", EVAL_BATCH, shuffle=False))}
+    return StageResult(model, tokenizer, metrics)

@@ -1,9 +1,8 @@
 """Structured pruning: attention heads and FFN intermediate neurons ranked by importance and cut out of the
 weight matrices, so the saved file, the exported graph and its matmuls are smaller.
 
-Importance of a head or neuron is the sum over its weights (Q/K/V rows + biases and O columns for a head;
-FFN-in row + bias and FFN-out column for a neuron) of first-order Taylor |w * dL/dw| accumulated over
-calibration batches, or of |w| ("magnitude").
+Importance of a head or neuron is the sum of its weights' scores, first-order Taylor or magnitude
+(compress/importance.py).
 
 Heads are ranked globally (each layer's scores normalised to sum 1, so layers compare; Michel et al. 2019),
 keeping >= min_heads_per_layer per layer: per-layer head counts may differ. FFN neurons are cut uniformly:
@@ -19,12 +18,13 @@ not import torch.
 """
 from __future__ import annotations
 
-from edgecompress.compress.base import StageContext
+from typing import Optional
+
+from edgecompress.compress.base import StageContext, StageResult, Teacher, register_stage
+from edgecompress.compress.importance import head_neuron_scores
+from edgecompress.data import EVAL_BATCH
 from edgecompress.errors import UserInputError
 from edgecompress.recipe import StructuredPruneCfg
-from edgecompress.registry import STAGES
-
-EVAL_BATCH = 64
 
 
 def _layers(model):
@@ -32,41 +32,6 @@ def _layers(model):
     if enc is None or not hasattr(enc, "layer"):
         raise UserInputError(f"prune_structured supports BERT-family encoders; {type(model).__name__} has no encoder.layer")
     return list(enc.layer)
-
-
-def _groups(layer) -> dict:
-    """The parameters whose slices belong to one head / one FFN neuron, and the dim they are sliced on."""
-    sa, ao = layer.attention.self, layer.attention.output
-    return {"head_out": [sa.query.weight, sa.query.bias, sa.key.weight, sa.key.bias, sa.value.weight, sa.value.bias],
-            "head_in": [ao.dense.weight],
-            "ffn_out": [layer.intermediate.dense.weight, layer.intermediate.dense.bias],
-            "ffn_in": [layer.output.dense.weight]}
-
-
-def importance(model, cfg: StructuredPruneCfg, ctx: StageContext):
-    """Per layer: (head scores [n_heads], neuron scores [intermediate]) as float tensors."""
-    import torch
-    from edgecompress.compress.prune import taylor_scores
-
-    layers = _layers(model)
-    groups = [_groups(layer) for layer in layers]
-    params = [p for g in groups for k in ("head_out", "head_in", "ffn_out", "ffn_in") for p in g[k]]
-    if cfg.importance == "taylor":
-        scores = taylor_scores(model, params, ctx, cfg.calibration_batches)
-    else:
-        scores = [p.detach().abs().float() for p in params]
-    by_param = {id(p): s for p, s in zip(params, scores)}
-    out = []
-    for layer, g in zip(layers, groups):
-        n, d = layer.attention.self.num_attention_heads, layer.attention.self.attention_head_size
-        heads = torch.zeros(n)
-        for p in g["head_out"]:
-            heads += by_param[id(p)].reshape(n, d, -1).sum(dim=(1, 2))
-        heads += by_param[id(g["head_in"][0])].reshape(-1, n, d).sum(dim=(0, 2))
-        inter = by_param[id(g["ffn_out"][0])].sum(1) + by_param[id(g["ffn_out"][1])]
-        inter += by_param[id(g["ffn_in"][0])].sum(0)
-        out.append((heads, inter))
-    return out
 
 
 def choose_heads(head_scores: list, n_remove: int, min_per_layer: int) -> list[list[int]]:
@@ -140,16 +105,17 @@ def heads_per_layer(model) -> list[int]:
     return [layer.attention.self.num_attention_heads for layer in _layers(model)]
 
 
-@STAGES.register("prune_structured")
-def prune_structured(model, cfg: StructuredPruneCfg, ctx: StageContext):
+@register_stage("prune_structured")
+def prune_structured(model, tokenizer, cfg: StructuredPruneCfg, ctx: StageContext,
+                     teacher: Optional[Teacher] = None) -> StageResult:
     import torch
-    from edgecompress.compress.prune import recover
+    from edgecompress.compress.kd import recover
     from edgecompress.compress.train import accuracy
     from edgecompress.modeling import count_params
 
     params_before, heads_before = count_params(model), heads_per_layer(model)
     inter_before = model.config.intermediate_size
-    scores = importance(model, cfg, ctx)
+    scores = head_neuron_scores(model, _layers(model), cfg.importance, tokenizer, ctx, cfg.calibration_batches)
     total_heads = sum(heads_before)
     n_remove = round(cfg.heads_fraction * total_heads)
     if total_heads - n_remove < cfg.min_heads_per_layer * len(heads_before):
@@ -169,13 +135,13 @@ def prune_structured(model, cfg: StructuredPruneCfg, ctx: StageContext):
                "heads_per_layer_before": heads_before, "heads_per_layer": heads_per_layer(model),
                "removed_heads": {i: h for i, h in enumerate(removed) if h},
                "intermediate_size_before": inter_before, "intermediate_size": model.config.intermediate_size}
+    val = ctx.batches(tokenizer, "validation", EVAL_BATCH, shuffle=False)
     if cfg.recovery is not None:
-        metrics["val_accuracy_before_recovery"] = accuracy(model, ctx.batches("validation", EVAL_BATCH, shuffle=False))
-        metrics["recovery"] = recover(model, cfg.recovery, ctx, "structured recovery")
-    metrics["val_accuracy"] = accuracy(model, ctx.batches("validation", EVAL_BATCH, shuffle=False))
-    metrics["test_accuracy"] = accuracy(model, ctx.batches("test", EVAL_BATCH, shuffle=False))
-    ctx.metrics.update(metrics)
-    return model
+        metrics["val_accuracy_before_recovery"] = accuracy(model, val)
+        metrics["recovery"] = recover(model, tokenizer, cfg.recovery, ctx, teacher, "structured recovery")
+    metrics["val_accuracy"] = accuracy(model, val)
+    metrics["test_accuracy"] = accuracy(model, ctx.batches(tokenizer, "test", EVAL_BATCH, shuffle=False))
+    return StageResult(model, tokenizer, metrics)
 
 
 def check_plan(stages, teacher_cfg: dict) -> None:

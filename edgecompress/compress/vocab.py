@@ -17,13 +17,12 @@ import json
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
-from edgecompress.compress.base import StageContext
+from edgecompress.compress.base import StageContext, StageResult, Teacher, register_stage
+from edgecompress.data import EVAL_BATCH
 from edgecompress.errors import UserInputError
 from edgecompress.recipe import VocabTrimCfg
-from edgecompress.registry import STAGES
-
-EVAL_BATCH = 64
 
 
 def token_counts(tokenizer, texts: list[str]) -> Counter:
@@ -103,31 +102,32 @@ def trim_embeddings(model, keep: list[int], pad_token_id: int | None) -> None:
         model.config.pad_token_id = pad_token_id
 
 
-@STAGES.register("trim_vocab")
-def trim_vocab(model, cfg: VocabTrimCfg, ctx: StageContext):
+@register_stage("trim_vocab")
+def trim_vocab(model, tokenizer, cfg: VocabTrimCfg, ctx: StageContext, teacher: Optional[Teacher] = None) -> StageResult:
+    """Returns the trimmed model with the new tokenizer: every later stage and export must read the new ids."""
     from edgecompress.compress.train import accuracy
     from edgecompress.modeling import count_params
 
-    tok = ctx.tokenizer
     vocab_before, params_before = model.get_input_embeddings().num_embeddings, count_params(model)
-    if len(tok) > vocab_before:
-        raise UserInputError(f"trim_vocab: the tokenizer has {len(tok)} tokens but the embedding only {vocab_before}")
+    if len(tokenizer) > vocab_before:
+        raise UserInputError(f"trim_vocab: the tokenizer has {len(tokenizer)} tokens but the embedding only {vocab_before}")
     texts = [t for s in cfg.corpus_splits for t in ctx.splits[s].texts]
-    counts = token_counts(tok, texts)
-    keep = kept_ids(tok, counts, cfg.min_count)
-    new_tok = trimmed_tokenizer(tok, keep)
+    counts = token_counts(tokenizer, texts)
+    keep = kept_ids(tokenizer, counts, cfg.min_count)
+    new_tok = trimmed_tokenizer(tokenizer, keep)
     trim_embeddings(model, keep, new_tok.pad_token_id)
     model.eval()
-    ctx.tokenizer = new_tok  # the pipeline saves it beside the model; every later stage tokenizes with it
+    metrics = {}
     if cfg.recovery is not None:
-        from edgecompress.compress.prune import recover
-        ctx.metrics["val_accuracy_before_recovery"] = accuracy(model, ctx.batches("validation", EVAL_BATCH, shuffle=False))
-        ctx.metrics["recovery"] = recover(model, cfg.recovery, ctx, "vocab recovery")
+        from edgecompress.compress.kd import recover
+        metrics["val_accuracy_before_recovery"] = accuracy(model, ctx.batches(new_tok, "validation", EVAL_BATCH,
+                                                                              shuffle=False))
+        metrics["recovery"] = recover(model, new_tok, cfg.recovery, ctx, teacher, "vocab recovery")
         model.eval()
-    ctx.metrics.update({
+    metrics.update({
         "vocab_size_before": vocab_before, "vocab_size": len(keep), "corpus_splits": list(cfg.corpus_splits),
         "corpus_texts": len(texts), "min_count": cfg.min_count, "corpus_tokens": int(sum(counts.values())),
         "params_before": params_before, "params": count_params(model),
-        "val_accuracy": accuracy(model, ctx.batches("validation", EVAL_BATCH, shuffle=False)),
-        "test_accuracy": accuracy(model, ctx.batches("test", EVAL_BATCH, shuffle=False))})
-    return model
+        "val_accuracy": accuracy(model, ctx.batches(new_tok, "validation", EVAL_BATCH, shuffle=False)),
+        "test_accuracy": accuracy(model, ctx.batches(new_tok, "test", EVAL_BATCH, shuffle=False))})
+    return StageResult(model, new_tok, metrics)

@@ -79,21 +79,43 @@ def fingerprint(cfg: DataCfg) -> str:
     return h.hexdigest()[:16]
 
 
+# Python's csv module refuses fields over 128 KiB by default; a long document in one cell is legitimate data (it is
+# truncated at tokenization), so allow up to 16 MiB and name the file when even that is exceeded.
+_CSV_FIELD_LIMIT = 16 * 2**20
+
+
 def _read_rows(path: Path) -> Iterator[dict]:
+    # utf-8-sig: Excel's "CSV UTF-8" starts every file with a BOM, which would otherwise glue onto the first column name.
+    n, reader = 1, None
     try:
         if path.suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                yield from csv.DictReader(f)
+            csv.field_size_limit(_CSV_FIELD_LIMIT)
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.reader(f)
+                header = next(reader, [])
+                for row in reader:
+                    yield dict(zip(header, row))
         else:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:
                 for n, line in enumerate(f, 1):
                     if line.strip():
-                        try:
-                            yield json.loads(line)
-                        except json.JSONDecodeError:
-                            raise UserInputError(f"{path}:{n}: not a JSON object per line; fix or remove that line") from None
+                        yield _json_row(line, path, n)
     except UnicodeDecodeError as e:
         raise UserInputError(f"{path}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+    except csv.Error as e:
+        n = reader.line_num if reader is not None else n
+        raise UserInputError(f"{path}: line {n}: {e}; fix that row (cells up to {_CSV_FIELD_LIMIT >> 20} MiB)") from None
+
+
+def _json_row(line: str, path: Path, n: int) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        raise UserInputError(f"{path}:{n}: not valid JSON; each line must be one JSON object") from None
+    if not isinstance(row, dict):
+        raise UserInputError(f"{path}:{n}: a JSON {type(row).__name__}, not an object; each line must be one JSON "
+                             f"object like {{\"text\": ..., \"label\": ...}}")
+    return row
 
 
 def _read_split(path: Path, cfg: DataCfg, name: str) -> tuple[list[str], list, Optional[list[str]]]:
@@ -102,7 +124,7 @@ def _read_split(path: Path, cfg: DataCfg, name: str) -> tuple[list[str], list, O
         if n == 2:
             for col in (cfg.text_column, cfg.label_column):
                 if col not in row:
-                    raise UserInputError(f"{path}: no column {col!r} (has {', '.join(map(str, row))}); "
+                    raise UserInputError(f"{path}: no column {col[:80]!r} (has {', '.join(shown_names(list(map(str, row)), 8))}); "
                                          f"set data.text_column / data.label_column")
         text, label = row.get(cfg.text_column), row.get(cfg.label_column)
         if text is None or str(text).strip() == "":
@@ -118,9 +140,24 @@ def _read_split(path: Path, cfg: DataCfg, name: str) -> tuple[list[str], list, O
     return texts, labels, (domains if len(domains) == len(texts) else None)
 
 
-def _to_ids(raw: list, path: Path, label_names: Optional[list[str]]) -> tuple[np.ndarray, list[str]]:
+def _is_int(s: str) -> bool:
+    return s.lstrip("-").isdigit()
+
+
+def _to_ids(raw: list, path: Path, label_names: Optional[list[str]], integer: Optional[bool]) -> tuple[np.ndarray, list[str]]:
+    """Labels -> class ids. The train split decides the kind (integers 0..C-1, or strings); the other splits must
+    use the same kind, so a "0/1" test split is never silently mapped onto a "neg/pos" train split."""
     as_str = [str(x).strip() for x in raw]
-    if all(s.lstrip("-").isdigit() for s in as_str):
+    ints = all(_is_int(s) for s in as_str)
+    if integer is None:  # the train split
+        integer = ints
+    elif ints and not integer and set(as_str) <= set(label_names or []):
+        ints = False  # string names that happen to look like numbers ("1", "neg"): read them as names
+    if ints != integer:
+        want = "integers 0..C-1" if integer else f"the train split's names ({', '.join(shown_names(label_names))})"
+        raise UserInputError(f"{path}: labels are {'integers' if ints else 'strings'} but the train split's are "
+                             f"{'integers' if integer else 'strings'}; use {want} in every split")
+    if integer:
         ids = np.array([int(s) for s in as_str], dtype=np.int64)
         if ids.min() < 0:
             raise UserInputError(f"{path}: label {ids.min()} is negative; integer labels must be 0..num_labels-1")
@@ -129,22 +166,35 @@ def _to_ids(raw: list, path: Path, label_names: Optional[list[str]]) -> tuple[np
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted(set(as_str) - set(index))
     if unknown:
-        raise UserInputError(f"{path}: label {unknown[0]!r} does not occur in the train split; every label must be seen in training")
+        raise UserInputError(f"{path}: label {unknown[0][:80]!r} does not occur in the train split; every label must "
+                             f"be seen in training")
     return np.array([index[s] for s in as_str], dtype=np.int64), names
+
+
+def shown_names(names: Optional[list[str]], n: int = 4) -> list[str]:
+    names = names or []
+    return [x[:40] for x in names[:n]] + (["..."] if len(names) > n else [])
 
 
 def load_splits(cfg: DataCfg) -> dict[str, Split]:
     d = data_dir(cfg)
     out: dict[str, Split] = {}
     names: Optional[list[str]] = None
+    integer: Optional[bool] = None
     for s in SPLITS:
         path = split_file(d, s)
         texts, raw, domains = _read_split(path, cfg, s)
-        labels, names_s = _to_ids(raw, path, names)
+        labels, names_s = _to_ids(raw, path, names, integer)
         if s == "train":
-            names = names_s
+            names, integer = names_s, all(_is_int(str(x).strip()) for x in raw)
             if len(np.unique(labels)) < 2:
-                raise UserInputError(f"{path}: the train split has a single class ({names[int(labels[0])]}); a classifier needs at least two")
+                raise UserInputError(f"{path}: the train split has a single class ({names[int(labels[0])][:80]}); a "
+                                     f"classifier needs at least two")
+            missing = sorted(set(range(len(names))) - set(labels.tolist()))
+            if missing:  # integer labels with a gap ({1, 2}, {0, 999999}) would make a head with unused classes
+                raise UserInputError(f"{path}: integer labels must be 0..C-1 with every class present; "
+                                     f"{len(missing)} missing (e.g. {missing[:3]}) below the largest label "
+                                     f"{len(names) - 1}; renumber them or use string labels")
         elif labels.max() >= len(names):
             raise UserInputError(f"{path}: label {int(labels.max())} is outside the train split's labels 0..{len(names) - 1}")
         out[s] = Split(s, texts, labels, domains, names)

@@ -19,20 +19,22 @@ pytest.importorskip("accelerate")  # optional: the multi-process launcher (pip i
 
 WORKER = textwrap.dedent("""
     import os, sys, torch
-    from edgecompress.compress.base import StageContext
+    from edgecompress.compress.base import StageContext, Teacher
     from edgecompress.compress.distill import distill
     from edgecompress.modeling import load_tokenizer
     from edgecompress.recipe import DistillCfg, MatchCfg, StudentCfg, StudentArchCfg, TrainCfg
     from tests._models import minilm_dir, small_vader, tiny_bert_with_real_vocab
     torch.set_num_threads(1)
     teacher = tiny_bert_with_real_vocab()
-    ctx = StageContext(small_vader(64, 16), load_tokenizer(minilm_dir()), 32, seed=0)
+    tokenizer = load_tokenizer(minilm_dir())
+    ctx = StageContext(small_vader(64, 16), 32, seed=0)
     cfg = DistillCfg(student=StudentCfg(config=StudentArchCfg(num_hidden_layers=1, hidden_size=16)),
                      matches=[MatchCfg(teacher_layer=1, student_layer=0, feature="hidden"),
                               MatchCfg(teacher_layer=1, student_layer=0, feature="attention", loss="kl")],
                      train=TrainCfg(epochs=1, learning_rate=1e-2, batch_size=8, warmup_ratio=0.0))
-    student = distill(teacher, cfg, ctx)
-    assert ctx.metrics["distributed"], "WORLD_SIZE did not reach the loop"
+    res = distill(teacher, tokenizer, cfg, ctx, Teacher(teacher, tokenizer))
+    student = res.model
+    assert res.metrics["distributed"], "WORLD_SIZE did not reach the loop"
     torch.save({k: v.clone() for k, v in student.state_dict().items()}, os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
 """)
 

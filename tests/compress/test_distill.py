@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompress.compress.base import StageContext
-from edgecompress.compress.distill import distill, kd_loss
+from edgecompress.compress.base import StageContext, Teacher
+from edgecompress.compress.distill import distill
+from edgecompress.compress.kd import kd_loss
 from edgecompress.errors import UserInputError
 from edgecompress.modeling import student_from_teacher_layers
 from edgecompress.recipe import DistillCfg, StudentCfg, TrainCfg
@@ -38,6 +39,22 @@ def test_kd_loss_is_zero_kd_when_student_equals_teacher():
     assert parts["kd"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_kd_has_one_set_of_defaults():
+    # setup
+    import inspect
+    from edgecompress.export.quant.qat import qat_finetune
+    from edgecompress.recipe import KD_ALPHA, KD_TEMPERATURE
+    s, t, y = torch.randn(4, 2), torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
+    # execute
+    default, _ = kd_loss(s, t, y)
+    explicit, _ = kd_loss(s, t, y, KD_ALPHA, KD_TEMPERATURE)
+    qat = inspect.signature(qat_finetune).parameters
+    # assert: the loss, the distill stage and QAT all default to the recipe's constants
+    assert float(default) == float(explicit)
+    assert (DistillCfg().alpha, DistillCfg().temperature) == (KD_ALPHA, KD_TEMPERATURE)
+    assert (qat["alpha"].default, qat["temperature"].default) == (KD_ALPHA, KD_TEMPERATURE)
+
+
 def test_student_from_teacher_layers_copies_the_chosen_layers(tiny_vocab_bert):
     # execute
     student = student_from_teacher_layers(tiny_vocab_bert, [1])
@@ -57,16 +74,15 @@ def test_wrong_layer_map_fails_before_training_naming_the_layer(tiny_vocab_bert)
 def test_tiny_distillation_reduces_kd_loss(tiny_vocab_bert, minilm_tokenizer, small_splits):
     # setup: a teacher that knows something (a few steps of fine-tuning), a 1-layer student
     from edgecompress.compress.finetune import finetune
-    ctx = StageContext(small_splits, minilm_tokenizer, 64, seed=0)
+    ctx = StageContext(small_splits, 64, seed=0)
     torch.manual_seed(0)
-    teacher = finetune(tiny_vocab_bert, TrainCfg(epochs=1, learning_rate=1e-3, batch_size=16), ctx)
-    ctx.teacher, ctx.metrics = teacher, {}
+    teacher = finetune(tiny_vocab_bert, minilm_tokenizer, TrainCfg(epochs=1, learning_rate=1e-3, batch_size=16), ctx).model
     cfg = DistillCfg(student=StudentCfg(from_teacher_layers=[0]), alpha=0.0, temperature=2.0,
                      train=TrainCfg(epochs=2, learning_rate=2e-3, batch_size=16, warmup_ratio=0.0))
     # execute
-    student = distill(teacher, cfg, ctx)
+    res = distill(teacher, minilm_tokenizer, cfg, ctx, Teacher(teacher, minilm_tokenizer))
     # assert
-    hist = ctx.metrics["history"]
+    hist = res.metrics["history"]
     assert hist[-1]["train_loss_last_10pct"] < hist[0]["train_loss_first"]
-    assert student.config.num_hidden_layers == 1
-    assert 0.0 <= ctx.metrics["test_accuracy"] <= 1.0
+    assert res.model.config.num_hidden_layers == 1 and res.tokenizer is minilm_tokenizer
+    assert 0.0 <= res.metrics["test_accuracy"] <= 1.0

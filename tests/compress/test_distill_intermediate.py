@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompress.compress.base import StageContext
+from edgecompress.compress.base import StageContext, Teacher
 from edgecompress.compress.distill import attention_loss, distill, hidden_loss
 from edgecompress.compress.train import train
 from edgecompress.data import Split
@@ -97,13 +97,14 @@ def taught(minilm_tokenizer, small_splits):
     from edgecompress.compress.finetune import finetune
     from tests._models import tiny_bert_with_real_vocab
     torch.manual_seed(0)
-    ctx = StageContext(small_splits, minilm_tokenizer, 64, seed=0)
-    return finetune(tiny_bert_with_real_vocab(), TrainCfg(epochs=1, learning_rate=1e-3, batch_size=16), ctx)
+    ctx = StageContext(small_splits, 64, seed=0)
+    return finetune(tiny_bert_with_real_vocab(), minilm_tokenizer, TrainCfg(epochs=1, learning_rate=1e-3, batch_size=16),
+                    ctx).model
 
 
-def _teacher(taught, ctx):
+def _teacher(taught, tokenizer) -> Teacher:
     import copy
-    return copy.deepcopy(taught)
+    return Teacher(copy.deepcopy(taught), tokenizer)
 
 
 MATCHES = [MatchCfg(teacher_layer=-1, student_layer=-1, feature="hidden", loss="mse", weight=1.0),
@@ -113,49 +114,49 @@ MATCHES = [MatchCfg(teacher_layer=-1, student_layer=-1, feature="hidden", loss="
 
 def test_tiny_distillation_with_intermediate_matches_reduces_the_loss(taught, minilm_tokenizer, small_splits):
     # setup: a narrower 1-layer student (width 16 vs 32: the hidden matches go through a projection)
-    ctx = StageContext(small_splits, minilm_tokenizer, 64, seed=0)
-    teacher = _teacher(taught, ctx)
-    ctx.teacher, ctx.metrics = teacher, {}
+    ctx = StageContext(small_splits, 64, seed=0)
+    teacher = _teacher(taught, minilm_tokenizer)
     cfg = DistillCfg(student=StudentCfg(config=StudentArchCfg(num_hidden_layers=1, hidden_size=16)),
                      alpha=0.0, matches=MATCHES,
                      train=TrainCfg(epochs=2, learning_rate=2e-3, batch_size=16, warmup_ratio=0.0))
     # execute
-    student = distill(teacher, cfg, ctx)
+    res = distill(teacher.model, minilm_tokenizer, cfg, ctx, teacher)
     # assert
-    hist = ctx.metrics["history"]
+    student, hist = res.model, res.metrics["history"]
     assert hist[-1]["train_loss_last_10pct"] < hist[0]["train_loss_first"]
-    assert ctx.metrics["projection_params_dropped"] == 2 * (16 * 32 + 32)
+    assert res.metrics["projection_params_dropped"] == 2 * (16 * 32 + 32)
     assert not any("proj" in k for k in student.state_dict())
     assert student.config.hidden_size == 16
-    assert student.config._attn_implementation != "eager" and teacher.config._attn_implementation != "eager"
+    assert student.config._attn_implementation != "eager" and teacher.model.config._attn_implementation != "eager"
 
 
 def test_two_phase_schedule_trains_intermediate_then_logits(taught, minilm_tokenizer, small_splits):
     # setup
-    ctx = StageContext(small_splits, minilm_tokenizer, 64, seed=0)
-    teacher = _teacher(taught, ctx)
-    ctx.metrics = {}
+    ctx = StageContext(small_splits, 64, seed=0)
+    teacher = _teacher(taught, minilm_tokenizer)
     cfg = DistillCfg(student=StudentCfg(from_teacher_layers=[1]), matches=MATCHES[1:2], schedule="two_phase",
                      intermediate_epochs=0.5, train=TrainCfg(epochs=1, learning_rate=2e-3, batch_size=16,
                                                              max_train_samples=128))
     # execute
-    distill(teacher, cfg, ctx)
+    res = distill(teacher.model, minilm_tokenizer, cfg, ctx, teacher)
     # assert
-    assert [h["phase"] for h in ctx.metrics["history"]] == ["intermediate", "logits"]
+    assert [h["phase"] for h in res.metrics["history"]] == ["intermediate", "logits"]
 
 
 def test_wrong_layer_map_fails_in_the_stage_before_training(tiny_vocab_bert, minilm_tokenizer, small_splits):
     # setup
-    ctx = StageContext(small_splits, minilm_tokenizer, 64, seed=0)
+    ctx = StageContext(small_splits, 64, seed=0)
+    teacher = Teacher(tiny_vocab_bert, minilm_tokenizer)
     cfg = DistillCfg(student=StudentCfg(from_teacher_layers=[0]),
                      matches=[MatchCfg(teacher_layer=5, student_layer=0, feature="hidden")])
     # execute / assert
     with pytest.raises(UserInputError, match=r"matches\[0\]\.teacher_layer: layer 5 does not exist"):
-        distill(tiny_vocab_bert, cfg, ctx)
-    assert ctx.metrics == {}
+        distill(tiny_vocab_bert, minilm_tokenizer, cfg, ctx, teacher)
     bad_student = cfg.model_copy(update={"matches": [MatchCfg(teacher_layer=0, student_layer=1, feature="attention")]})
     with pytest.raises(UserInputError, match=r"student_layer: layer 1 does not exist; the student has layers 0..0"):
-        distill(tiny_vocab_bert, bad_student, ctx)
+        distill(tiny_vocab_bert, minilm_tokenizer, bad_student, ctx, teacher)
+    with pytest.raises(UserInputError, match="distill needs a teacher"):
+        distill(tiny_vocab_bert, minilm_tokenizer, cfg, ctx)
 
 
 @pytest.mark.parametrize("match, message", [
@@ -187,27 +188,26 @@ def test_three_class_distillation_runs(minilm_tokenizer, small_splits):
         y = np.where(np.array(s.domains) == "nyt", 2, s.labels)
         return Split(s.name, s.texts, y, s.domains, ["neg", "pos", "news"])
     splits = {k: three(v) for k, v in small_splits.items()}
-    ctx = StageContext(splits, minilm_tokenizer, 64, seed=0)
+    ctx = StageContext(splits, 64, seed=0)
     teacher = tiny_bert_with_real_vocab(num_labels=3)
-    ctx.metrics = {}
     cfg = DistillCfg(student=StudentCfg(from_teacher_layers=[0]), matches=MATCHES[1:2],
                      train=TrainCfg(epochs=1, learning_rate=2e-3, batch_size=16, max_train_samples=128))
     # execute
-    student = distill(teacher, cfg, ctx)
+    res = distill(teacher, minilm_tokenizer, cfg, ctx, Teacher(teacher, minilm_tokenizer))
     # assert
-    assert student.config.num_labels == 3
-    assert 0.0 <= ctx.metrics["test_accuracy"] <= 1.0
+    assert res.model.config.num_labels == 3
+    assert 0.0 <= res.metrics["test_accuracy"] <= 1.0
 
 
 def test_early_stopping_stops_after_patience_epochs_without_gain(tiny_vocab_bert, minilm_tokenizer, small_splits):
     # setup: a learning rate too small to change the validation accuracy
     import torch.nn.functional as F
-    ctx = StageContext(small_splits, minilm_tokenizer, 64, seed=0)
+    ctx = StageContext(small_splits, 64, seed=0)
     loss_fn = lambda m, x, y, idx: (F.cross_entropy(m(**x).logits, y), {})  # noqa: E731
-    make = lambda e: ctx.batches("train", 64, shuffle=True, epoch=e, subset=64)  # noqa: E731
+    make = lambda e: ctx.batches(minilm_tokenizer, "train", 64, shuffle=True, epoch=e, subset=64)  # noqa: E731
     # execute
-    res = train(tiny_vocab_bert, make, loss_fn, TrainCfg(epochs=5, learning_rate=1e-12), ctx.batches("validation", 64, shuffle=False),
-                "t", patience=1)
+    res = train(tiny_vocab_bert, make, loss_fn, TrainCfg(epochs=5, learning_rate=1e-12),
+                ctx.batches(minilm_tokenizer, "validation", 64, shuffle=False), "t", patience=1)
     # assert
     assert res.stopped_early and len(res.history) == 2
 

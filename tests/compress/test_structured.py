@@ -25,18 +25,19 @@ def _logits(model, inputs):
 
 @pytest.fixture(scope="module")
 def pruned(minilm_tokenizer, small_splits):
-    """(original, pruned, ctx), built once for the module: the tests below only read them."""
+    """(original, pruned model, its metrics), built once for the module: the tests below only read them."""
     from tests._models import tiny_bert_with_real_vocab
     model = tiny_bert_with_real_vocab()
     original = copy.deepcopy(model)
-    ctx = StageContext(small_splits, minilm_tokenizer, 64)
+    ctx = StageContext(small_splits, 64)
     cfg = StructuredPruneCfg(heads_fraction=0.375, ffn_fraction=0.5, importance="taylor", calibration_batches=2)
-    return original, prune_structured(model, cfg, ctx), ctx
+    res = prune_structured(model, minilm_tokenizer, cfg, ctx)
+    return original, res.model, res.metrics
 
 
 def test_matrices_shrink_by_exactly_the_removed_heads_and_neurons(pruned):
     # setup
-    original, model, ctx = pruned
+    original, model, metrics = pruned
     # assert: 3 of 8 heads gone (per-layer counts may differ, each >= 1), 18 of 37 neurons per layer gone
     heads = heads_per_layer(model)
     assert sum(heads) == 5 and min(heads) >= 1
@@ -50,7 +51,7 @@ def test_matrices_shrink_by_exactly_the_removed_heads_and_neurons(pruned):
         assert layer.intermediate.dense.weight.shape == (19, HIDDEN)
         assert layer.output.dense.weight.shape == (HIDDEN, 19)
     assert sum(len(v) for v in model.config.pruned_heads.values()) == 3
-    assert ctx.metrics["params"] == count_params(model)
+    assert metrics["params"] == count_params(model)
 
 
 def test_cutting_equals_masking_the_same_heads_and_neurons(tiny_vocab_bert, minilm_tokenizer, small_splits):
@@ -58,10 +59,10 @@ def test_cutting_equals_masking_the_same_heads_and_neurons(tiny_vocab_bert, mini
     # (GELU(0) = 0, so a neuron with zero in-row and bias contributes nothing)
     ref = copy.deepcopy(tiny_vocab_bert)
     ref.config._attn_implementation = "eager"  # head_mask needs the eager attention path
-    ctx = StageContext(small_splits, minilm_tokenizer, 64)
+    ctx = StageContext(small_splits, 64)
     # execute
-    model = prune_structured(tiny_vocab_bert, StructuredPruneCfg(heads_fraction=0.25, ffn_fraction=0.3,
-                                                                 importance="magnitude"), ctx)
+    model = prune_structured(tiny_vocab_bert, minilm_tokenizer, StructuredPruneCfg(heads_fraction=0.25, ffn_fraction=0.3,
+                                                                                   importance="magnitude"), ctx).model
     # assert
     head_mask = torch.ones(2, 4)
     for li, heads in model.config.pruned_heads.items():
@@ -125,11 +126,11 @@ def test_head_choice_is_global_and_respects_the_per_layer_minimum():
 def test_pruning_twice_keeps_original_head_ids(tiny_vocab_bert, minilm_tokenizer, small_splits, tmp_path):
     # setup
     from transformers import AutoModelForSequenceClassification
-    ctx = StageContext(small_splits, minilm_tokenizer, 64)
+    ctx = StageContext(small_splits, 64)
     cfg = StructuredPruneCfg(heads_fraction=0.25, importance="magnitude")
-    model = prune_structured(tiny_vocab_bert, cfg, ctx)
+    model = prune_structured(tiny_vocab_bert, minilm_tokenizer, cfg, ctx).model
     # execute
-    model = prune_structured(model, cfg, ctx)
+    model = prune_structured(model, minilm_tokenizer, cfg, ctx).model
     model.save_pretrained(str(tmp_path))
     reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path), local_files_only=True).eval()
     # assert

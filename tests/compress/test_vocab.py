@@ -1,7 +1,7 @@
 """Vocabulary trimming: smaller embedding table, a tokenizer mapping to the new ids, identical logits in-vocabulary."""
 import torch
 
-from edgecompress.compress.base import StageContext
+from edgecompress.compress.base import StageContext, Teacher
 from edgecompress.compress.vocab import trim_vocab
 from edgecompress.recipe import VocabTrimCfg
 
@@ -18,13 +18,13 @@ def test_trimmed_tokenizer_and_model_match_the_original_on_corpus_text(tiny_voca
     import copy
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     original = copy.deepcopy(tiny_vocab_bert)
-    ctx = StageContext(small_splits, minilm_tokenizer, 64)
+    ctx = StageContext(small_splits, 64)
     texts = small_splits["train"].texts[:40]  # in the corpus, so every token is kept
     # execute
-    model = trim_vocab(tiny_vocab_bert, VocabTrimCfg(corpus_splits=["train"]), ctx)
-    new_tok = ctx.tokenizer
+    res = trim_vocab(tiny_vocab_bert, minilm_tokenizer, VocabTrimCfg(corpus_splits=["train"]), ctx)
+    model, new_tok = res.model, res.tokenizer
     # assert: same tokens (new ids), same logits; table and config shrank; specials kept
-    n = ctx.metrics["vocab_size"]
+    n = res.metrics["vocab_size"]
     assert 100 < n < 5000 and model.config.vocab_size == n == len(new_tok)
     assert model.get_input_embeddings().weight.shape == (n, 32)
     for t in texts[:10]:
@@ -44,9 +44,8 @@ def test_trimmed_tokenizer_and_model_match_the_original_on_corpus_text(tiny_voca
 
 def test_unseen_tokens_map_to_unk_or_kept_pieces(tiny_vocab_bert, minilm_tokenizer, small_splits):
     # setup
-    ctx = StageContext(small_splits, minilm_tokenizer, 64)
-    trim_vocab(tiny_vocab_bert, VocabTrimCfg(), ctx)
-    tok = ctx.tokenizer
+    ctx = StageContext(small_splits, 64)
+    tok = trim_vocab(tiny_vocab_bert, minilm_tokenizer, VocabTrimCfg(), ctx).tokenizer
     # execute
     ids = tok("鑫 good")["input_ids"]
     # assert: a character never seen is [UNK]; every id is inside the new table
@@ -57,13 +56,14 @@ def test_unseen_tokens_map_to_unk_or_kept_pieces(tiny_vocab_bert, minilm_tokeniz
 
 def test_min_count_keeps_fewer_tokens(tiny_vocab_bert, minilm_tokenizer, small_splits):
     # setup
-    ctx1, ctx3 = StageContext(small_splits, minilm_tokenizer, 64), StageContext(small_splits, minilm_tokenizer, 64)
     import copy
+    ctx = StageContext(small_splits, 64)
     # execute
-    trim_vocab(copy.deepcopy(tiny_vocab_bert), VocabTrimCfg(min_count=1), ctx1)
-    trim_vocab(tiny_vocab_bert, VocabTrimCfg(min_count=3, corpus_splits=["train", "validation"]), ctx3)
+    one = trim_vocab(copy.deepcopy(tiny_vocab_bert), minilm_tokenizer, VocabTrimCfg(min_count=1), ctx)
+    three = trim_vocab(tiny_vocab_bert, minilm_tokenizer, VocabTrimCfg(min_count=3, corpus_splits=["train", "validation"]),
+                       ctx)
     # assert
-    assert ctx3.metrics["vocab_size"] < ctx1.metrics["vocab_size"]
+    assert three.metrics["vocab_size"] < one.metrics["vocab_size"]
 
 
 def test_recovery_fine_tunes_the_trimmed_model_under_the_full_vocabulary_teacher(tiny_vocab_bert, minilm_tokenizer,
@@ -72,15 +72,16 @@ def test_recovery_fine_tunes_the_trimmed_model_under_the_full_vocabulary_teacher
     import copy
     from edgecompress.recipe import TrainCfg
     teacher = copy.deepcopy(tiny_vocab_bert).eval()
-    ctx = StageContext(small_splits, minilm_tokenizer, 64, teacher=teacher, teacher_tokenizer=minilm_tokenizer)
+    ctx = StageContext(small_splits, 64)
     cfg = VocabTrimCfg(min_count=2, recovery=TrainCfg(epochs=1, learning_rate=1e-3, batch_size=16,
                                                       max_train_samples=64))
     # execute
-    model = trim_vocab(tiny_vocab_bert, cfg, ctx)
+    res = trim_vocab(tiny_vocab_bert, minilm_tokenizer, cfg, ctx, Teacher(teacher, minilm_tokenizer))
+    model, tok = res.model, res.tokenizer
     # assert: recovery ran with the teacher, on the trimmed ids, and moved the embedding it trained
-    rec = ctx.metrics["recovery"]
+    rec = res.metrics["recovery"]
     assert rec["teacher"] is True and rec["max_train_samples"] == 64 and rec["history"]
-    assert model.config.vocab_size == ctx.metrics["vocab_size"] == len(ctx.tokenizer) < len(minilm_tokenizer)
-    kept = ctx.tokenizer.convert_ids_to_tokens(list(range(len(ctx.tokenizer))))
+    assert model.config.vocab_size == res.metrics["vocab_size"] == len(tok) < len(minilm_tokenizer)
+    kept = tok.convert_ids_to_tokens(list(range(len(tok))))
     before = teacher.get_input_embeddings().weight[minilm_tokenizer.convert_tokens_to_ids(kept)]
     assert not torch.allclose(model.get_input_embeddings().weight, before)

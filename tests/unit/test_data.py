@@ -75,3 +75,37 @@ def test_batches_pad_dynamically_and_cover_every_row(minilm_tokenizer):
         lengths = inputs["attention_mask"].sum(1)
         assert inputs["input_ids"].shape[1] == lengths.max()  # padded to the batch's longest row only
         assert (labels == split.labels[rows]).all()
+
+
+@pytest.mark.parametrize("files, needle", [
+    # mixed label kinds across splits would silently flip a class
+    ({"train.csv": "text,label\na,pos\nb,neg\n", "test.csv": "text,label\nc,0\nd,1\n"}, "labels are integers but"),
+    ({"train.csv": "text,label\na,1\nb,0\n", "test.csv": "text,label\nc,neg\n"}, "labels are strings but"),
+    # gaps or typos in integer labels would become extra, never-trained classes
+    ({"train.csv": "text,label\na,1\nb,2\n"}, r"integer labels must be 0..C-1.*missing \(e.g. \[0\]\)"),
+    ({"train.csv": "text,label\na,0\nb,999999\n"}, "999998 missing"),
+    ({"train.jsonl": '["a", 1]\n', "train.csv": None}, "a JSON list, not an object"),
+    ({"train.csv": "text,label\n" + "x" * (17 * 2**20) + ",1\nb,0\n"}, "train.csv: line 2: field larger"),
+])
+def test_silently_wrong_data_is_refused(tmp_path, files, needle):
+    # setup
+    base = {"train.csv": "text,label\na,1\nb,0\n", "validation.csv": "text,label\na,1\n", "test.csv": "text,label\nc,0\n"}
+    base.update(files)
+    for name, text in base.items():
+        if text is not None:
+            _write(tmp_path, name, text)
+    # execute / assert
+    with pytest.raises(UserInputError, match=needle):
+        load_splits(DataCfg(source=str(tmp_path)))
+
+
+def test_excel_bom_and_long_cells_are_read(tmp_path):
+    # setup: Excel's "CSV UTF-8" BOM, and a 200 KiB review (over Python's default 128 KiB csv field limit)
+    long_text = "word " * 40_000
+    (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbftext,label\n" + f'"{long_text}",pos\nb,neg\n'.encode())
+    _write(tmp_path, "validation.csv", "text,label\na,pos\n")
+    _write(tmp_path, "test.csv", "text,label\nc,neg\n")
+    # execute
+    splits = load_splits(DataCfg(source=str(tmp_path)))
+    # assert
+    assert splits["train"].label_names == ["neg", "pos"] and len(splits["train"].texts[0]) == len(long_text)

@@ -19,6 +19,8 @@ from typing import Optional
 
 import numpy as np
 
+from edgecompress.recipe import KD_ALPHA, KD_TEMPERATURE
+
 
 def _fq_weight(w, per_channel: bool):
     import torch
@@ -94,7 +96,8 @@ def unwrap(model):
 
 
 def qat_finetune(model, batches: list, cfg, *, teacher=None, static: bool = False, per_channel: bool = True,
-                 val_batches: Optional[list] = None, alpha: float = 0.5, temperature: float = 2.0, seed: int = 0):
+                 val_batches: Optional[list] = None, alpha: float = KD_ALPHA, temperature: float = KD_TEMPERATURE,
+                 seed: int = 0):
     """A fine-tuned deep copy of model (fp32 weights adapted to the int8 grid) and the training history.
 
     batches: [(inputs, labels or None, row_idx)] (labels None -> the teacher's argmax); cfg: recipe.TrainCfg

@@ -1,0 +1,66 @@
+"""Knowledge distillation from a teacher's logits: the loss every stage shares (distill, recovery after pruning or
+vocabulary trimming, QAT) and the recovery fine-tune the compressing stages run after they cut.
+
+L = a*CE(labels) + (1-a)*T^2*KL(softmax(t/T) || softmax(s/T)); the defaults a, T are recipe.KD_ALPHA and
+recipe.KD_TEMPERATURE, the same numbers DistillCfg defaults to, so recovery trains on the distill stage's loss.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgecompress.compress.base import StageContext, Teacher
+from edgecompress.compress.train import predict_logits, train
+from edgecompress.data import EVAL_BATCH
+from edgecompress.recipe import KD_ALPHA, KD_TEMPERATURE, TrainCfg
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            alpha: float = KD_ALPHA, temperature: float = KD_TEMPERATURE) -> tuple[torch.Tensor, dict]:
+    ce = F.cross_entropy(student_logits, labels)
+    t = temperature
+    # KL(p_teacher || p_student) with batchmean, scaled by T^2 so gradients keep their size as T grows (Hinton 2015).
+    kl = F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
+                  reduction="batchmean", log_target=True) * (t * t)
+    return alpha * ce + (1 - alpha) * kl, {"ce": float(ce.detach()), "kd": float(kl.detach())}
+
+
+def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optional[Teacher], description: str,
+            masks: Optional[list[tuple[torch.nn.Parameter, torch.Tensor]]] = None) -> dict:
+    """Fine-tune a compressed model in place under distillation from `teacher` (logit KD + CE at the KD defaults),
+    through the shared training loop; returns what it measured. `masks` (param, keep) are held: gradient hooks zero
+    the gradients of pruned weights, and with zero gradients AdamW's moments and decoupled weight decay leave them
+    at zero.
+
+    The teacher reads its own tokenizer (after vocabulary trimming the student's ids differ); both batch lists come
+    from the same subset of the train split, so the row index each batch carries links them. Without a teacher this
+    is plain fine-tuning on the labels."""
+    subset = cfg.max_train_samples
+    teacher_logits = None
+    if teacher is not None:
+        teacher_logits = torch.from_numpy(predict_logits(
+            teacher.model, ctx.batches(teacher.tokenizer, "train", EVAL_BATCH, shuffle=False, subset=subset)))
+
+    def loss_fn(m, inputs, labels, idx):
+        logits = m(**inputs).logits
+        if teacher_logits is None:
+            loss = F.cross_entropy(logits, labels)
+            return loss, {"ce": float(loss.detach())}
+        return kd_loss(logits, teacher_logits[torch.from_numpy(np.asarray(idx))], labels, KD_ALPHA, KD_TEMPERATURE)
+
+    hooks = [p.register_hook(lambda g, keep=keep: g * keep) for p, keep in (masks or [])]
+    try:
+        res = train(model, lambda e: ctx.batches(tokenizer, "train", cfg.batch_size, shuffle=True, epoch=e, subset=subset),
+                    loss_fn, cfg, ctx.batches(tokenizer, "validation", EVAL_BATCH, shuffle=False), description, ctx.seed)
+    finally:
+        for h in hooks:
+            h.remove()
+    if masks:  # belt and braces: exact zeros whatever the optimizer did numerically
+        with torch.no_grad():
+            for p, keep in masks:
+                p.mul_(keep)
+    return {"seconds": round(res.seconds, 1), "history": res.history, "best_val_accuracy": res.best_val_accuracy,
+            "teacher": teacher is not None, "max_train_samples": subset}
