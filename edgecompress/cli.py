@@ -27,7 +27,8 @@ for _name in ("torchao", "torch.utils._pytree"):
 
 def _cmd_run(args) -> int:
     from edgecompress.pipeline import run
-    return run(args.recipe, out_dir=args.out, quiet=args.quiet, json_output=args.json, rebench=args.rebench)
+    return run(args.recipe, out_dir=args.out, quiet=args.quiet, json_output=args.json, rebench=args.rebench,
+               debug=args.debug)
 
 
 def _cmd_plan(args) -> int:
@@ -37,7 +38,8 @@ def _cmd_plan(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgecompress", description=__doc__.split(".")[0])
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--debug", action="store_true",
+                   help="show tracebacks and third-party warnings (otherwise kept in the run folder's run.log)")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a recipe end to end (no argument: the embedded default)")

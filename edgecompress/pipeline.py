@@ -92,8 +92,9 @@ def _json_default(o):
 
 
 class Runner:
-    def __init__(self, plan: Plan, run_dir: Path, rebench: bool = False):
+    def __init__(self, plan: Plan, run_dir: Path, rebench: bool = False, debug: bool = False):
         self.plan = plan
+        self.debug = debug
         self.rebench = rebench  # measurements are of this machine now: CI wants fresh ones, not cached ones
         self.recipe: Recipe = plan.recipe
         self.store = Store(home() / "store")
@@ -314,7 +315,7 @@ class Runner:
             except Exception as e:  # noqa: BLE001 - one format failing must not lose the others
                 failures.append({"label": label, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
                 progress.log(f"[{label}] FAILED: {failures[-1]['error']}")
-                if os.environ.get("EDGECOMPRESS_DEBUG"):
+                if self.debug:
                     traceback.print_exc()
         from edgecompress.report import build_report, write_report
         report = build_report(self, teacher_art, student_art, rows, failures, time.perf_counter() - t_start)
@@ -339,7 +340,7 @@ def _row(label: str, exp: Artifact, ver: Artifact, bench: Artifact) -> dict:
 
 
 def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool = False, json_output: bool = False,
-        rebench: bool = False) -> int:
+        rebench: bool = False, debug: bool = False) -> int:
     progress.set_quiet(quiet or json_output)
     t0 = time.perf_counter()
     recipe = load_recipe(recipe_path)
@@ -349,11 +350,13 @@ def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool =
     progress.log(f"plan OK in {time.perf_counter() - t0:.2f} s: {' -> '.join(plan.steps)}")
     run_dir = Path(out_dir) / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    report = Runner(plan, run_dir, rebench=rebench).run()
+    from edgecompress.noise import to_log
+    with to_log(run_dir / "run.log", enabled=not debug):  # third-party warnings and C++ prints; --debug shows them
+        report = Runner(plan, run_dir, rebench=rebench, debug=debug).run()
     if json_output:
         print(json.dumps(report, default=_json_default))
     else:
-        progress.log(f"report: {run_dir / 'report.md'}")
+        progress.log(f"report: {run_dir / 'report.md'} (third-party messages: {run_dir / 'run.log'})")
         from edgecompress.report import to_markdown
         print(to_markdown(report))
     if report["failures"]:

@@ -9,6 +9,17 @@ from typing import Iterable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 _quiet = False
+_terminal = None  # where edgecompress's own messages go while third-party output is diverted (noise.to_log)
+
+
+def stream():
+    """The stream for edgecompress's own progress and messages: the terminal, even while fd 2 goes to a log."""
+    return _terminal or sys.stderr
+
+
+def set_stream(s) -> None:
+    global _terminal
+    _terminal = s
 
 
 def set_quiet(q: bool) -> None:
@@ -22,7 +33,7 @@ def enabled() -> bool:
     forced = os.environ.get("EDGECOMPRESS_PROGRESS")
     if forced is not None:
         return forced not in ("0", "", "false")
-    return sys.stderr.isatty()
+    return stream().isatty()
 
 
 def track(it: Iterable[T], total: Optional[int] = None, description: str = "") -> Iterator[T]:
@@ -33,7 +44,7 @@ def track(it: Iterable[T], total: Optional[int] = None, description: str = "") -
     from rich.console import Console
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-    with Progress(*cols, console=Console(stderr=True), transient=False) as p:
+    with Progress(*cols, console=Console(file=stream()), transient=False) as p:
         task = p.add_task(description, total=total if total is not None else (len(it) if hasattr(it, "__len__") else None), info="")
         for x in it:
             yield x
@@ -47,10 +58,10 @@ def status(message: str) -> Iterator[None]:
         yield
         return
     from rich.console import Console
-    with Console(stderr=True).status(message):
+    with Console(file=stream()).status(message):
         yield
 
 
 def log(message: str) -> None:
     if not _quiet:
-        print(message, file=sys.stderr, flush=True)
+        print(message, file=stream(), flush=True)
