@@ -12,12 +12,23 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 
+SET = "set"  # a Refusal value: the field is refused whenever the recipe sets it (not None)
+
+
 @dataclass(frozen=True)
 class Refusal:
     """A value of a QuantSpec field that a format's toolchain cannot realize, and why (one line, with the fix)."""
     field: str
     value: object
     reason: str
+
+    def example(self) -> object:
+        """A recipe value that triggers this refusal (an empty mapping sets a sub-config to its defaults)."""
+        return {} if self.value == SET else self.value
+
+    def matches(self, quant) -> bool:
+        got = getattr(quant, self.field, None)
+        return got is not None if self.value == SET else got == self.value
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,7 @@ class FormatSpec:
         if quant is None:
             return None
         for r in self.refuses:
-            if getattr(quant, r.field, None) == r.value:
+            if r.matches(quant):
                 return f"{self.name} cannot realize quantize.{r.field}: {r.value}: {r.reason}"
         return None
 
@@ -64,7 +75,12 @@ FORMATS: dict[str, FormatSpec] = {f.name: f for f in (
                                 "activations: dynamic, or drop tflite from export.formats"),
                         Refusal("weights", "codebook",
                                 "tflite int8 has linear int8 weights only; use weights: linear, or drop tflite "
-                                "from export.formats"))),
+                                "from export.formats"),
+                        # ai-edge-quantizer's recipe could leave layers fp32, but no search drives it yet: refused
+                        # rather than silently ignored.
+                        Refusal("fallback", SET,
+                                "the accuracy-aware fallback is not implemented for tflite; drop quantize.fallback "
+                                "or tflite from export.formats"))),
 )}
 
 FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)

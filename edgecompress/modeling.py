@@ -34,11 +34,20 @@ def check_model_dir(path: Path) -> dict:
         raise UserInputError(f"{path}: no config.json; point teacher.source at a folder written by save_pretrained()")
     try:
         cfg = json.loads(cfg_file.read_text())
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise UserInputError(f"{cfg_file}: not valid JSON; re-save the model with save_pretrained()") from None
+    if not isinstance(cfg, dict):
+        raise UserInputError(f"{cfg_file}: a JSON {type(cfg).__name__}, not an object of config fields; re-save the "
+                             f"model with save_pretrained()")
     mt = cfg.get("model_type")
     if mt not in SUPPORTED_MODEL_TYPES:
-        raise UserInputError(f"{path}: model_type {mt!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        raise UserInputError(f"{path}: model_type {str(mt)[:60]!r} is not supported; supported: "
+                             f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    bad = [k for k in REQUIRED_CONFIG if not (isinstance(cfg.get(k), int) and not isinstance(cfg.get(k), bool)
+                                               and cfg[k] > 0)]
+    if bad:
+        raise UserInputError(f"{cfg_file}: field {bad[0]} is missing or not a positive integer; re-save the model "
+                             f"with save_pretrained()")
     if not (path / "model.safetensors").is_file():
         if (path / "pytorch_model.bin").is_file():
             # Pickle files can run code when loaded: we only read safetensors.
@@ -46,12 +55,37 @@ def check_model_dir(path: Path) -> dict:
                                  "(model.save_pretrained(dir, safe_serialization=True)) — pickles are never loaded")
         raise UserInputError(f"{path}: no model.safetensors; the weights are missing")
     header = _check_safetensors_header(path / "model.safetensors")
+    check_weight_shapes(cfg, header, path / "model.safetensors")
     # The head's real size is the classifier weight's first dim (config.json omits id2label for 2 labels).
     head = [v["shape"][0] for k, v in header.items() if k.endswith("classifier.weight")]
     cfg["_head_labels"] = head[0] if head else None
     if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         raise UserInputError(f"{path}: no tokenizer (tokenizer.json or vocab.txt); save the tokenizer into the model folder")
     return cfg
+
+
+REQUIRED_CONFIG = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                   "max_position_embeddings")
+
+
+def check_weight_shapes(cfg: dict, header: dict, f: Path) -> None:
+    """The weights must be the model config.json describes: a mismatch otherwise surfaces as a size error deep in
+    from_pretrained, after the data was loaded."""
+    def shape(suffix: str):
+        return next((v.get("shape") for k, v in header.items() if k.endswith(suffix)), None)
+
+    expect = {"embeddings.word_embeddings.weight": [cfg["vocab_size"], cfg["hidden_size"]],
+              "layer.0.attention.self.query.weight": [cfg["hidden_size"], cfg["hidden_size"]],
+              "layer.0.intermediate.dense.weight": [cfg["intermediate_size"], cfg["hidden_size"]]}
+    for name, want in expect.items():
+        got = shape(name)
+        if got is not None and list(got) != want:
+            raise UserInputError(f"{f}: {name} has shape {got} but config.json says {want}; the weights and "
+                                 f"config.json belong to different models: re-save with save_pretrained()")
+    layers = {k.split("layer.", 1)[1].split(".", 1)[0] for k in header if ".encoder.layer." in f".{k}"}
+    if layers and len(layers) != cfg["num_hidden_layers"]:
+        raise UserInputError(f"{f}: {len(layers)} encoder layers but config.json says num_hidden_layers "
+                             f"{cfg['num_hidden_layers']}; re-save the model with save_pretrained()")
 
 
 def _check_safetensors_header(f: Path) -> dict:

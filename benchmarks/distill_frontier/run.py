@@ -45,13 +45,13 @@ def matches_for(n_s: int, n_t: int = 6, weight: float = 1.0, hidden_loss: str = 
 
 STUDENTS = {
     # name: student section of a DistillCfg
-    "L3-H384": {"from_teacher_layers": [0, 2, 4]},                       # the spine's default
+    "L3-H384": {"from_teacher_layers": [0, 2, 4]},                       # the first default student
     "L2-H384": {"from_teacher_layers": [0, 3]},
     "L4-H256": {"config": {"num_hidden_layers": 4, "hidden_size": 256}},  # 8 heads of 32, FFN 1024
     "L3-H256": {"config": {"num_hidden_layers": 3, "hidden_size": 256}},
     # L4-H256 missed 3x by a hair (2.93-2.98x); a 25% narrower FFN is the cheapest latency cut that keeps depth.
     "L4-H256-I768": {"config": {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 768}},
-    # The spine's student with a thinner FFN: keeps the teacher's whole residual stream and heads (BERT's config
+    # The 3-layer full-width student with a thinner FFN: keeps the teacher's whole residual stream and heads (BERT's config
     # cannot express fewer heads of the same size), FFN neurons picked by weight norm.
     "L3-H384-I768": {"config": {"num_hidden_layers": 3, "intermediate_size": 768, "init_from_teacher_layers": [0, 2, 4]}},
     "L3-H384-I512": {"config": {"num_hidden_layers": 3, "intermediate_size": 512, "init_from_teacher_layers": [0, 2, 4]}},
@@ -142,7 +142,7 @@ def write(results: dict) -> None:
     (HERE / f"{out}.md").write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-samples", type=int, default=4000)
     ap.add_argument("--epochs", type=float, default=1.0)
@@ -155,79 +155,69 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--keep", action="store_true", help="keep results of students not rerun")
     ap.add_argument("--out", default="results", help="basename of the .json/.md written beside this script")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
+
+def setup_section(args, splits) -> dict:
+    """results["setup"]: how this run trained and measured, with the one-paragraph note the markdown shows."""
+    return {"out": args.out, "date": time.strftime("%Y-%m-%d"), "train_samples": args.train_samples, "epochs": args.epochs, "learning_rate": args.lr,
+            "train_threads": args.threads, "latency": {"batch": BATCH, "seq_len": SEQ, "ort_threads": 1,
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "exporter": "torch.onnx legacy (dynamo=False), opset 17, static shape"},
+            "machine": f"{platform.machine()}, {os.cpu_count()} vCPUs shared with other jobs",
+            "note": (f"train subset {args.train_samples} of {len(splits['train'])} rows (stratified), {args.epochs:g} epoch(s), "
+                     f"batch 32, lr {args.lr:g}, alpha 0.5, T 2, full validation ({len(splits['validation'])}) / test ({len(splits['test'])}) splits; "
+                     "latency: fp32 ONNX, batch 1, seq 128, onnxruntime intra_op=1, OMP_WAIT_POLICY=PASSIVE, teacher and students "
+                     "interleaved in one process on a 2-vCPU machine shared with other jobs (p50 over all rounds). "
+                     "Intermediate = joint loss with embedding + per-layer hidden MSE (learned projection when narrower) + "
+                     f"attention KL on TinyBERT's uniform layer map, weight {args.match_weight:g} each (hidden loss {args.hidden_loss}).")}
+
+
+def distill_cfg(name: str, mode: str, args):
+    from edgecompress.recipe import DistillCfg
+    n_s = int(name.split("-")[0][1:])
+    return DistillCfg.model_validate({
+        "student": STUDENTS[name], "alpha": 0.5, "temperature": 2.0,
+        "matches": matches_for(n_s, weight=args.match_weight, hidden_loss=args.hidden_loss) if mode == "intermediate" else [],
+        "train": {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": 32,
+                  "max_train_samples": args.train_samples}})
+
+
+def distill_one(name: str, mode: str, args, teacher, ctx, test_b, test_split, t_acc: float, tmp: Path) -> dict:
+    """Distil one student from the teacher, score it on the test split and export its fp32 ONNX for the latency
+    round; returns its results row."""
     import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from edgecompress.compress.base import StageContext
     from edgecompress.compress.distill import distill
     from edgecompress.compress.train import predict_logits
-    from edgecompress.data import load_splits
-    from edgecompress.modeling import count_params, load_tokenizer
-    from edgecompress.pipeline import home
-    from edgecompress.recipe import DataCfg, DistillCfg
+    from edgecompress.modeling import count_params
 
-    torch.set_num_threads(args.threads)
-    tdir = latest_teacher(home() / "store")
-    teacher = AutoModelForSequenceClassification.from_pretrained(str(tdir), local_files_only=True).eval()
-    tok = load_tokenizer(tdir)
-    data = DataCfg()
-    splits = load_splits(data)
-    ctx = StageContext(splits, tok, data.max_seq_len, seed=0, teacher=teacher, teacher_tokenizer=tok)
-    test_b = ctx.batches("test", 64, shuffle=False)
-    t_logits = predict_logits(teacher, test_b)
-    t_acc = float((t_logits.argmax(-1) == splits["test"].labels).mean())
-    prev_f = HERE / f"{args.out}.json"
-    prev = json.loads(prev_f.read_text()) if args.keep and prev_f.is_file() else None
-    results = {
-        "setup": {"out": args.out, "date": time.strftime("%Y-%m-%d"), "train_samples": args.train_samples, "epochs": args.epochs, "learning_rate": args.lr,
-                  "train_threads": args.threads, "latency": {"batch": BATCH, "seq_len": SEQ, "ort_threads": 1,
-                  "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "exporter": "torch.onnx legacy (dynamo=False), opset 17, static shape"},
-                  "machine": f"{platform.machine()}, {os.cpu_count()} vCPUs shared with other jobs",
-                  "note": (f"train subset {args.train_samples} of {len(splits['train'])} rows (stratified), {args.epochs:g} epoch(s), "
-                           f"batch 32, lr {args.lr:g}, alpha 0.5, T 2, full validation ({len(splits['validation'])}) / test ({len(splits['test'])}) splits; "
-                           "latency: fp32 ONNX, batch 1, seq 128, onnxruntime intra_op=1, OMP_WAIT_POLICY=PASSIVE, teacher and students "
-                           "interleaved in one process on a 2-vCPU machine shared with other jobs (p50 over all rounds). "
-                           "Intermediate = joint loss with embedding + per-layer hidden MSE (learned projection when narrower) + "
-                           f"attention KL on TinyBERT's uniform layer map, weight {args.match_weight:g} each (hidden loss {args.hidden_loss}).")},
-        "teacher": {"name": str(tdir.parent.name), "params": count_params(teacher), "test_accuracy": t_acc,
-                    "test_accuracy_by_domain": by_domain(t_logits, splits["test"])},
-        "students": [r for r in (prev or {}).get("students", [])],
-    }
-    names = args.only or list(STUDENTS)
-    tmp = Path(tempfile.mkdtemp(prefix="frontier-"))
-    for name in names:
-        for mode in args.modes:
-            results["students"] = [r for r in results["students"] if (r["student"], r["mode"]) != (name, mode)]
-            n_s = int(name.split("-")[0][1:])
-            cfg = DistillCfg.model_validate({
-                "student": STUDENTS[name], "alpha": 0.5, "temperature": 2.0,
-                "matches": matches_for(n_s, weight=args.match_weight, hidden_loss=args.hidden_loss) if mode == "intermediate" else [],
-                "train": {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": 32,
-                          "max_train_samples": args.train_samples}})
-            print(f"== {name} {mode}", flush=True)
-            ctx.metrics = {}
-            torch.manual_seed(0)
-            student = distill(teacher, cfg, ctx)
-            logits = predict_logits(student, test_b)
-            acc = float((logits.argmax(-1) == splits["test"].labels).mean())
-            f = tmp / f"{name}-{mode}.onnx"
-            export_onnx(student, f)
-            results["students"].append({
-                "student": name, "mode": mode, "params": count_params(student), "onnx": str(f),
-                "config": ctx.metrics["student_config"], "test_accuracy": acc, "pct_of_teacher": acc / t_acc,
-                "test_accuracy_by_domain": by_domain(logits, splits["test"]), "val_accuracy": ctx.metrics["val_accuracy"],
-                "train_seconds": ctx.metrics["train_seconds"], "history": ctx.metrics["history"],
-                "student_init": ctx.metrics.get("student_init"), "distill": cfg.model_dump()})
-            print(f"   acc {acc:.4f} ({100 * acc / t_acc:.1f}% of teacher) in {ctx.metrics['train_seconds']:.0f} s", flush=True)
-            write(results)
-    # Latency: teacher + every student whose ONNX file is in this run, interleaved.
+    cfg = distill_cfg(name, mode, args)
+    print(f"== {name} {mode}", flush=True)
+    torch.manual_seed(0)
+    # distill starts from the teacher: the teacher is both the model it builds the student from and the one it
+    # distils from.
+    res = distill(teacher.model, teacher.tokenizer, cfg, ctx, teacher)
+    student, metrics = res.model, res.metrics
+    logits = predict_logits(student, test_b)
+    acc = float((logits.argmax(-1) == test_split.labels).mean())
+    f = tmp / f"{name}-{mode}.onnx"
+    export_onnx(student, f)
+    print(f"   acc {acc:.4f} ({100 * acc / t_acc:.1f}% of teacher) in {metrics['train_seconds']:.0f} s", flush=True)
+    return {
+        "student": name, "mode": mode, "params": count_params(student), "onnx": str(f),
+        "config": metrics["student_config"], "test_accuracy": acc, "pct_of_teacher": acc / t_acc,
+        "test_accuracy_by_domain": by_domain(logits, test_split), "val_accuracy": metrics["val_accuracy"],
+        "train_seconds": metrics["train_seconds"], "history": metrics["history"],
+        "student_init": metrics.get("student_init"), "distill": cfg.model_dump()}
+
+
+def add_latency(results: dict, teacher_model, tmp: Path, rounds: int) -> None:
+    """Latency: teacher + every student whose ONNX file is in this run, interleaved; speed-ups are against the
+    teacher measured in the same rounds."""
     t_onnx = tmp / "teacher.onnx"
-    export_onnx(teacher, t_onnx)
+    export_onnx(teacher_model, t_onnx)
     paths = {"teacher": t_onnx}
     paths.update({f"{r['student']}|{r['mode']}": Path(r["onnx"]) for r in results["students"] if Path(r["onnx"]).is_file()})
-    lat = measure(paths, rounds=args.rounds, per_round=5, warmup=3)
+    lat = measure(paths, rounds=rounds, per_round=5, warmup=3)
     results["teacher"].update(lat["teacher"])
     for r in results["students"]:
         k = f"{r['student']}|{r['mode']}"
@@ -235,10 +225,54 @@ def main() -> None:
             r.update(lat[k])
             r["speedup_vs_teacher"] = lat["teacher"]["p50_ms"] / lat[k]["p50_ms"]
             r["latency_measured_with_teacher_p50_ms"] = lat["teacher"]["p50_ms"]
-    ok = [r for r in results["students"] if r.get("speedup_vs_teacher", 0) >= 3 and r["pct_of_teacher"] >= 0.98]
-    results["verdict"] = ("Target (>= 98% of teacher accuracy at >= 3x lower fp32 ONNX p50): met by "
-                          + ", ".join(f"{r['student']} ({r['mode']}: {100 * r['pct_of_teacher']:.1f}%, {r['speedup_vs_teacher']:.2f}x)" for r in ok)
-                          if ok else "Target (>= 98% of teacher at >= 3x lower fp32 ONNX p50): not met by any student in this run.")
+
+
+def verdict(students: list[dict]) -> str:
+    ok = [r for r in students if r.get("speedup_vs_teacher", 0) >= 3 and r["pct_of_teacher"] >= 0.98]
+    return ("Target (>= 98% of teacher accuracy at >= 3x lower fp32 ONNX p50): met by "
+            + ", ".join(f"{r['student']} ({r['mode']}: {100 * r['pct_of_teacher']:.1f}%, {r['speedup_vs_teacher']:.2f}x)" for r in ok)
+            if ok else "Target (>= 98% of teacher at >= 3x lower fp32 ONNX p50): not met by any student in this run.")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from edgecompress.compress.base import StageContext, Teacher
+    from edgecompress.compress.train import predict_logits
+    from edgecompress.data import EVAL_BATCH, load_splits
+    from edgecompress.modeling import count_params, load_tokenizer
+    from edgecompress.pipeline import home
+    from edgecompress.recipe import DataCfg
+
+    torch.set_num_threads(args.threads)
+    tdir = latest_teacher(home() / "store")
+    teacher = Teacher(AutoModelForSequenceClassification.from_pretrained(str(tdir), local_files_only=True).eval(),
+                      load_tokenizer(tdir))
+    data = DataCfg()
+    splits = load_splits(data)
+    ctx = StageContext(splits, data.max_seq_len, seed=0)
+    test_b = ctx.batches(teacher.tokenizer, "test", EVAL_BATCH, shuffle=False)
+    t_logits = predict_logits(teacher.model, test_b)
+    t_acc = float((t_logits.argmax(-1) == splits["test"].labels).mean())
+    prev_f = HERE / f"{args.out}.json"
+    prev = json.loads(prev_f.read_text()) if args.keep and prev_f.is_file() else None
+    results = {
+        "setup": setup_section(args, splits),
+        "teacher": {"name": str(tdir.parent.name), "params": count_params(teacher.model), "test_accuracy": t_acc,
+                    "test_accuracy_by_domain": by_domain(t_logits, splits["test"])},
+        "students": [r for r in (prev or {}).get("students", [])],
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="frontier-"))
+    for name in args.only or list(STUDENTS):
+        for mode in args.modes:
+            results["students"] = [r for r in results["students"] if (r["student"], r["mode"]) != (name, mode)]
+            results["students"].append(distill_one(name, mode, args, teacher, ctx, test_b, splits["test"], t_acc, tmp))
+            write(results)  # each finished student is saved at once: a killed run keeps it
+    add_latency(results, teacher.model, tmp, args.rounds)
+    results["verdict"] = verdict(results["students"])
     write(results)
     print(results["verdict"], flush=True)
 

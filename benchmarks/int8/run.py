@@ -27,6 +27,7 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -62,33 +63,44 @@ def predict(infer, test_batches) -> np.ndarray:
     return np.concatenate([np.asarray(infer(x)).argmax(-1) for x, _ in test_batches])
 
 
-def main() -> None:
+def parse_args(argv=None) -> set[str]:
+    """The row names given with --only (empty: every row)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="", help="comma-separated row names")
-    args = ap.parse_args()
-    only = set(filter(None, args.only.split(",")))
+    args = ap.parse_args(argv)
+    return set(filter(None, args.only.split(",")))
 
+
+@dataclass
+class Bench:
+    """What every row is measured against: the fp32 student, its test batches and predictions, the IO spec and the
+    calibration / QAT data the exporters get."""
+    student_dir: Path
+    model: object
+    test_b: list
+    labels: np.ndarray
+    ref: np.ndarray             # the fp32 torch student's test predictions
+    fp32_acc: float
+    io: object
+    calib: object
+
+
+def load_bench() -> Bench:
     import torch
-    torch.set_num_threads(THREADS)
     from transformers import AutoModelForSequenceClassification
 
-    from edgecompress.data import batches, load_splits
-    from edgecompress.export.base import IOSpec, file_mb
-    from edgecompress.export.parity import compare
+    from edgecompress.data import EVAL_BATCH, batches, load_splits
+    from edgecompress.export.base import IOSpec
     from edgecompress.export.quant.calibration import CalibData
-    from edgecompress.export.quant.qat import qat_finetune
     from edgecompress.modeling import load_tokenizer
     from edgecompress.pipeline import home
-    from edgecompress.profiles import load_profile
-    from edgecompress.recipe import DataCfg, QuantSpec, TrainCfg
-    from edgecompress.registry import EXPORTERS
+    from edgecompress.recipe import DataCfg
 
     student_dir = latest_student(home() / "store")
     model = AutoModelForSequenceClassification.from_pretrained(str(student_dir), local_files_only=True).eval()
     tok = load_tokenizer(student_dir)
     splits = load_splits(DataCfg())
-    test = splits["test"]
-    test_b = [(x, y) for x, y, _ in batches(tok, test, 64, SEQ, shuffle=False, group_by_length=False)]
+    test_b = [(x, y) for x, y, _ in batches(tok, splits["test"], EVAL_BATCH, SEQ, shuffle=False, group_by_length=False)]
     labels = np.concatenate([y for _, y in test_b])
     io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels, max_seq_len=SEQ,
                 pad_token_id=tok.pad_token_id or 0)
@@ -97,13 +109,17 @@ def main() -> None:
                       train=lambda: batches(tok, train_sub, 16, 64, shuffle=True, seed=2),
                       validation=lambda: [(x, y) for x, y, _ in batches(tok, splits["validation"], 32, SEQ,
                                                                          shuffle=False)])
-    flavour = load_profile("host").int8
     with torch.no_grad():
         ref = np.concatenate([model(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.argmax(-1).numpy()
                               for x, _ in test_b])
-    fp32_acc = float(np.mean(ref == labels))
-    out_json = HERE / "results.json"
-    results = {"student": str(student_dir), "fp32_torch_test_accuracy": fp32_acc, "test_rows": int(len(labels)),
+    return Bench(student_dir, model, test_b, labels, ref, float(np.mean(ref == labels)), io, calib)
+
+
+def new_results(bench: Bench, only: set[str], out_json: Path) -> dict:
+    """The results header; with --only, the rows of the previous run that are not rerun are kept."""
+    import torch
+    results = {"student": str(bench.student_dir), "fp32_torch_test_accuracy": bench.fp32_acc,
+               "test_rows": int(len(bench.labels)),
                "machine": {"cpu": platform.processor() or platform.machine(), "threads": THREADS,
                            "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"], "torch": torch.__version__},
                "subsets": {"qat_train_rows": QAT_ROWS, "qat_epochs": 1, "calibration_rows": CALIB_ROWS},
@@ -111,21 +127,38 @@ def main() -> None:
     if out_json.is_file() and only:
         prev = json.loads(out_json.read_text())
         results["rows"] = [r for r in prev.get("rows", []) if r["name"] not in only]
-    print(f"student {student_dir}: fp32 torch test accuracy {fp32_acc:.4f}", flush=True)
+    return results
 
-    qat_model = {}
-    kept: dict = {}
 
-    def get_qat():
-        if "m" not in qat_model:
+class QatOnce:
+    """The QAT student, trained on first call and shared by every QAT row (one run instead of one per format)."""
+
+    def __init__(self, bench: Bench):
+        self.bench = bench
+        self.model = None
+        self.seconds = None
+
+    def __call__(self):
+        from edgecompress.export.quant.qat import qat_finetune
+        from edgecompress.recipe import TrainCfg
+        if self.model is None:
             t0 = time.perf_counter()
-            m, res = qat_finetune(model, calib.train()[: QAT_ROWS // 16], TrainCfg(epochs=1, learning_rate=2e-5,
-                                  batch_size=16, warmup_ratio=0.1), val_batches=calib.train()[-8:], static=False)
-            qat_model["m"], qat_model["s"] = m, round(time.perf_counter() - t0, 1)
-        return qat_model["m"]
+            calib = self.bench.calib
+            self.model, _ = qat_finetune(self.bench.model, calib.train()[: QAT_ROWS // 16], TrainCfg(
+                epochs=1, learning_rate=2e-5, batch_size=16, warmup_ratio=0.1), val_batches=calib.train()[-8:],
+                static=False)
+            self.seconds = round(time.perf_counter() - t0, 1)
+        return self.model
 
+
+def row_plan(model, get_qat: QatOnce) -> list[tuple]:
+    """(name, format, model getter, quant) per row, in table order; quant carries the host profile's int8 flavour."""
+    from edgecompress.profiles import load_profile
+    from edgecompress.recipe import QuantSpec
+
+    flavour = load_profile("host").int8
     spec = lambda **kw: QuantSpec(**kw).with_profile(flavour)  # noqa: E731
-    plan = [  # name, format, model getter, quant
+    return [
         ("onnx-fp32", "onnx", lambda: model, None),
         ("onnx-dynamic", "onnx", lambda: model, spec()),
         ("onnx-dynamic-noemb", "onnx", lambda: model, spec(embeddings=False)),
@@ -145,49 +178,80 @@ def main() -> None:
         ("pte-static", "pte", lambda: model, spec(activations="static", calibration={"samples": CALIB_ROWS})),
         ("pte-qat", "pte", get_qat, spec()),
     ]
-    for name, fmt, get_model, quant in plan:
+
+
+def export_and_load(name: str, fmt: str, model, quant, bench: Bench, tmp: Path):
+    """(file, infer_fn, notes, details) of one row's file: optimum's own path, or the product's exporter."""
+    from edgecompress.registry import EXPORTERS
+    if fmt == "optimum":
+        path, infer, notes = optimum_dynamic(bench.student_dir, tmp, bench.io)
+        return path, infer, notes, {}
+    exp = EXPORTERS.get(fmt)(batch=BATCH)  # .pte bakes its largest batch in: export for the batch timed here
+    res = exp.export(model, bench.io, quant, bench.calib, tmp)
+    return res.file, exp.load(res.file, threads=THREADS), res.notes, res.details
+
+
+def measure_row(name: str, fmt: str, get_model, quant, bench: Bench, get_qat: QatOnce):
+    """One row's export, accuracy, latency and parity; returns (row, infer_fn kept for the head-to-head or None)."""
+    from edgecompress.export.base import file_mb
+    from edgecompress.export.parity import compare
+
+    t0 = time.perf_counter()
+    keep_dir = Path(tempfile.mkdtemp(prefix=f"int8bench.{name}.")) if name in HEAD_TO_HEAD else None
+    with tempfile.TemporaryDirectory(prefix=f"int8bench.{name}.") as tmp:
+        tmp = str(keep_dir) if keep_dir else tmp
+        path, infer, notes, details = export_and_load(name, fmt, get_model(), quant, bench, Path(tmp))
+        export_s = round(time.perf_counter() - t0, 1)
+        preds = predict(infer, bench.test_b)
+        lat = p50_ms(infer, bench.io)
+        par = compare(bench.model, infer, bench.io, shapes=[(1, 17), (3, 41)]) if fmt != "optimum" else {}
+        row = {"name": name, "format": fmt if fmt != "optimum" else "onnx",
+               "test_accuracy": round(float(np.mean(preds == bench.labels)), 4),
+               "delta_pt_vs_fp32": round(100 * (float(np.mean(preds == bench.labels)) - bench.fp32_acc), 2),
+               "label_agreement": round(float(np.mean(preds == bench.ref)), 4), "file_mb": file_mb(path),
+               "p50_ms": lat, "sqnr_db": round(par.get("sqnr_db", float("nan")), 1),
+               "export_s": export_s, "notes": notes,
+               "details": {k: v for k, v in details.items() if k in (
+                   "calibration", "fallback", "codebook", "embeddings_int8", "activation_type",
+                   "weight_type", "per_channel", "reduce_range", "non_delegated_ops", "quant_nodes")}}
+        if quant is not None and quant.qat is None and get_model is get_qat:
+            row["qat_seconds"] = get_qat.seconds
+    return row, (infer if keep_dir else None)
+
+
+def save(results: dict, out_json: Path) -> None:
+    out_json.write_text(json.dumps(results, indent=2, default=str))
+
+
+def main(argv=None) -> None:
+    only = parse_args(argv)
+
+    import torch
+    torch.set_num_threads(THREADS)
+
+    bench = load_bench()
+    out_json = HERE / "results.json"
+    results = new_results(bench, only, out_json)
+    print(f"student {bench.student_dir}: fp32 torch test accuracy {bench.fp32_acc:.4f}", flush=True)
+    get_qat = QatOnce(bench)
+    kept: dict = {}
+    for name, fmt, get_model, quant in row_plan(bench.model, get_qat):
         if only and name not in only:
             continue
-        t0 = time.perf_counter()
         try:
-            keep_dir = Path(tempfile.mkdtemp(prefix=f"int8bench.{name}.")) if name in HEAD_TO_HEAD else None
-            with tempfile.TemporaryDirectory(prefix=f"int8bench.{name}.") as tmp:
-                tmp = str(keep_dir) if keep_dir else tmp
-                if fmt == "optimum":
-                    path, infer, notes = optimum_dynamic(student_dir, Path(tmp), io)
-                    details = {}
-                else:
-                    exp = EXPORTERS.get(fmt)()
-                    res = exp.export(get_model(), io, quant, calib, Path(tmp))
-                    path, notes, details = res.file, res.notes, res.details
-                    infer = exp.load(path, threads=THREADS)
-                export_s = round(time.perf_counter() - t0, 1)
-                preds = predict(infer, test_b)
-                lat = p50_ms(infer, io)
-                par = compare(model, infer, io, shapes=[(1, 17), (3, 41)]) if fmt != "optimum" else {}
-                row = {"name": name, "format": fmt if fmt != "optimum" else "onnx",
-                       "test_accuracy": round(float(np.mean(preds == labels)), 4),
-                       "delta_pt_vs_fp32": round(100 * (float(np.mean(preds == labels)) - fp32_acc), 2),
-                       "label_agreement": round(float(np.mean(preds == ref)), 4), "file_mb": file_mb(path),
-                       "p50_ms": lat, "sqnr_db": round(par.get("sqnr_db", float("nan")), 1),
-                       "export_s": export_s, "notes": notes,
-                       "details": {k: v for k, v in details.items() if k in (
-                           "calibration", "fallback", "codebook", "embeddings_int8", "activation_type",
-                           "weight_type", "per_channel", "reduce_range", "non_delegated_ops", "quant_nodes")}}
-                if quant is not None and quant.qat is None and get_model is get_qat:
-                    row["qat_seconds"] = qat_model.get("s")
-                if keep_dir:
-                    kept[name] = infer
+            row, infer = measure_row(name, fmt, get_model, quant, bench, get_qat)
+            if infer is not None:
+                kept[name] = infer
         except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
             row = {"name": name, "format": fmt, "error": f"{type(e).__name__}: {str(e)[:300]}"}
         results["rows"] = [r for r in results["rows"] if r["name"] != name] + [row]
-        out_json.write_text(json.dumps(results, indent=2, default=str))
+        save(results, out_json)  # each row at once: a killed run keeps what it measured
         print(json.dumps({k: v for k, v in row.items() if k not in ("notes", "details")}), flush=True)
     if len(kept) >= 2:
         # The per-row p50s above were taken minutes apart on a shared 2-core machine; ours vs optimum is decided
         # here, interleaved round-robin in one process so background load hits every file alike.
-        results["head_to_head_p50_ms"] = interleaved(kept, io)
-        out_json.write_text(json.dumps(results, indent=2, default=str))
+        results["head_to_head_p50_ms"] = interleaved(kept, bench.io)
+        save(results, out_json)
         print(json.dumps(results["head_to_head_p50_ms"]), flush=True)
     write_md(results)
 

@@ -1,4 +1,4 @@
-"""Pruning benchmark (issue 4): what unstructured, structured and vocabulary pruning do to the exported file.
+"""Pruning benchmark: what unstructured, structured and vocabulary pruning do to the exported file.
 
 On the default student (the latest `distill` artifact of the default recipe in the store) builds pruned
 variants with the product's own stages, exports each with the product's ONNX exporter to fp32 and int8 (dynamic,
@@ -58,11 +58,12 @@ def export(model, out: Path, max_seq_len: int) -> tuple[Path, Path]:
     """The files the product ships: edgecompress's ONNX exporter, fp32 and int8 (quantize_dynamic, u8 activations x
     s8 per-channel weights, int8 embeddings: the host profile's flavour), debug metadata stripped."""
     from edgecompress.export.base import IOSpec
-    from edgecompress.export.onnx import OnnxExporter
     from edgecompress.recipe import QuantSpec
+    from edgecompress.registry import EXPORTERS
     io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels, max_seq_len=max_seq_len)
-    fp32 = OnnxExporter().export(model, io, None, None, out / "fp32").file
-    int8 = OnnxExporter().export(model, io, QuantSpec(preset="manual"), None, out / "int8").file
+    exporter = EXPORTERS.get("onnx")(batch=1)  # ONNX keeps the batch axis dynamic: batch only matters to fixed formats
+    fp32 = exporter.export(model, io, None, None, out / "fp32").file
+    int8 = exporter.export(model, io, QuantSpec(preset="manual"), None, out / "int8").file
     return fp32, int8
 
 
@@ -76,9 +77,9 @@ def session(path: Path):
 
 
 def ort_predictions(sess, tokenizer, split, max_seq_len: int) -> np.ndarray:
-    from edgecompress.data import batches
+    from edgecompress.data import EVAL_BATCH, batches
     preds = np.zeros(len(split), dtype=np.int64)
-    for inputs, _, idx in batches(tokenizer, split, 64, max_seq_len, shuffle=False):
+    for inputs, _, idx in batches(tokenizer, split, EVAL_BATCH, max_seq_len, shuffle=False):
         preds[idx] = sess.run(None, inputs)[0].argmax(-1)
     return preds
 
@@ -92,7 +93,7 @@ def paired_ci95_pt(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> float:
     return float(100 * 1.96 * np.sqrt(max(var, 0.0)))
 
 
-def main() -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--student", type=Path, help="student model folder (default: latest distill artifact)")
     ap.add_argument("--teacher", type=Path, help="teacher model folder (default: latest teacher artifact)")
@@ -106,55 +107,41 @@ def main() -> int:
                     help="min_counts also built with recovery fine-tuning after the trim")
     ap.add_argument("--combined-min-count", type=int, default=3, help="vocab min_count of the combined variants")
     ap.add_argument("--out", type=Path, default=HERE)
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
-    import torch
-    import onnxruntime
-    import transformers
-    from edgecompress.compress.base import StageContext
+
+def elapsed(t_start: float) -> str:
+    """The log prefix: seconds since the run started."""
+    return f"[{time.perf_counter() - t_start:6.0f} s]"
+
+
+def build_variants(student, tok, ctx, teacher, recovery, args, t_start: float) -> list[dict]:
+    """Every variant in table order, built with the product's own stages from copies of the student: the baseline
+    first (speed-ups and deltas are against it), then the control, unstructured, structured, vocab and combined."""
+    from edgecompress.compress.kd import recover
     from edgecompress.compress.prune import prune
-    from edgecompress.compress.structured import heads_per_layer, prune_structured
-    from edgecompress.compress.train import predict_logits
+    from edgecompress.compress.structured import prune_structured
     from edgecompress.compress.vocab import trim_vocab
-    from edgecompress.data import batches, load_splits
-    from edgecompress.modeling import count_params
-    from edgecompress.recipe import DataCfg, PruneCfg, StructuredPruneCfg, TrainCfg, VocabTrimCfg
+    from edgecompress.recipe import PruneCfg, StructuredPruneCfg, VocabTrimCfg
 
-    torch.set_num_threads(args.train_threads)
-    t_start = time.perf_counter()
-    student_dir = args.student or latest("distill") / "model"
-    teacher_dir = args.teacher or latest("teacher") / "model"
-    student, tok = load(student_dir)
-    teacher, teacher_tok = load(teacher_dir)
-    data = DataCfg()
-    splits = load_splits(data)
-    test = splits["test"]
-    recovery = TrainCfg(epochs=args.recovery_epochs, learning_rate=1e-4, batch_size=32,
-                        max_train_samples=args.recovery_samples)
-
-    def ctx_for(tokenizer):
-        return StageContext(splits, tokenizer, data.max_seq_len, 0, teacher=teacher, teacher_tokenizer=teacher_tok)
-
-    # -- variants: (name, kind, model, tokenizer, stage metrics, build seconds) ---------------------------
     variants = []
 
     def add(name, kind, model, tokenizer, metrics, t0):
         variants.append({"name": name, "kind": kind, "model": model, "tokenizer": tokenizer,
                          "stage_metrics": metrics, "build_s": round(time.perf_counter() - t0, 1)})
-        print(f"[{time.perf_counter() - t_start:6.0f} s] built {name} in {variants[-1]['build_s']} s", flush=True)
+        print(f"{elapsed(t_start)} built {name} in {variants[-1]['build_s']} s", flush=True)
 
     def run_stage(fn, model, cfg, tokenizer):
-        c = ctx_for(tokenizer)
-        out = fn(model, cfg, c)
-        return out, c.tokenizer, c.metrics
+        res = fn(model, tokenizer, cfg, ctx, teacher)
+        return res.model, res.tokenizer, res.metrics
 
     t0 = time.perf_counter()
     add("baseline", "none", student, tok, {}, t0)
     # Control: the same recovery on the unpruned student (KD from the teacher is also just more training).
     t0 = time.perf_counter()
-    from edgecompress.compress.prune import recover
-    control, c = copy.deepcopy(student), ctx_for(tok)
-    add("control: baseline + recovery", "control", control, tok, {"recovery": recover(control, recovery, c, "control")}, t0)
+    control = copy.deepcopy(student)
+    add("control: baseline + recovery", "control", control, tok,
+        {"recovery": recover(control, tok, recovery, ctx, teacher, "control")}, t0)
     for s in (0.3, 0.5):
         t0 = time.perf_counter()
         m, tk, met = run_stage(prune, copy.deepcopy(student), PruneCfg(sparsity=s), tok)
@@ -188,13 +175,21 @@ def main() -> int:
     t0 = time.perf_counter()
     m2, tk2, met2 = run_stage(prune, copy.deepcopy(m), PruneCfg(sparsity=0.3), tk)
     add("vocab trim + structured + unstructured 30%", "combined", m2, tk2, met2, t0)
+    return variants
 
-    # -- export, sizes, accuracy --------------------------------------------------------------------------
-    torch.set_num_threads(1)
+
+def export_variants(variants: list[dict], test, max_seq_len: int, t_start: float) -> None:
+    """Export each variant to fp32 and int8 ONNX and add to it: sizes, shape facts, open sessions, test predictions
+    (torch fp32 and the int8 file) and both accuracies."""
+    from edgecompress.compress.structured import heads_per_layer
+    from edgecompress.compress.train import predict_logits
+    from edgecompress.data import EVAL_BATCH, batches
+    from edgecompress.modeling import count_params
+
     work = Path(tempfile.mkdtemp(prefix="prune-bench-onnx."))
     for i, v in enumerate(variants):
         model = v["model"]
-        fp32, int8 = export(model, work / str(i), data.max_seq_len)
+        fp32, int8 = export(model, work / str(i), max_seq_len)
         v["params"] = count_params(model)
         v["encoder_params"] = sum(p.numel() for n, p in model.named_parameters() if ".encoder." in f".{n}")
         v["vocab_size"] = model.config.vocab_size
@@ -204,32 +199,40 @@ def main() -> int:
         v["int8_mb"] = int8.stat().st_size / 1e6
         v["int8_gzip_mb"] = len(gzip.compress(int8.read_bytes(), 6)) / 1e6
         v["sessions"] = {"fp32": session(fp32), "int8": session(int8)}
-        v["preds"] = {"fp32": predict_logits(model, batches(v["tokenizer"], test, 64, data.max_seq_len,
+        v["preds"] = {"fp32": predict_logits(model, batches(v["tokenizer"], test, EVAL_BATCH, max_seq_len,
                                                             shuffle=False)).argmax(-1),
-                      "int8": ort_predictions(v["sessions"]["int8"], v["tokenizer"], test, data.max_seq_len)}
+                      "int8": ort_predictions(v["sessions"]["int8"], v["tokenizer"], test, max_seq_len)}
         v["test_accuracy_torch_fp32"] = float((v["preds"]["fp32"] == test.labels).mean())
         v["test_accuracy_onnx_int8"] = float((v["preds"]["int8"] == test.labels).mean())
-        print(f"[{time.perf_counter() - t_start:6.0f} s] exported {v['name']}: {v['int8_mb']:.1f} MB int8, "
+        print(f"{elapsed(t_start)} exported {v['name']}: {v['int8_mb']:.1f} MB int8, "
               f"acc {v['test_accuracy_torch_fp32']:.4f}/{v['test_accuracy_onnx_int8']:.4f}", flush=True)
 
-    # -- interleaved latency ------------------------------------------------------------------------------
+
+def time_interleaved(variants: list[dict], warmup: int, runs: int) -> dict[tuple[int, str], list[float]]:
+    """Milliseconds per run of every (variant index, precision) session; each round runs every session once in a
+    shuffled order, so load from other jobs lands on all of them alike."""
     from edgecompress.export.base import IOSpec
     feeds = {}
     for i, v in enumerate(variants):
         x = IOSpec(vocab_size=v["vocab_size"], num_labels=2, max_seq_len=128).example_inputs(1, 128, seed=0)
         feeds[i] = {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"]}
     times = {(i, p): [] for i in range(len(variants)) for p in ("fp32", "int8")}
-    for _ in range(args.warmup):
+    for _ in range(warmup):
         for (i, p) in times:
             variants[i]["sessions"][p].run(None, feeds[i])
     rng = random.Random(0)
     keys = list(times)
-    for _ in range(args.runs):
+    for _ in range(runs):
         rng.shuffle(keys)
         for (i, p) in keys:
             t = time.perf_counter()
             variants[i]["sessions"][p].run(None, feeds[i])
             times[(i, p)].append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def add_latency(variants: list[dict], times: dict[tuple[int, str], list[float]]) -> None:
+    """p10/p50/p90 per session and the speed-up against the baseline (variant 0), round by round."""
     for i, v in enumerate(variants):
         for p in ("fp32", "int8"):
             ts = np.array(times[(i, p)])
@@ -239,15 +242,23 @@ def main() -> int:
             v[f"{p}_speedup"] = float(np.median(ratio))
             v[f"{p}_speedup_p10_p90"] = [float(np.percentile(ratio, 10)), float(np.percentile(ratio, 90))]
 
+
+def table_rows(variants: list[dict], labels: np.ndarray) -> list[dict]:
+    """The JSON rows: each variant's measurements (models, sessions and predictions dropped) plus its deltas
+    against the baseline."""
     base = variants[0]
     rows = []
     for v in variants:
         rows.append({k: v[k] for k in v if k not in ("model", "tokenizer", "sessions", "preds")}
                     | {"accuracy_delta_pt_fp32": 100 * (v["test_accuracy_torch_fp32"] - base["test_accuracy_torch_fp32"]),
                        "accuracy_delta_pt_int8": 100 * (v["test_accuracy_onnx_int8"] - base["test_accuracy_onnx_int8"]),
-                       "accuracy_delta_ci95_pt_fp32": paired_ci95_pt(v["preds"]["fp32"], base["preds"]["fp32"], test.labels),
-                       "accuracy_delta_ci95_pt_int8": paired_ci95_pt(v["preds"]["int8"], base["preds"]["int8"], test.labels),
+                       "accuracy_delta_ci95_pt_fp32": paired_ci95_pt(v["preds"]["fp32"], base["preds"]["fp32"], labels),
+                       "accuracy_delta_ci95_pt_int8": paired_ci95_pt(v["preds"]["int8"], base["preds"]["int8"], labels),
                        "int8_size_ratio": base["int8_mb"] / v["int8_mb"]})
+    return rows
+
+
+def judge_targets(rows: list[dict]) -> dict:
     s50 = next(r for r in rows if r["name"].startswith("structured heads 1/3"))
     # The vocabulary target is judged on the first vocab row (table order) that meets both size and accuracy;
     # failing that, on the >= 2x row closest in accuracy, failing that on the biggest cut. Every row is in the table.
@@ -277,10 +288,21 @@ def main() -> int:
         if r["stage_metrics"].get("recovery"):
             targets[key]["vs_control_pt_fp32"] = 100 * (r["test_accuracy_torch_fp32"] - ctrl["test_accuracy_torch_fp32"])
             targets[key]["vs_control_pt_int8"] = 100 * (r["test_accuracy_onnx_int8"] - ctrl["test_accuracy_onnx_int8"])
-    result = {
+    return targets
+
+
+def assemble(args, student_dir: Path, teacher_dir: Path, test_samples: int, recovery, rows: list[dict],
+             t_start: float) -> dict:
+    import onnxruntime
+    import torch
+    import transformers
+    from edgecompress.recipe import KD_ALPHA, KD_TEMPERATURE
+    return {
         "student": str(student_dir), "teacher": str(teacher_dir),
-        "student_manifest_id": _manifest_id(student_dir), "test_samples": len(test),
-        "recovery": {"kd_from": "fine-tuned teacher", "alpha": 0.5, "temperature": 2.0, **recovery.model_dump()},
+        "student_manifest_id": _manifest_id(student_dir), "test_samples": test_samples,
+        # recover() trains at the recipe's KD defaults: record the numbers it used.
+        "recovery": {"kd_from": "fine-tuned teacher", "alpha": KD_ALPHA, "temperature": KD_TEMPERATURE,
+                     **recovery.model_dump()},
         "measure": {"runtime": f"onnxruntime {onnxruntime.__version__}", "intra_op_threads": 1, "batch": 1,
                     "seq_len": 128, "warmup_runs": args.warmup, "runs": args.runs, "interleaved": True,
                     "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
@@ -288,11 +310,43 @@ def main() -> int:
                 "machine": platform.machine(), "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(),
                 "note": "load average at the end tells whether the CPU was shared while measuring"},
         "total_seconds": round(time.perf_counter() - t_start, 1),
-        "targets": targets, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    (args.out / "results.md").write_text(markdown(result))
-    print((args.out / "results.md").read_text())
+        "targets": judge_targets(rows), "rows": rows}
+
+
+def write_results(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "results.md").write_text(markdown(result))
+    print((out / "results.md").read_text())
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    import torch
+    from edgecompress.compress.base import StageContext, Teacher
+    from edgecompress.data import load_splits
+    from edgecompress.recipe import DataCfg, TrainCfg
+
+    torch.set_num_threads(args.train_threads)
+    t_start = time.perf_counter()
+    student_dir = args.student or latest("distill") / "model"
+    teacher_dir = args.teacher or latest("teacher") / "model"
+    student, tok = load(student_dir)
+    teacher, teacher_tok = load(teacher_dir)
+    data = DataCfg()
+    splits = load_splits(data)
+    test = splits["test"]
+    recovery = TrainCfg(epochs=args.recovery_epochs, learning_rate=1e-4, batch_size=32,
+                        max_train_samples=args.recovery_samples)
+    ctx = StageContext(splits, data.max_seq_len, 0)
+
+    variants = build_variants(student, tok, ctx, Teacher(teacher, teacher_tok), recovery, args, t_start)
+    torch.set_num_threads(1)
+    export_variants(variants, test, data.max_seq_len, t_start)
+    add_latency(variants, time_interleaved(variants, args.warmup, args.runs))
+    rows = table_rows(variants, test.labels)
+    write_results(assemble(args, student_dir, teacher_dir, len(test), recovery, rows, t_start), args.out)
     return 0
 
 
@@ -303,7 +357,7 @@ def _manifest_id(model_dir: Path):
 
 def markdown(r: dict) -> str:
     m = r["measure"]
-    out = ["# Pruning benchmark (issue 4)", "",
+    out = ["# Pruning benchmark", "",
            f"Student: `{r['student']}` (artifact {r['student_manifest_id']}); test split: {r['test_samples']} rows "
            f"(packaged VADER). {m['runtime']}, {m['intra_op_threads']} thread, batch {m['batch']}, seq {m['seq_len']}, "
            f"{m['runs']} interleaved runs after {m['warmup_runs']} warm-up, OMP_WAIT_POLICY={m['OMP_WAIT_POLICY']}; "

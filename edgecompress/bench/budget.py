@@ -138,7 +138,13 @@ def read_results(path: Path) -> dict:
         raise UserInputError(f"{path}: not JSON ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
         raise UserInputError(f"{path}: not a bench results file (expected an object with a 'results' list)")
+    numeric = {m for m, _ in BUDGET_METRICS} | {"p50_ms", "p99_ms", "accuracy", "reference_accuracy"}
     for i, r in enumerate(doc["results"]):
-        if not isinstance(r, dict) or "artifact" not in r:
-            raise UserInputError(f"{path}: results[{i}] has no 'artifact' key")
+        if not isinstance(r, dict) or not isinstance(r.get("artifact"), str):
+            raise UserInputError(f"{path}: results[{i}] has no 'artifact' name")
+        for k in sorted(numeric & set(r)):
+            v = r[k]
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v):
+                raise UserInputError(f"{path}: results[{i}].{k} is {str(v)[:40]!r}, not a number; write numbers "
+                                     f"(or null) for measured values")
     return doc

@@ -184,9 +184,13 @@ def _cmd_bench(args) -> int:
             raise UserInputError(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup_runs < 0 or (args.threads is not None and args.threads < 1):
         raise UserInputError("--warmup-runs must be >= 0 and --threads >= 1")
+    if not args.timeout_s > 0 or args.min_time_s < 0:
+        raise UserInputError(f"--timeout-s must be > 0 and --min-time-s >= 0 (got {args.timeout_s:g}, {args.min_time_s:g})")
     profile = load_profile(args.profile)
     items = collect_items(args.path, profile, io=args.io, fmt=args.format, precision=args.precision,
                           threads=args.threads)
+    for it in items:
+        _check_seq_len(it, args.seq_len)
     targets = _targets(args.target, profile)
     settings = dict(warmup_runs=args.warmup_runs, runs=args.runs, batch=args.batch, seq_len=args.seq_len,
                     timeout_s=args.timeout_s, min_time_s=args.min_time_s, cpu_list=args.cpu_list)
@@ -203,6 +207,16 @@ def _cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(doc))
     return _verdict(doc, profile, args, quiet_table=args.json)
+
+
+def _check_seq_len(item, seq_len: int) -> None:
+    try:
+        bound = int(json.loads(Path(item.io_json).read_text())["max_seq_len"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserInputError(f"{item.io_json}: not a valid io.json (no max_seq_len); re-export the model") from None
+    if seq_len > bound:
+        raise UserInputError(f"--seq-len {seq_len} exceeds {item.key}'s exported max_seq_len {bound}; use --seq-len "
+                             f"<= {bound} or re-export with a larger export.max_seq_len")
 
 
 def _cmd_check(args) -> int:

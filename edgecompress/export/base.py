@@ -1,22 +1,26 @@
-"""What every exporter shares: the IO spec written beside each file, the logits-only wrapper, the interface.
+"""What every exporter shares: the export template, the IO spec written beside each file, the logits-only wrapper.
 
-The IO spec is the contract with the device: the bench agent (targets/bench_agent.py) reads io.json, never the
-model, to build inputs of the right names, dtype and length. Every exporter writes it (IO_FILE) beside its model
+The IO spec is the contract with the device: the on-device agent (edgecompress/device/agent.py) reads io.json, never
+the model, to build inputs of the right names, dtype and length. Every exporter writes it (IO_FILE) beside its model
 file, and every loader reads it from there, so the host checks the same sequence limit the device will hit.
 
 Registration: exporter *classes* are registered (``@EXPORTERS.register("onnx")`` on the class); callers
-instantiate them: ``EXPORTERS.get("onnx")()``. Constructing one is free; every constructor argument has a
-default (only PteExporter takes one: ``max_batch``, the batch bound baked into the .pte).
+instantiate them the same way for every format: ``EXPORTERS.get(fmt)(batch=N)``, N the largest batch the file must
+accept (only formats with FormatSpec.fixed_batch use it). Constructing one is free.
 """
 from __future__ import annotations
 
 import json
+import tempfile
+import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, ClassVar, Iterable, Optional
 
 import numpy as np
+
+from edgecompress.formats import FORMATS, FormatSpec
 
 IO_FILE = "io.json"  # written by every exporter beside its model file
 
@@ -83,20 +87,113 @@ class ExportResult:
     details: dict = field(default_factory=dict)
 
 
+@dataclass
+class ExportJob:
+    """One export in progress, handed to the format's hooks. Hooks append to notes/details; the template returns
+    them as the ExportResult, so every format reports through the same two fields."""
+    fp32_model: object        # the caller's model, never modified: the fallback's fp32 reference
+    model: object             # after the torch-side steps of the intent (QAT, codebook clustering)
+    io: IOSpec
+    quant: object             # recipe.QuantSpec, None for fp32
+    calib: Optional[Iterable]
+    tmp: Path                 # scratch directory, removed after write(): intermediates never reach out_dir or the CWD
+    started: float            # time.perf_counter() before the torch-side steps
+    notes: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+
 class Exporter(ABC):
-    name: str          # recipe name: "onnx" | "ptl" | "pte"
-    suffix: str        # ".onnx" | ".ptl" | ".pte"
-    runtime: str       # runtime the bench agent uses: "onnxruntime" | "lite_interpreter" | "executorch"
-    extra: str         # pip extra that installs this exporter's toolchain
+    """Template for every format: refuse what the format cannot realize -> torch-side steps of the intent (QAT,
+    codebook: quant.prepare_torch) -> quantize_module -> lower -> quantize_program -> write -> io.json.
 
-    @abstractmethod
-    def missing(self) -> Optional[str]:
-        """None when the toolchain imports, else a one-line message naming the extra to install."""
+    A toolchain quantizes either the torch module before lowering (torch quantize_dynamic, PT2E) or the lowered
+    program (onnxruntime.quantization, ai-edge-quantizer), so a format overrides the one of the two quantize hooks
+    its toolchain uses; the other stays the identity. Format identity (suffix, runtime, pip extra) is read from
+    edgecompress.formats.FORMATS[name]: a class declares only `name`.
+    """
+    name: ClassVar[str]
+    # When the intent leaves quantize.embeddings unset, whether codebook clustering includes the embedding table.
+    embeddings_default: ClassVar[bool] = False
 
-    @abstractmethod
+    def __init__(self, batch: int = 1):
+        """batch: the largest batch the file must accept. Formats whose file bakes its batch in (FormatSpec.fixed_batch:
+        .pte plans memory for it, .tflite has one signature) export for it; the others accept any batch and ignore it."""
+        from edgecompress.errors import UserInputError
+
+        if batch < 1:
+            raise UserInputError(f"{self.name} export batch must be >= 1, got {batch}")
+        self.batch = batch
+
+    @property
+    def spec(self) -> FormatSpec:
+        return FORMATS[self.name]
+
+    @property
+    def suffix(self) -> str:
+        return self.spec.suffix
+
+    @property
+    def runtime(self) -> str:
+        """The runtime that opens the file: the on-device agent's --runtime."""
+        return self.spec.runtime
+
+    @property
+    def extra(self) -> str:
+        return self.spec.extra
+
     def export(self, model, io: IOSpec, quant, calib: Optional[Iterable[dict[str, np.ndarray]]],
                out_dir: Path) -> ExportResult:
-        """Write the file (fp32 when quant is None, else realize the QuantSpec natively) into out_dir."""
+        """Write model<suffix> and io.json into out_dir: fp32 when quant is None, else the QuantSpec realized with
+        the format's own toolchain. The caller's model is left unchanged."""
+        from edgecompress.errors import UserInputError
+        from edgecompress.export.quant import prepare_torch
+
+        refusal = self.spec.refusal(quant)
+        if refusal is not None:  # before any work: a refused intent must not cost a QAT run or a lowering
+            raise UserInputError(refusal)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out = out_dir / f"model{self.suffix}"
+        notes, details = self.describe(io, quant)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"edgecompress.{self.name}.") as tmp:
+            prepared, qnotes, qdetails = prepare_torch(model, quant, calib, embeddings_default=self.embeddings_default)
+            job = ExportJob(fp32_model=model, model=prepared, io=io, quant=quant, calib=calib, tmp=Path(tmp),
+                            started=started, notes=notes + qnotes, details={**details, **qdetails})
+            module = logits_module(job.model)
+            if quant is not None:
+                module = self.quantize_module(job, module)
+            program = self.lower(job, module)
+            if quant is not None:
+                program = self.quantize_program(job, program)
+            self.write(job, program, out)
+        job.details.update(export_s=round(time.perf_counter() - started, 2), file_mb=file_mb(out))
+        write_io(self.file_io(io), out_dir)
+        return ExportResult(file=out, notes=job.notes, details=job.details)
+
+    def describe(self, io: IOSpec, quant) -> tuple[list[str], dict]:
+        """The notes and details known before any work (shape bounds, converter); the hooks add the rest."""
+        return [], {"precision": "fp32" if quant is None else "int8", "max_seq_len": io.max_seq_len}
+
+    def quantize_module(self, job: ExportJob, module):
+        """Realize the intent on the torch module (input_ids, attention_mask) -> logits; returns what lower() gets."""
+        return module
+
+    @abstractmethod
+    def lower(self, job: ExportJob, module):
+        """Turn the torch module into the format's program (a file in job.tmp, bytes, a traced module ...)."""
+
+    def quantize_program(self, job: ExportJob, program):
+        """Realize the intent on the lowered program; returns what write() gets."""
+        return program
+
+    @abstractmethod
+    def write(self, job: ExportJob, program, out: Path) -> None:
+        """Write the program to `out` as the one self-contained file the device loads."""
+
+    def file_io(self, io: IOSpec) -> IOSpec:
+        """The IOSpec written beside the file (a fixed-shape format records its shape here)."""
+        return io
 
     @abstractmethod
     def load(self, path: Path, threads: int = 1) -> InferFn:

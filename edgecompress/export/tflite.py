@@ -13,7 +13,8 @@ Writes ONE file, model.tflite, plus io.json. Needs the `tflite` extra (litert-to
 - int8: ai-edge-quantizer dynamic range recipe (`dynamic_wi8_afp32` family): int8 symmetric weights, channelwise
   when the intent asks per_channel else tensorwise, fp32 activations quantized at run time. It also quantizes
   the embedding table (EMBEDDING_LOOKUP, like ONNX's int8 Gather) unless the intent says embeddings: false.
-  activations: static and weights: codebook are refused (UserInputError), not silently approximated.
+  activations: static and weights: codebook are refused (edgecompress/formats.py), not silently approximated.
+  QAT runs in torch first (quant/qat.py), as for every format.
   PT2E int8 through litert-torch converts but fails at run time (EMBEDDING_LOOKUP zero point): not used.
 - Runtime: ai-edge-litert's Interpreter (tflite-runtime 2.14 is built for numpy 1.x; with numpy 1.26 its int8 models
   silently output zeros, which is why the bench agent checks the first inference against expected.json).
@@ -23,18 +24,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Iterable, Optional
 
 import numpy as np
 
 from edgecompress.errors import RuntimeFailure, UserInputError
-from edgecompress.export.base import (ExportResult, Exporter, InferFn, IOSpec, check_inputs, file_mb, logits_module,
-                                      read_io_beside, write_io)
+from edgecompress.export.base import ExportJob, Exporter, InferFn, IOSpec, check_inputs, read_io_beside
 from edgecompress.registry import EXPORTERS
 
 
@@ -61,7 +59,7 @@ def pad_rows(ids: np.ndarray, mask: np.ndarray, shape: tuple[int, int], pad_toke
     """[B,S] int64 -> list of (ids, mask) int32 chunks of exactly `shape`, and B (rows to keep from the outputs).
 
     The sequence axis is padded with pad_token_id / mask 0 (masked out); rows are split into chunks of shape[0], the
-    last chunk filled with copies of its last row (their outputs are dropped). bench_agent.py does the same in stdlib.
+    last chunk filled with copies of its last row (their outputs are dropped). device/agent.py does the same.
     """
     sb, ss = shape
     b, s = ids.shape
@@ -82,27 +80,17 @@ def pad_rows(ids: np.ndarray, mask: np.ndarray, shape: tuple[int, int], pad_toke
     return chunks, b
 
 
-def check_intent(quant) -> None:
-    """Refuse the parts of the intent this toolchain cannot realize, instead of silently exporting something else."""
-    if getattr(quant, "activations", "dynamic") != "dynamic":
-        raise UserInputError("tflite realizes int8 as dynamic range (int8 weights, activations quantized at run time); "
-                             "activations: static is not supported for tflite: use activations: dynamic, or drop "
-                             "tflite from export.formats")
-    if getattr(quant, "weights", "linear") != "linear":
-        raise UserInputError("tflite int8 has linear int8 weights only; weights: codebook is not supported for tflite")
-
-
 def quantize_tflite(fp32: bytes, quant) -> bytes:
-    """The quantization intent realized by ai-edge-quantizer: dynamic range int8 weights, fp32 activations."""
+    """The quantization intent realized by ai-edge-quantizer: dynamic range int8 weights, fp32 activations.
+    What it cannot realize (static activations, codebook weights) the exporter refused before converting."""
     from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe_manager
 
-    check_intent(quant)
     granularity = qtyping.QuantGranularity.CHANNELWISE if quant.per_channel else qtyping.QuantGranularity.TENSORWISE
     rm = recipe_manager.RecipeManager()
     # Same as ai_edge_quantizer.recipe.dynamic_wi8_afp32() (channelwise), with the granularity of the intent.
     rm.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8,
                           granularity=granularity)
-    if getattr(quant, "embeddings", None) is False:  # None (the spine default) and True: int8 table
+    if getattr(quant, "embeddings", None) is False:  # unset (None) and True: int8 table, like ONNX's Gather
         rm.add_quantization_config(regex=".*", operation_name=qtyping.TFLOperationName.EMBEDDING_LOOKUP,
                                    algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
     try:
@@ -119,75 +107,56 @@ def quantize_tflite(fp32: bytes, quant) -> bytes:
 
 @EXPORTERS.register("tflite")
 class TfliteExporter(Exporter):
+    # self.batch is the signature's batch. 1 fits the phone/Pi case (one sentence per call); larger batches are looped.
     name = "tflite"
-    suffix = ".tflite"
-    runtime = "tflite"
-    extra = "tflite"
 
-    def __init__(self, batch: int = 1):
-        # The signature's batch. 1 fits the phone/Pi case (one sentence per call); larger batches are looped.
-        if batch < 1:
-            raise UserInputError(f"tflite batch must be >= 1, got {batch}")
-        self.batch = batch
-
-    def missing(self) -> Optional[str]:
-        try:
-            import ai_edge_litert.interpreter  # noqa: F401
-            import ai_edge_quantizer  # noqa: F401
-            import litert_torch  # noqa: F401
-        except ImportError as e:
-            return f"TFLite export needs litert-torch, ai-edge-quantizer and ai-edge-litert ({e.name} missing): " \
-                   f"pip install -e \".[tflite]\""
-        return None
-
-    def static_io(self, io: IOSpec) -> IOSpec:
+    def file_io(self, io: IOSpec) -> IOSpec:
         return dataclasses.replace(io, input_dtype="int32", static_shape=(self.batch, io.max_seq_len), pad_to_max=True)
 
-    def _convert(self, model, io: IOSpec) -> bytes:
+    def describe(self, io: IOSpec, quant) -> tuple[list[str], dict]:
+        notes, details = super().describe(io, quant)
+        notes.append(f"static signature int32 [{self.batch}, {io.max_seq_len}]: inputs padded to max_seq_len "
+                 f"(pad_token_id {io.pad_token_id}, mask 0); every call costs a {io.max_seq_len}-token call")
+        details.update(converter="litert_torch.convert", static_shape=[self.batch, io.max_seq_len],
+                       input_dtype="int32")
+        return notes, details
+
+    def convert(self, module, io: IOSpec, tmp: Path) -> bytes:
         """fp32 .tflite bytes of (input_ids, attention_mask) int32 [batch, max_seq_len] -> logits."""
         import torch
         with _quiet_converter():
             import litert_torch
             ex = io.example_inputs(self.batch, io.max_seq_len)
             kwargs = {n: torch.from_numpy(ex[n].astype(np.int32)) for n in ("input_ids", "attention_mask")}
-            with tempfile.TemporaryDirectory(prefix="edgecompress.tflite.") as tmp:
-                try:
-                    # sample_kwargs, not args: the signature's inputs are then named input_ids/attention_mask
-                    # (tensors "serving_default_input_ids"), not args_0/args_1.
-                    edge = litert_torch.convert(logits_module(model), sample_kwargs=kwargs)
-                    edge.export(str(Path(tmp) / "fp32.tflite"))
-                except Exception as e:  # noqa: BLE001
-                    raise RuntimeFailure(f"litert-torch conversion failed: {type(e).__name__}: "
-                                         f"{(str(e).splitlines() or [''])[0][:300]}") from e
-                return (Path(tmp) / "fp32.tflite").read_bytes()
+            try:
+                # sample_kwargs, not args: the signature's inputs are then named input_ids/attention_mask
+                # (tensors "serving_default_input_ids"), not args_0/args_1.
+                edge = litert_torch.convert(module, sample_kwargs=kwargs)
+                edge.export(str(tmp / "fp32.tflite"))
+            except Exception as e:  # noqa: BLE001
+                raise RuntimeFailure(f"litert-torch conversion failed: {type(e).__name__}: "
+                                     f"{(str(e).splitlines() or [''])[0][:300]}") from e
+            return (tmp / "fp32.tflite").read_bytes()
 
-    def export(self, model, io: IOSpec, quant, calib: Optional[Iterable[dict[str, np.ndarray]]],
-               out_dir: Path) -> ExportResult:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        out = out_dir / f"model{self.suffix}"
-        sio = self.static_io(io)
-        notes = [f"static signature int32 [{self.batch}, {io.max_seq_len}]: inputs padded to max_seq_len "
-                 f"(pad_token_id {io.pad_token_id}, mask 0); every call costs a {io.max_seq_len}-token call"]
-        details: dict = {"precision": "fp32" if quant is None else "int8", "converter": "litert_torch.convert",
-                         "static_shape": list(sio.static_shape), "input_dtype": "int32", "max_seq_len": io.max_seq_len}
-        if quant is not None:
-            check_intent(quant)  # before the slow conversion
+    def lower(self, job: ExportJob, module) -> bytes:
         t0 = time.perf_counter()
-        data = self._convert(model.eval(), io)
-        details["convert_s"] = round(time.perf_counter() - t0, 2)
-        if quant is not None:
-            data = quantize_tflite(data, quant)
-            gran = "channelwise" if quant.per_channel else "tensorwise"
-            emb = "embedding table fp32" if getattr(quant, "embeddings", None) is False else "embedding table int8"
-            notes.append(f"int8: ai-edge-quantizer dynamic range, int8 {gran} weights ({emb}), "
+        data = self.convert(module, job.io, job.tmp)
+        job.details["convert_s"] = round(time.perf_counter() - t0, 2)
+        return data
+
+    def quantize_program(self, job: ExportJob, program: bytes) -> bytes:
+        quant = job.quant
+        data = quantize_tflite(program, quant)
+        gran = "channelwise" if quant.per_channel else "tensorwise"
+        emb = "embedding table fp32" if getattr(quant, "embeddings", None) is False else "embedding table int8"
+        job.notes.append(f"int8: ai-edge-quantizer dynamic range, int8 {gran} weights ({emb}), "
                          f"activations fp32 quantized at run time")
-            details.update(quantizer="ai_edge_quantizer dynamic_wi8_afp32", per_channel=quant.per_channel,
+        job.details.update(quantizer="ai_edge_quantizer dynamic_wi8_afp32", per_channel=quant.per_channel,
                            int8_embeddings=getattr(quant, "embeddings", None) is not False)
-        out.write_bytes(data)
-        write_io(sio, out_dir)
-        details.update(export_s=round(time.perf_counter() - t0, 2), file_mb=file_mb(out))
-        return ExportResult(file=out, notes=notes, details=details)
+        return data
+
+    def write(self, job: ExportJob, program: bytes, out: Path) -> None:
+        out.write_bytes(program)
 
     def load(self, path: Path, threads: int = 1) -> InferFn:
         from ai_edge_litert.interpreter import Interpreter

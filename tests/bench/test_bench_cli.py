@@ -127,3 +127,25 @@ def test_cli_check_rechecks_results_and_baseline(artifact, tmp_path, capsys):
     err = capsys.readouterr().err
     assert same == 0 and regressed == 1
     assert "regression missed: file_mb" in err and "+100.0% vs baseline" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--timeout-s", "-1"], "--timeout-s must be > 0"),
+    (["--seq-len", "4096"], "exceeds onnx-int8's exported max_seq_len 128"),
+    (["--format", "onnx"], "--io and --format describe a bare model file"),
+])
+def test_bench_refuses_bad_arguments_before_touching_a_device(artifact, argv, needle, capsys):
+    # execute
+    code = main(["bench", str(artifact), "--profile", "host", *argv])
+    # assert
+    assert code == 2 and needle in capsys.readouterr().err
+
+
+def test_check_refuses_a_results_file_with_a_string_for_a_number(tmp_path, capsys):
+    # setup
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"results": [{"artifact": "onnx-int8", "ok": True, "p90_ms": "fast"}]}))
+    # execute
+    code = main(["check", str(path), "--profile", "host"])
+    # assert
+    assert code == 2 and "results[0].p90_ms is 'fast', not a number" in capsys.readouterr().err

@@ -23,7 +23,7 @@ IO = IOSpec(vocab_size=VOCAB, num_labels=LABELS, max_seq_len=MAX_SEQ, pad_token_
 
 
 def _agent():
-    spec = importlib.util.spec_from_file_location("bench_agent_tfl", agent_path())
+    spec = importlib.util.spec_from_file_location("bench_agent_tfl", agent_path("agent_runtimes.py"))
     agent = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(agent)
     return agent

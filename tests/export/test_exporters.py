@@ -16,6 +16,7 @@ import torch
 from edgecompress.errors import UserInputError
 from edgecompress.export.base import IO_FILE, Exporter, IOSpec
 from edgecompress.export.parity import compare
+from edgecompress.formats import FORMAT_NAMES, FORMATS
 from edgecompress.recipe import QuantSpec
 from edgecompress.registry import EXPORTERS
 
@@ -31,8 +32,8 @@ INT8_MIN_LABEL_AGREEMENT = 0.75
 
 slow = pytest.mark.slow
 ONNX_PTL = [pytest.param((f, p), id=f"{f}-{p}") for f in ("onnx", "ptl") for p in ("fp32", "int8")]
-# .pte fp32 is exported with max_batch=4 (the dynamic batch axis inside the program); .pte int8 keeps the default
-# max_batch=1, so the InferFn's row loop is exercised too. Two lowerings in total.
+# .pte fp32 is exported with batch=4 (the dynamic batch axis inside the program); .pte int8 keeps the default
+# batch=1, so the InferFn's row loop is exercised too. Two lowerings in total.
 PTE = [pytest.param(("pte", p), id=f"pte-{p}", marks=slow) for p in ("fp32", "int8")]
 CASES = ONNX_PTL + PTE
 INT8 = [c for c in CASES if c.values[0][1] == "int8"]
@@ -55,7 +56,7 @@ class _Exports:
 
     def _export(self, fmt: str, precision: str) -> SimpleNamespace:
         cls = EXPORTERS.get(fmt)
-        exporter = cls(max_batch=4) if (fmt, precision) == ("pte", "fp32") else cls()
+        exporter = cls(batch=4) if (fmt, precision) == ("pte", "fp32") else cls()
         quant = QuantSpec(per_channel=True) if precision == "int8" else None
         out_dir = self.tmp.mktemp(f"{fmt}-{precision}")
         cwd = self.tmp.mktemp(f"{fmt}-{precision}-cwd")
@@ -181,7 +182,7 @@ def test_output_is_fp32_batch_by_labels(exports, case):
     assert np.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["onnx", "ptl", "pte"])
+@pytest.mark.parametrize("name", FORMAT_NAMES)
 def test_registered_exporter_is_a_class_with_its_toolchain_present(name):
     # setup
     cls = EXPORTERS.get(name)
@@ -192,7 +193,51 @@ def test_registered_exporter_is_a_class_with_its_toolchain_present(name):
     # assert
     assert isinstance(cls, type) and issubclass(cls, Exporter)
     assert exporter.name == name and exporter.suffix == f".{name}"
-    assert exporter.missing() is None
+    assert FORMATS[name].missing_modules() == []  # the default install has every extra
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_exporter_identity_is_the_format_tables(name):
+    # setup
+    spec = FORMATS[name]
+
+    # execute
+    exporter = EXPORTERS.get(name)(batch=3)
+
+    # assert
+    assert (exporter.suffix, exporter.runtime, exporter.extra) == (spec.suffix, spec.runtime, spec.extra)
+    assert exporter.spec is spec and exporter.batch == 3
+    assert not {"suffix", "runtime", "extra"} & set(vars(type(exporter)))  # read from the table, not re-declared
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_batch_below_one_is_a_user_error(name):
+    # execute / assert
+    with pytest.raises(UserInputError, match="batch must be >= 1"):
+        EXPORTERS.get(name)(batch=0)
+
+
+REFUSED = [pytest.param(name, {r.field: r.example()}, id=f"{name}-{r.field}-{r.value}")
+           for name, spec in FORMATS.items() for r in spec.refuses]
+
+
+@pytest.mark.parametrize("name, intent", REFUSED)
+def test_refused_intent_raises_the_tables_text_before_any_work(name, intent, tiny_bert, tmp_path, monkeypatch):
+    # setup: any torch-side step or lowering would fail the test
+    import edgecompress.export.quant as quant_steps
+    monkeypatch.setattr(quant_steps, "prepare_torch", lambda *a, **k: pytest.fail("prepared before refusing"))
+    exporter = EXPORTERS.get(name)()
+    monkeypatch.setattr(type(exporter), "lower", lambda *a: pytest.fail("lowered before refusing"))
+    quant = QuantSpec(**intent)
+    out_dir = tmp_path / "out"
+
+    # execute
+    with pytest.raises(UserInputError) as e:
+        exporter.export(tiny_bert, IO, quant, None, out_dir)
+
+    # assert
+    assert str(e.value) == FORMATS[name].refusal(quant)
+    assert not out_dir.exists()  # not even created
 
 
 def test_ptl_load_sets_the_process_wide_torch_threads(exports):

@@ -1,4 +1,5 @@
-"""Issue 5: static int8 (ONNX QDQ, .pte PT2E), codebook weights, QAT, accuracy-aware fallback, per-device flavour.
+"""Beyond dynamic int8: static int8 (ONNX QDQ, .pte PT2E), codebook weights, QAT, accuracy-aware fallback, per-device
+flavour.
 
 Tiny 2-layer BERT (vocab 1100); quantized outputs judged by SQNR / label agreement vs the fp32 torch model at
 shapes other than the export shape. One ExecuTorch lowering here (marked slow, like the other .pte tests).
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
@@ -50,7 +50,7 @@ def test_quantspec_rejects_impossible_combinations(kw, needle):
         QuantSpec(**kw)
 
 
-def test_quantspec_defaults_are_the_spine_behaviour_and_take_the_profile_flavour():
+def test_quantspec_defaults_are_dynamic_per_channel_int8_and_take_the_profile_flavour():
     # setup
     from edgecompress.profiles import Int8Flavour
     spec = QuantSpec()
@@ -130,19 +130,19 @@ def test_codebook_8bit_keeps_256_values_per_layer_and_high_sqnr(tiny_bert):
 def test_calibration_memory_stays_bounded_as_samples_grow(tiny_bert, tmp_path):
     # setup: the fp32 graph once; quantize_static with N=64 and N=512 streamed rows
     import tracemalloc
-    from edgecompress.export.onnx import OnnxExporter
+    from edgecompress.export.base import logits_module
+    from edgecompress.export.onnx import export_fp32, quantize_file
     fp32 = tmp_path / "fp32.onnx"
-    OnnxExporter._export_fp32(tiny_bert, IO, fp32)
+    export_fp32(logits_module(tiny_bert), IO, fp32)
 
     def peak(n: int) -> int:
         quant = QuantSpec(activations="static", calibration={"samples": n, "batch_size": 8})
         gen = (IO.example_inputs(8, 48, seed=i) for i in range(n // 8))  # a generator: never a list in memory
-        exp = OnnxExporter()
-        details = {"calibration": {"rows": n, "batches": n // 8, "batch_size": 8, "method": "minmax", "stride": 4}}
+        plan = {"rows": n, "batches": n // 8, "batch_size": 8, "method": "minmax", "stride": 4}
         import onnx
         proto = onnx.load(str(fp32))
         tracemalloc.start()
-        exp._quantize_to(fp32, tmp_path / f"q{n}.onnx", quant, gen, IO, proto, [], tmp_path, details)
+        quantize_file(fp32, tmp_path / f"q{n}.onnx", quant, gen, IO, proto, [], tmp_path, plan)
         _, p = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         return p
@@ -186,7 +186,7 @@ def test_fallback_keeps_the_sabotaged_layer_fp32(tiny_bert, tmp_path):
 # -- ptl ---------------------------------------------------------------------------------------------------------
 def test_ptl_refuses_static_in_one_line(tiny_bert, tmp_path):
     # execute / assert
-    with pytest.raises(UserInputError, match="ptl cannot realize activations: static"):
+    with pytest.raises(UserInputError, match="ptl cannot realize quantize.activations: static"):
         _export(tiny_bert, "ptl", QuantSpec(activations="static"), tmp_path)
 
 

@@ -1,5 +1,5 @@
 """The .tflite exporter: one static int32 [batch, max_seq_len] signature, inputs padded to it by load() (and by the
-bench agent, tests/targets/test_agent_tflite.py), fp32 via litert-torch, int8 via ai-edge-quantizer, run in ai-edge-litert.
+on-device agent, tests/transports/test_agent_tflite.py), fp32 via litert-torch, int8 via ai-edge-quantizer, run in ai-edge-litert.
 
 One litert-torch conversion per module (~20 s on this 2-core machine, plus ~18 s to import jax the first time); the
 int8 export reuses those fp32 bytes instead of converting again (the quantizer step itself takes < 1 s). The full
@@ -42,7 +42,7 @@ def int8_export(tiny_bert, fp32_export, tmp_path_factory):
     fp32_bytes = fp32_export[0].file.read_bytes()
     out_dir = tmp_path_factory.mktemp("tflite-int8")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(TfliteExporter, "_convert", lambda self, model, io: fp32_bytes)  # the conversion is fp32_export's
+        mp.setattr(TfliteExporter, "convert", lambda self, module, io, tmp: fp32_bytes)  # fp32_export converted it
         result = TfliteExporter().export(tiny_bert, IO, QuantSpec(per_channel=True), None, out_dir)
     return result, out_dir
 
@@ -54,7 +54,7 @@ def test_registered_and_toolchain_present():
     # assert
     assert isinstance(exporter, TfliteExporter)
     assert (exporter.runtime, exporter.suffix, exporter.extra) == ("tflite", ".tflite", "tflite")
-    assert exporter.missing() is None  # the default install has the tflite extra
+    assert exporter.spec.missing_modules() == []  # the default install has the tflite extra
 
 
 def test_export_writes_one_file_and_a_static_io_spec(fp32_export):
@@ -139,7 +139,7 @@ def test_pad_rows_pads_with_pad_id_and_mask_zero_and_chunks_rows():
 
 def test_io_spec_round_trips_the_static_fields_and_reads_old_files(tmp_path):
     # setup
-    static = TfliteExporter(batch=2).static_io(IO)
+    static = TfliteExporter(batch=2).file_io(IO)
     old = {k: v for k, v in IO.to_json().items() if k not in ("static_shape", "pad_to_max")}
 
     # execute
@@ -171,8 +171,22 @@ def test_int8_keeps_the_embedding_table_fp32_when_the_intent_says_so(fp32_export
 @pytest.mark.parametrize("intent", [{"activations": "static"}, {"weights": "codebook"}])
 def test_intents_tflite_cannot_realize_are_refused_before_converting(tiny_bert, tmp_path, intent, monkeypatch):
     # setup
-    monkeypatch.setattr(TfliteExporter, "_convert", lambda *a: pytest.fail("converted before checking the intent"))
+    monkeypatch.setattr(TfliteExporter, "convert", lambda *a: pytest.fail("converted before checking the intent"))
 
     # execute / assert
-    with pytest.raises(UserInputError, match="not supported for tflite"):
+    with pytest.raises(UserInputError, match="tflite cannot realize quantize"):
         TfliteExporter().export(tiny_bert, IO, QuantSpec(**intent), None, tmp_path)
+
+
+def test_signature_batch_follows_the_constructor(tiny_bert, fp32_export, tmp_path, monkeypatch):
+    # setup: the conversion is fp32_export's; only the io.json and details depend on the batch here
+    fp32_bytes = fp32_export[0].file.read_bytes()
+    monkeypatch.setattr(TfliteExporter, "convert", lambda self, module, io, tmp: fp32_bytes)
+
+    # execute
+    result = TfliteExporter(batch=3).export(tiny_bert, IO, None, None, tmp_path)
+
+    # assert
+    assert IOSpec.read(tmp_path / IO_FILE).static_shape == (3, IO.max_seq_len)
+    assert result.details["static_shape"] == [3, IO.max_seq_len]
+    assert any("int32 [3, 64]" in n for n in result.notes)

@@ -4,10 +4,11 @@
    (qat.fake_quant_linear: per-channel int8 weights, u8 activations) and measure
    - metric "sqnr": the logits' SQNR vs the fp32 model on a few batches (label-free; lower = more sensitive), or
    - metric "accuracy": the accuracy that layer alone costs on labelled rows (higher = more sensitive).
-2. Selection, in the format's own quantizer: the exporter supplies `drop(excluded) -> accuracy drop` that builds
-   the real int8 model with those layers left fp32 (onnxruntime nodes_to_exclude; PT2E modules left unannotated;
-   quantize_dynamic without them) and measures it. Layers are excluded most-sensitive-first until the drop is
-   within max_accuracy_drop or max_layers are excluded; the chosen list goes into ExportResult.details.
+2. Selection, in the format's own quantizer (`search`): the exporter supplies only `build(excluded) -> InferFn`,
+   the real int8 candidate with those layers left fp32 (onnxruntime nodes_to_exclude; PT2E modules left
+   unannotated; quantize_dynamic without them); the driver runs it on the reference rows and measures the drop.
+   Layers are excluded most-sensitive-first until the drop is within max_accuracy_drop or max_layers are
+   excluded; the chosen list goes into ExportResult.details. `run` is the whole of it for an exporter.
 
 Without labels the "accuracy" is agreement with the fp32 model's argmax, so the drop measured is the fraction of
 flipped decisions: an upper bound of the true accuracy drop.
@@ -21,6 +22,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from edgecompress.export.quant.qat import linear_names, wrap
+
+# (inputs) -> logits, as in export.base.InferFn (not imported: base imports this package).
+Infer = Callable[[dict], np.ndarray]
 
 
 @dataclass
@@ -79,10 +83,46 @@ def choose(ranking: list[tuple[str, float]], drop: Callable[[list[str]], float],
     return FallbackResult(excluded, d, d <= max_accuracy_drop, ranking, history)
 
 
-def reference(model, labelled: list[tuple[dict, Optional[np.ndarray]]]) -> tuple[list[dict], np.ndarray, float]:
-    """(input batches, labels, fp32 accuracy) for drop(): labels fall back to the fp32 argmax."""
+@dataclass(frozen=True)
+class Reference:
+    """The rows a candidate is judged on: input batches, their labels (the fp32 argmax when the rows are
+    unlabelled) and the fp32 model's accuracy on them."""
+    inputs: list[dict]
+    labels: np.ndarray
+    accuracy: float
+
+
+def reference(model, labelled: list[tuple[dict, Optional[np.ndarray]]]) -> Reference:
+    """The fp32 reference a candidate is judged against: labels fall back to the fp32 argmax."""
     inputs = [x for x, _ in labelled]
     ref = _logits(model, inputs).argmax(-1)
     ys = [y for _, y in labelled]
     labels = ref if any(y is None for y in ys) else np.concatenate([np.asarray(y) for y in ys])
-    return inputs, labels, float(np.mean(ref == labels))
+    return Reference(inputs, labels, float(np.mean(ref == labels)))
+
+
+def search(ref: Reference, ranking: list[tuple[str, float]], build: Callable[[list[str]], Infer],
+           max_accuracy_drop: float, max_layers: int) -> FallbackResult:
+    """The driver: build(excluded) makes the format's int8 candidate with `excluded` left fp32; its accuracy drop
+    vs the fp32 reference decides whether the next layer of the ranking is excluded too."""
+    def drop(excluded: list[str]) -> float:
+        infer = build(excluded)
+        preds = np.concatenate([np.asarray(infer(x)).argmax(-1) for x in ref.inputs])
+        return ref.accuracy - float(np.mean(preds == ref.labels))
+
+    return choose(ranking, drop, max_accuracy_drop, max_layers)
+
+
+def run(fp32_model, model, quant, calib, build: Callable[[list[str]], Infer],
+        names: Optional[list[str]] = None) -> FallbackResult:
+    """quant.fallback for one exporter: reference rows from calib, the ranking of `names` (every nn.Linear when
+    None) in `model` (the torch model the format quantizes), then the search with the format's build()."""
+    from edgecompress.export.quant import labelled
+
+    fb = quant.fallback
+    ref = reference(fp32_model, labelled(calib, fb.samples))
+    # SQNR compares every logit, so 4 batches rank the layers; accuracy counts flipped decisions and needs every row.
+    ranking = sensitivity(model, ref.inputs[:4] if fb.metric == "sqnr" else ref.inputs, fb.metric,
+                          ref.labels if fb.metric == "accuracy" else None, names,
+                          static=quant.activations == "static", per_channel=quant.per_channel)
+    return search(ref, ranking, build, fb.max_accuracy_drop, fb.max_layers)
