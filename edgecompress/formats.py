@@ -43,6 +43,9 @@ class FormatSpec:
     # batch the bench runs.
     fixed_batch: bool
     refuses: tuple[Refusal, ...] = ()
+    # A torch-free C++ runner exists (edgecompress/device/native.py): it measures what an app would see, and runs on
+    # a device without Python. Profiles use it by default for such a format.
+    native_runner: bool = False
 
     def refusal(self, quant) -> Optional[str]:
         """Why this format cannot realize `quant` (a recipe.QuantSpec), or None. Same text for plan and exporter."""
@@ -66,7 +69,7 @@ FORMATS: dict[str, FormatSpec] = {f.name: f for f in (
                                 "trace HF encoders; use activations: dynamic for ptl, or export static int8 as "
                                 "onnx/pte"),)),
     FormatSpec("pte", ".pte", "executorch", "pte", ("executorch", "torchao"), "edgecompress.export.pte",
-               fixed_batch=True),
+               fixed_batch=True, native_runner=True),
     # litert-torch pulls ~750 MB (jax): its own extra, named in the error when missing.
     FormatSpec("tflite", ".tflite", "tflite", "tflite", ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
                "edgecompress.export.tflite", fixed_batch=True,
@@ -89,6 +92,8 @@ RUNTIMES: tuple[str, ...] = tuple(f.runtime for f in FORMATS.values())
 Format = Literal[FORMAT_NAMES]  # type: ignore[valid-type]
 Runtime = Literal[RUNTIMES]  # type: ignore[valid-type]
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+RUNNERS: tuple[str, ...] = ("native", "python")
+Runner = Literal[RUNNERS]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 
 
@@ -97,6 +102,10 @@ def by_runtime(runtime: str) -> FormatSpec:
         if f.runtime == runtime:
             return f
     raise KeyError(runtime)
+
+
+def default_runner(fmt: str) -> str:
+    return "native" if FORMATS[fmt].native_runner else "python"
 
 
 def install_hint(spec: FormatSpec) -> str:

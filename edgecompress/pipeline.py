@@ -40,8 +40,8 @@ def verify_config(r: Recipe, data_id: str) -> dict:
             "threads": r.bench.threads, "seed": r.seed, "data": data_id}
 
 
-def bench_config(r: Recipe) -> dict:
-    return {"bench": r.bench.model_dump(), "profile": r.profile, "target": "local"}
+def bench_config(r: Recipe, runner: str) -> dict:
+    return {"bench": r.bench.model_dump(), "profile": r.profile, "target": "local", "runner": runner}
 
 
 def home() -> Path:
@@ -276,12 +276,13 @@ class Runner:
             m = exp.metrics
             res = bench_file(exp.path / m["file"], exp.path / "io.json", m["runtime"], threads=b.threads,
                              warmup_runs=b.warmup_runs, runs=b.runs, batch=b.batch, seq_len=b.seq_len,
-                             timeout_s=b.timeout_s, expected_json=exp.path / "expected.json")
+                             timeout_s=b.timeout_s, expected_json=exp.path / "expected.json",
+                             runner=self.plan.profile.runner_for(m["format"]))
             if not res.get("ok", False):
                 raise RuntimeFailure(f"benchmark of {label} failed: {res.get('error', 'no result')}")
             _write_metrics(tmp, res)
-        return self._step("bench", bench_config(self.recipe), [exp.id], build, label=f"bench-{label}",
-                          force=self.rebench)
+        config = bench_config(self.recipe, self.plan.profile.runner_for(exp.metrics["format"]))
+        return self._step("bench", config, [exp.id], build, label=f"bench-{label}", force=self.rebench)
 
     # -- whole run -----------------------------------------------------------------------------------------
     def run(self) -> dict:

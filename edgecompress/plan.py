@@ -100,6 +100,12 @@ def check_formats(recipe: Recipe, profile) -> None:
         why = spec.refusal(quant)
         if why:
             raise UserInputError(f"export.formats: {why}")
+        if profile.runner_for(fmt) == "native":  # the run benches on this host: its compiler builds the runner
+            from edgecompress.device.native import compiler_for, resolve_abi
+            try:
+                compiler_for(resolve_abi(None))
+            except UserInputError as e:
+                raise UserInputError(f"{e}; or set runtimes.{fmt}.runner: python in profile {profile.name}") from None
         if fmt not in profile.runtimes:
             raise UserInputError(f"export.formats: profile {profile.name} has no runtime for .{fmt} (it runs "
                                  f"{', '.join(profile.runtimes)}); drop {fmt} from export.formats or use another profile")

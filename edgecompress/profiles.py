@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edgecompress.config import Cfg, first_error, parse_yaml, read_yaml, shown
 from edgecompress.errors import UserInputError
-from edgecompress.formats import FORMAT_NAMES, FORMATS, PRECISIONS, Format, Runtime
+from edgecompress.formats import FORMAT_NAMES, FORMATS, PRECISIONS, Format, Runner, Runtime, default_runner
 from edgecompress.transports.base import AdbReach, LocalReach, Reach, SshReach
 
 BUDGET_KEY_PATTERN = rf"^(default|({'|'.join(FORMAT_NAMES)})(-({'|'.join(PRECISIONS)}))?)$"
@@ -32,6 +32,7 @@ class Cores(Cfg):
 class RuntimeCfg(Cfg):
     runtime: Runtime
     threads: int = Field(1, ge=1)
+    runner: Optional[Runner] = Field(None, description="native | python; default: native where the format has one")
 
 
 class Int8Flavour(Cfg):
@@ -88,9 +89,15 @@ class DeviceProfile(Cfg):
             # The runtime that can open each format is the table's; a profile naming another is a typo.
             if rc.runtime != FORMATS[fmt].runtime:
                 raise ValueError(f"runtimes.{fmt}: {rc.runtime} cannot run .{fmt}; use {FORMATS[fmt].runtime}")
+            if rc.runner == "native" and not FORMATS[fmt].native_runner:
+                raise ValueError(f"runtimes.{fmt}.runner: .{fmt} has no native runner; use runner: python")
             if rc.threads > self.cores.total:
                 raise ValueError(f"runtimes.{fmt}.threads {rc.threads} > {self.cores.total} cores")
         return self
+
+    def runner_for(self, fmt: str) -> str:
+        rc = self.runtimes.get(fmt)
+        return (rc.runner if rc is not None and rc.runner else None) or default_runner(fmt)
 
     def budget_for(self, key: str, override: Optional[Budget] = None) -> Budget:
         """default, then FORMAT, then FORMAT-PRECISION, then a recipe's override: each later one wins per field."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgecompress.errors import UserInputError
-from edgecompress.formats import FORMAT_NAMES
+from edgecompress.formats import FORMAT_NAMES, FORMATS, RUNNERS
 
 ACCURACY_KEYS = ("accuracy", "accuracy_drop", "reference_accuracy")
 
@@ -40,6 +40,8 @@ def register(sub) -> None:
     b.add_argument("--seq-len", type=int, default=128)
     b.add_argument("--cpu-list", help="pin the agent to these device CPUs, e.g. 4-7")
     b.add_argument("--timeout-s", type=float, default=600, help="per file, on the device")
+    b.add_argument("--runner", choices=RUNNERS, help="native | python (default: the profile's per format; native "
+                                                      "where the format has one)")
     b.add_argument("--out", type=Path, help="write results JSON here")
     _report_args(b)
     b.add_argument("--json", action="store_true", help="print the results JSON on stdout")
@@ -96,7 +98,7 @@ def _artifact_item(d: Path, profile, threads: Optional[int]):
         meta["accuracy"] = accuracy
     return BenchItem(key=exp.key, model_file=exp.model_file, io_json=exp.io_json,
                      runtime=_runtime(profile, exp.format), threads=threads or profile.runtimes[exp.format].threads,
-                     expected_json=exp.expected_json, extra_files=(), meta=meta)
+                     expected_json=exp.expected_json, extra_files=(), runner=profile.runner_for(exp.format), meta=meta)
 
 
 def _verified_accuracy(exp) -> Optional[float]:
@@ -129,7 +131,7 @@ def collect_items(path: Path, profile, *, io: Optional[Path] = None, fmt: Option
         if not io.is_file():
             raise UserInputError(f"--io {io}: no such file")
         return [BenchItem(key=f"{fmt}-{precision}", model_file=path, io_json=io, runtime=_runtime(profile, fmt),
-                          threads=threads or profile.runtimes[fmt].threads,
+                          threads=threads or profile.runtimes[fmt].threads, runner=profile.runner_for(fmt),
                           meta={"format": fmt, "precision": precision, "budget_key": f"{fmt}-{precision}"})]
     if not path.is_dir():
         raise UserInputError(f"{path}: no such file or folder")
@@ -191,6 +193,8 @@ def _cmd_bench(args) -> int:
                           threads=args.threads)
     for it in items:
         _check_seq_len(it, args.seq_len)
+    if args.runner:
+        items = [_with_runner(it, args.runner) for it in items]
     targets = _targets(args.target, profile)
     settings = dict(warmup_runs=args.warmup_runs, runs=args.runs, batch=args.batch, seq_len=args.seq_len,
                     timeout_s=args.timeout_s, min_time_s=args.min_time_s, cpu_list=args.cpu_list)
@@ -207,6 +211,15 @@ def _cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(doc))
     return _verdict(doc, profile, args, quiet_table=args.json)
+
+
+def _with_runner(item, runner: str):
+    from dataclasses import replace
+    fmt = item.meta["format"]
+    if runner == "native" and not FORMATS[fmt].native_runner:
+        raise UserInputError(f"--runner native: .{fmt} has no native runner (only "
+                             f"{', '.join(f.name for f in FORMATS.values() if f.native_runner)}); drop --runner")
+    return replace(item, runner=runner)
 
 
 def _check_seq_len(item, seq_len: int) -> None:

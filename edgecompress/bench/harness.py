@@ -42,11 +42,12 @@ def bench_file(model_file: Path, io_json: Path, runtime: str, *, threads: int = 
                runs: int = 50, batch: int = 1, seq_len: int = 128, transport: Optional[Transport] = None,
                timeout_s: float = 600, expected_json: Optional[Path] = None, min_time_s: float = 0.0,
                extra_files: Optional[Sequence[Path]] = None, inputs_json: Optional[Path] = None,
-               cpu_list: Optional[str] = None) -> dict:
+               cpu_list: Optional[str] = None, runner: str = "python") -> dict:
     """Benchmark one model file on one device; returns the runner's dict (+ transport, wall_s) or a failure dict.
 
     transport=None runs on this machine in a temp dir (cleaned up); a given transport is left open, so a caller
     benching several files on one device reuses its connection/workdir. extra_files=None finds ONNX sidecars.
+    runner: "python" (the agent) or "native" (the format's C++ runner, where FORMATS says it has one).
     """
     model_file = Path(model_file)
     sidecars = onnx_sidecars(model_file) if extra_files is None else [Path(p) for p in extra_files]
@@ -57,7 +58,7 @@ def bench_file(model_file: Path, io_json: Path, runtime: str, *, threads: int = 
         if transport is None:
             from edgecompress.transports.local import LocalTransport
             transport = stack.enter_context(LocalTransport())
-        return run_agent(transport, request, timeout_s)
+        return run_agent(transport, request, timeout_s, runner=runner)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class BenchItem:
     threads: Optional[int] = None
     expected_json: Optional[Path] = None
     extra_files: Optional[tuple[Path, ...]] = None
+    runner: str = "python"
     meta: dict = field(default_factory=dict)
 
 
@@ -94,7 +96,8 @@ def bench_fleet(items: Sequence[BenchItem], targets: Mapping[str, object], max_w
                     if item.threads is not None:
                         kw["threads"] = item.threads
                     r = bench_file(item.model_file, item.io_json, item.runtime, transport=transport,
-                                   expected_json=item.expected_json, extra_files=item.extra_files, **kw)
+                                   expected_json=item.expected_json, extra_files=item.extra_files,
+                                   runner=item.runner, **kw)
                     if not r.get("ok") and r.get("stage") == "connect":
                         unreachable = r
                 out.append({"device": name, "artifact": item.key, **item.meta, **r})

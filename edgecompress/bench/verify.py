@@ -19,11 +19,11 @@ from edgecompress.artifact import ExportFiles, open_export
 from edgecompress.device.protocol import AgentRequest, failure
 from edgecompress.device.run import run_agent
 from edgecompress.errors import UserInputError
-from edgecompress.formats import FORMATS
+from edgecompress.formats import FORMATS, RUNNERS, default_runner
 
 
 def predict_on_target(transport, model_file: Path, io_json: Path, runtime: str, samples: list[dict], *,
-                      threads: int = 1, timeout_s: float = 3600) -> dict:
+                      threads: int = 1, timeout_s: float = 3600, runner: str = "python") -> dict:
     """Run every sample ({input_name: [[ids]]}) once on the target; the runner's dict with "predictions" (argmax
     per row, in sample order) and "logits", or a failure dict."""
     t0 = time.perf_counter()
@@ -32,7 +32,7 @@ def predict_on_target(transport, model_file: Path, io_json: Path, runtime: str, 
         inputs.write_text(json.dumps(samples, separators=(",", ":")))
         request = AgentRequest(Path(model_file), Path(io_json), runtime, threads=threads, warmup_runs=0, runs=1,
                                inputs_json=inputs, predict=True)
-        res = run_agent(transport, request, timeout_s)
+        res = run_agent(transport, request, timeout_s, runner=runner)
     if res.get("ok") and len(res.get("predictions") or []) != len(samples):
         return failure(f"the runner returned {len(res.get('predictions') or [])} predictions for {len(samples)} "
                        f"samples", "agent", transport.describe(), t0)
@@ -71,7 +71,7 @@ def _torch_labels(model_dir: Path, samples: list[dict], num_labels: int) -> list
 
 
 def verify_labels(exp: ExportFiles, transport, *, threads: int = 1, limit: Optional[int] = None,
-                  timeout_s: float = 3600) -> dict:
+                  timeout_s: float = 3600, runner: Optional[str] = None) -> dict:
     """Predict the packaged test split on `transport` and on this host; report label agreement with the same file
     in the same runtime on the host, with the torch model it was exported from, and with the gold labels."""
     from edgecompress.data import load_splits
@@ -90,7 +90,7 @@ def verify_labels(exp: ExportFiles, transport, *, threads: int = 1, limit: Optio
     runtime = FORMATS[exp.format].runtime
     t0 = time.perf_counter()
     target = predict_on_target(transport, exp.model_file, exp.io_json, runtime, samples, threads=threads,
-                               timeout_s=timeout_s)
+                               timeout_s=timeout_s, runner=runner or default_runner(exp.format))
     target_s = time.perf_counter() - t0
     if not target.get("ok"):
         return {"ok": False, "error": target.get("error"), "target": target}
@@ -122,6 +122,7 @@ def register(sub) -> None:
     v.add_argument("--threads", type=int, default=1)
     v.add_argument("--min-agreement", type=float, default=0.99)
     v.add_argument("--timeout-s", type=float, default=3600, help="for the whole prediction run on the target")
+    v.add_argument("--runner", choices=RUNNERS, help="default: native where the format has one, else python")
     v.set_defaults(func=verify_command)
 
 
@@ -133,8 +134,11 @@ def verify_command(args) -> int:
     if args.threads < 1 or args.timeout_s <= 0 or not 0 <= args.min_agreement <= 1:
         raise UserInputError("--threads must be >= 1, --timeout-s > 0 and --min-agreement within [0, 1]")
     exp = open_export(args.artifact)
+    if args.runner == "native" and not FORMATS[exp.format].native_runner:
+        raise UserInputError(f"--runner native: .{exp.format} has no native runner; drop --runner")
     with make_transport(parse_target(args.target)) as t:
-        res = verify_labels(exp, t, threads=args.threads, limit=args.limit, timeout_s=args.timeout_s)
+        res = verify_labels(exp, t, threads=args.threads, limit=args.limit, timeout_s=args.timeout_s,
+                            runner=args.runner)
     print(json.dumps(res, indent=2))
     if not res.get("ok"):
         return 3

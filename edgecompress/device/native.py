@@ -38,7 +38,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from edgecompress.errors import RuntimeFailure, UserInputError
 
@@ -170,6 +170,18 @@ def _install_dir(tmp: Path, final: Path) -> None:
 
 # ---------------------------------------------------------------- build
 
+def protocol_version() -> int:
+    """The Python agent's AGENT_VERSION, read from its source (importing it would run its module-level setup): the
+    native runner reports the same agent_version, and a protocol bump changes the build key, so it rebuilds."""
+    import importlib.util
+    import re
+    text = Path(importlib.util.find_spec("edgecompress.device.agent").origin).read_text()
+    m = re.search(r"^AGENT_VERSION = (\d+)", text, re.M)
+    if m is None:
+        raise RuntimeFailure("edgecompress/device/agent.py defines no AGENT_VERSION")
+    return int(m.group(1))
+
+
 def _compile_argv(cxx: str, wheel: Path, out: Path, version: str) -> list[str]:
     pkg = wheel / "executorch"
     inc = pkg / "include"
@@ -177,6 +189,7 @@ def _compile_argv(cxx: str, wheel: Path, out: Path, version: str) -> list[str]:
     # the libraries are compiled with the event tracer on (class layouts differ without it).
     return [cxx, "-std=c++17", "-O2", "-s", "-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED",
             "-DET_USE_THREADPOOL", f'-DEDGECOMPRESS_ET_VERSION="{version}"',
+            f"-DEDGECOMPRESS_PROTOCOL_VERSION={protocol_version()}",
             "-isystem", str(inc), "-isystem", str(inc / "executorch" / "runtime" / "core" / "portable_type" / "c10"),
             str(sources_dir() / "pte_runner.cpp"), "-o", str(out), "-L", str(pkg / "lib"),
             "-Wl,--no-as-needed", *[f"-l{lib}" for lib in ET_LIBS], "-Wl,--as-needed", "-Wl,-rpath,$ORIGIN"]
@@ -239,7 +252,8 @@ def _compile_into(folder: Path, abi: Abi, version: str) -> dict:
     version_line = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     return {"executorch": version, "abi": abi.name, "compiler": version_line, "loader": abi.loader,
             "fetch_s": round(fetch_s, 2), "compile_s": round(compile_s, 2),
-            "build_s": round(time.perf_counter() - t0, 2), "runner_kb": round((folder / RUNNER).stat().st_size / 1024, 1),
+            "build_s": round(time.perf_counter() - t0, 2),
+            "runner_kb": round((folder / RUNNER).stat().st_size / 1024, 1),
             "bundle_mb": round(size / 2 ** 20, 2), "files": files}
 
 
@@ -256,6 +270,7 @@ def build_runner(abi: Optional[str] = None) -> Path:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".build-"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the bundle is pushed and read as a normal folder
     try:
         record = _compile_into(tmp, a, version)
         record["compiler_cmd"] = cxx
@@ -276,13 +291,12 @@ def bundle_files(bundle: Path, dest: str = "native") -> list[tuple[Path, str]]:
     return [(f, f"{dest}/{f.name}") for f in sorted(Path(bundle).iterdir()) if f.is_file() and f.name != RECORD]
 
 
-def launch_argv(bundle: str, abi: Optional[str] = None, qemu: Optional[str] = None,
-                cpu: str = "cortex-a72") -> list[str]:
+def launch_argv(bundle: str, abi: Optional[str] = None, emulator: Sequence[str] = ()) -> list[str]:
     """The command that starts the runner in `bundle` (a folder path as the device sees it); the protocol's
-    arguments (AgentRequest.argv()) follow it. With `qemu` (e.g. qemu-aarch64-static) the bundled loader is started
-    under user-mode emulation directly: no binfmt_misc and no -L sysroot. cortex-a72, not `max`: qemu's `max` CPU
-    gives wrong (sign-flipped) int8 logits."""
-    if qemu is None:
+    arguments (AgentRequest.argv()) follow it. With an `emulator` prefix (a transport's, e.g. qemu-aarch64-static
+    -cpu cortex-a72) the bundled loader is started under user-mode emulation directly: no binfmt_misc, no -L
+    sysroot."""
+    if not emulator:
         return ["sh", f"{bundle}/{LAUNCHER}"]
     loader = resolve_abi(abi).loader
-    return [qemu, "-cpu", cpu, f"{bundle}/{loader}", "--library-path", bundle, f"{bundle}/{RUNNER}"]
+    return [*emulator, f"{bundle}/{loader}", "--library-path", bundle, f"{bundle}/{RUNNER}"]

@@ -140,6 +140,17 @@ class Transport(ABC):
     def describe(self) -> str:
         return self.kind
 
+    def machine(self) -> str:
+        """The device's CPU architecture as `uname -m` prints it (which native runner bundle it takes), or
+        "unknown" when the device cannot say."""
+        res = self.exec(["uname", "-m"], 30)
+        return res.stdout.strip().splitlines()[0] if res.ok and res.stdout.strip() else "unknown"
+
+    def emulator_argv(self) -> list[str]:
+        """The prefix that runs a binary of the device's architecture (an emulating transport's qemu); [] on a real
+        device."""
+        return []
+
     def has_workdir(self) -> bool:
         """Whether the device workdir exists (False after a failed connect), without trying to connect again."""
         return self._workdir is not None

@@ -5,6 +5,7 @@ as it would on a device.
 """
 from __future__ import annotations
 
+import platform
 import shutil
 import sys
 import tempfile
@@ -61,6 +62,9 @@ class LocalTransport(Transport):
 
     def pull(self, remote_rel: str, local_path: Path) -> ExecResult:
         return copy_out_of(self.workdir, remote_rel, local_path)
+
+    def machine(self) -> str:
+        return platform.machine()
 
     def cleanup(self) -> None:
         if self._workdir is not None:

@@ -134,6 +134,12 @@ class QemuArm64Transport(Transport):
     def describe(self) -> str:
         return f"{KIND} (emulated {self.reach.cpu}, {self.rootfs})"
 
+    def machine(self) -> str:
+        return "aarch64"
+
+    def emulator_argv(self) -> list[str]:
+        return [self.reach.qemu, "-cpu", self.reach.cpu]
+
     def push(self, local_path: Path, remote_rel: str) -> ExecResult:
         return self._ensure_workdir() or copy_into(self._workdir, local_path, remote_rel)
 

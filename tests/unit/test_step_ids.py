@@ -17,7 +17,7 @@ def _ids(overrides: dict, fmt: str = "pte") -> dict[str, str]:
     exp = artifact_id("export", export_config(recipe, fmt, "int8", quant), ["student"])
     return {"export": exp,
             "verify": artifact_id("verify", verify_config(recipe, "data"), [exp, "student"]),
-            "bench": artifact_id("bench", bench_config(recipe), [exp])}
+            "bench": artifact_id("bench", bench_config(recipe, "native"), [exp])}
 
 
 CHANGES = [
