@@ -75,6 +75,9 @@ class Artifact:
             manifest = json.loads((Path(path) / MANIFEST).read_text())
         except (OSError, ValueError) as e:
             raise RuntimeFailure(f"{path}: no readable {MANIFEST} ({e}); point at an artifact folder") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("id"), str):
+            raise RuntimeFailure(f"{Path(path) / MANIFEST}: not an artifact manifest (no id); point at an artifact "
+                                 f"folder")
         return cls(Path(path), manifest)
 
     def inside(self, rel: str) -> Path:

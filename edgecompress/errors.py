@@ -24,6 +24,3 @@ class RuntimeFailure(EdgeCompressError):
     """An exporter, runtime or device failed on input that passed validation."""
     exit_code = 3
 
-
-class BudgetMissed(EdgeCompressError):
-    exit_code = 1

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from edgecompress.errors import UserInputError
+from edgecompress.errors import EdgeCompressError, UserInputError
 from edgecompress.formats import FORMAT_NAMES, FORMATS, RUNNERS
 
 ACCURACY_KEYS = ("accuracy", "accuracy_drop", "reference_accuracy")
@@ -103,13 +103,14 @@ def _artifact_item(d: Path, profile, threads: Optional[int]):
 
 def _verified_accuracy(exp) -> Optional[float]:
     """The test accuracy of the pipeline's verify step of this export, when it sits beside it in the store."""
-    for m in sorted(exp.artifact.path.resolve().parent.glob("verify-*/manifest.json")):
+    from edgecompress.artifact import Artifact
+    for folder in sorted(exp.artifact.path.resolve().parent.glob("verify-*")):
         try:
-            doc = json.loads(m.read_text())
-        except (OSError, ValueError):
+            ver = Artifact.open(folder)
+        except EdgeCompressError:
             continue
-        if exp.artifact.id in (doc.get("parents") or []):
-            return (doc.get("metrics") or {}).get("test_accuracy")
+        if exp.artifact.id in (ver.manifest.get("parents") or []):
+            return ver.metrics.get("test_accuracy")
     return None
 
 
@@ -152,9 +153,10 @@ def collect_items(path: Path, profile, *, io: Optional[Path] = None, fmt: Option
 
 
 def _is_export(manifest: Path) -> bool:
+    from edgecompress.artifact import Artifact
     try:
-        cfg = json.loads(manifest.read_text()).get("config") or {}
-    except (OSError, ValueError):
+        cfg = Artifact.open(manifest.parent).manifest.get("config")
+    except EdgeCompressError:
         return False
     return isinstance(cfg, dict) and cfg.get("format") in FORMAT_NAMES and bool(cfg.get("precision"))
 
