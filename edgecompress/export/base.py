@@ -101,6 +101,13 @@ class ExportJob:
     notes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
 
+    def codebook_as_dense(self, runtime: str) -> None:
+        """A runtime without lookup-table weights runs clustered weights written out dense: say so."""
+        bits = self.quant.codebook_bits
+        self.notes.append(f"codebook {bits}-bit expanded to dense fp32 weights: {runtime} has no lookup-table weight "
+                          f"kernel; accuracy is the codebook's, file size is fp32's")
+        self.details["precision"] = f"codebook{bits}-dense-fp32"
+
 
 class Exporter(ABC):
     """Template for every format: refuse what the format cannot realize -> torch-side steps of the intent (QAT,

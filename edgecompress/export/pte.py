@@ -79,9 +79,7 @@ class PteExporter(Exporter):
     def quantize_module(self, job: ExportJob, module):
         quant = job.quant
         if quant.weights == "codebook":
-            job.notes.append(f"codebook {quant.codebook_bits}-bit expanded to dense fp32 weights: XNNPACK has no "
-                             f"lookup-table weight kernel; accuracy is the codebook's, file size is fp32's")
-            job.details["precision"] = f"codebook{quant.codebook_bits}-dense-fp32"
+            job.codebook_as_dense("XNNPACK")
             return module
         with _tracing():
             excluded: list[str] = []

@@ -47,9 +47,7 @@ class PtlExporter(Exporter):
     def quantize_module(self, job: ExportJob, module):
         quant = job.quant
         if quant.weights == "codebook":
-            job.notes.append(f"codebook {quant.codebook_bits}-bit expanded to dense fp32 weights: the lite interpreter "
-                             f"has no lookup-table weight kernel; accuracy is the codebook's, file size is fp32's")
-            job.details["precision"] = f"codebook{quant.codebook_bits}-dense-fp32"
+            job.codebook_as_dense("the lite interpreter")
             return module
         excluded: list[str] = []
         if quant.fallback is not None:

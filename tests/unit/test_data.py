@@ -22,6 +22,15 @@ def _write(d, name, text):
     (d / name).write_text(text, encoding="utf-8")
 
 
+def _write_splits(d, files: dict) -> None:
+    """Three valid splits, with `files` replacing (or, as None, removing) some of them."""
+    base = {"train.csv": "text,label\na,1\nb,0\n", "validation.csv": "text,label\na,1\n", "test.csv": "text,label\nc,0\n"}
+    base.update(files)
+    for name, text in base.items():
+        if text is not None:
+            _write(d, name, text)
+
+
 @pytest.mark.parametrize("files, needle", [
     ({"train.csv": "text,label\n"}, "no rows with text"),
     ({"train.csv": "text,label\na,1\nb,1\n"}, "single class"),
@@ -31,11 +40,7 @@ def _write(d, name, text):
 ])
 def test_bad_data_is_one_line_error(tmp_path, files, needle):
     # setup
-    base = {"train.csv": "text,label\na,1\nb,0\n", "validation.csv": "text,label\na,1\n", "test.csv": "text,label\nc,0\n"}
-    base.update(files)
-    for name, text in base.items():
-        if text is not None:
-            _write(tmp_path, name, text)
+    _write_splits(tmp_path, files)
     # execute / assert
     with pytest.raises(UserInputError, match=needle):
         load_splits(DataCfg(source=str(tmp_path)))
@@ -89,11 +94,7 @@ def test_batches_pad_dynamically_and_cover_every_row(minilm_tokenizer):
 ])
 def test_silently_wrong_data_is_refused(tmp_path, files, needle):
     # setup
-    base = {"train.csv": "text,label\na,1\nb,0\n", "validation.csv": "text,label\na,1\n", "test.csv": "text,label\nc,0\n"}
-    base.update(files)
-    for name, text in base.items():
-        if text is not None:
-            _write(tmp_path, name, text)
+    _write_splits(tmp_path, files)
     # execute / assert
     with pytest.raises(UserInputError, match=needle):
         load_splits(DataCfg(source=str(tmp_path)))
