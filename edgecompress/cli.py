@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands.register(sub)
     from edgecompress.bench import verify
     verify.register(sub)
+    from edgecompress import predict
+    predict.register(sub)
     return p
 
 

@@ -24,12 +24,14 @@ from edgecompress.plan import Plan, make_plan
 from edgecompress.recipe import Recipe, load_recipe
 
 
+E2E_TEXTS = 64  # test sentences timed text -> label beside the model-only latency
 
-def export_config(r: Recipe, fmt: str, precision: str, quant) -> dict:
+
+def export_config(r: Recipe, fmt: str, precision: str, quant, labels: list[str]) -> dict:
     """What the exported file depends on, and nothing else: the verification and bench settings are their own
     steps' configs, so changing them never re-exports (or re-lowers a .pte)."""
     cfg = {"format": fmt, "precision": precision, "quantize": quant.model_dump() if quant else None,
-           "max_seq_len": r.export.max_seq_len, "seed": r.seed}
+           "max_seq_len": r.export.max_seq_len, "seed": r.seed, "labels": list(labels)}
     if FORMATS[fmt].fixed_batch:  # the file bakes in the largest batch it accepts
         cfg["batch"] = r.bench.batch
     return cfg
@@ -226,9 +228,11 @@ class Runner:
     def export(self, fmt: str, precision: str, parent: Artifact, label: str) -> Artifact:
         from edgecompress.export.base import IOSpec, file_mb, read_io_beside
         from edgecompress.registry import EXPORTERS
+        from edgecompress.bundle import write_bundle
         from edgecompress.verification import write_expected
         r, spec = self.recipe, FORMATS[fmt]
         quant = self._quant(precision)
+        labels = self.splits["train"].label_names
 
         def build(tmp: Path) -> None:
             import torch
@@ -245,10 +249,11 @@ class Runner:
             infer = exporter.load(res.file, threads=r.bench.threads)
             expected = write_expected(tmp, io, infer, model, r.bench.batch if spec.fixed_batch else 1, r.seed,
                                       exact=precision == "fp32")
+            write_bundle(tmp, tokenizer, labels, io, fmt, precision)  # what an app needs beside the model file
             _write_metrics(tmp, {"format": fmt, "precision": precision, "file": res.file.name,
                                  "file_mb": file_mb(res.file), "export_seconds": round(export_s, 2),
                                  "notes": res.notes, "details": res.details, "runtime": spec.runtime, **expected})
-        return self._step("export", export_config(r, fmt, precision, quant), [parent.id], build, label=label)
+        return self._step("export", export_config(r, fmt, precision, quant, labels), [parent.id], build, label=label)
 
     def verify(self, exp: Artifact, parent: Artifact, label: str) -> Artifact:
         from edgecompress.export.base import read_io_beside
@@ -273,15 +278,22 @@ class Runner:
         b = self.recipe.bench
 
         def build(tmp: Path) -> None:
+            import tempfile
             m = exp.metrics
-            res = bench_file(exp.path / m["file"], exp.path / "io.json", m["runtime"], threads=b.threads,
-                             warmup_runs=b.warmup_runs, runs=b.runs, batch=b.batch, seq_len=b.seq_len,
-                             timeout_s=b.timeout_s, expected_json=exp.path / "expected.json",
-                             runner=self.plan.profile.runner_for(m["format"]))
+            texts = self.splits["test"].subset(E2E_TEXTS, self.recipe.seed).texts  # a fixed sample of real sentences
+            with tempfile.TemporaryDirectory(prefix="edgecompress-texts-") as d:
+                (Path(d) / "texts.json").write_text(json.dumps(texts))
+                tok = exp.path / "tokenizer.json"
+                res = bench_file(exp.path / m["file"], exp.path / "io.json", m["runtime"], threads=b.threads,
+                                 warmup_runs=b.warmup_runs, runs=b.runs, batch=b.batch, seq_len=b.seq_len,
+                                 timeout_s=b.timeout_s, expected_json=exp.path / "expected.json",
+                                 runner=self.plan.profile.runner_for(m["format"]),
+                                 tokenizer_json=tok if tok.is_file() else None, texts_json=Path(d) / "texts.json")
             if not res.get("ok", False):
                 raise RuntimeFailure(f"benchmark of {label} failed: {res.get('error', 'no result')}")
             _write_metrics(tmp, res)
-        config = bench_config(self.recipe, self.plan.profile.runner_for(exp.metrics["format"]))
+        config = {**bench_config(self.recipe, self.plan.profile.runner_for(exp.metrics["format"])),
+                  "e2e_texts": E2E_TEXTS, "data": self._data_id}
         return self._step("bench", config, [exp.id], build, label=f"bench-{label}", force=self.rebench)
 
     # -- whole run -----------------------------------------------------------------------------------------
@@ -334,6 +346,8 @@ def _row(label: str, exp: Artifact, ver: Artifact, bench: Artifact) -> dict:
             "label_agreement_vs_torch": v.get("test_label_agreement_vs_torch"),
             "parity_max_abs_diff": v["parity"]["max_abs_diff"], "parity": v["parity"],
             "p50_ms": b.get("p50_ms"), "p90_ms": b.get("p90_ms"), "p99_ms": b.get("p99_ms"),
+            "e2e_p50_ms": b.get("e2e_p50_ms"), "e2e_p90_ms": b.get("e2e_p90_ms"),
+            "tokenize_p50_ms": b.get("tokenize_p50_ms"),
             "load_ms": b.get("load_ms"), "peak_rss_mb": b.get("peak_rss_mb"), "file_mb": m["file_mb"],
             "threads": b.get("threads"), "runner": b.get("runner", "python"), "notes": m.get("notes", []),
             "export_id": exp.id, "verify_id": ver.id, "bench_id": bench.id,

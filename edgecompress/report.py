@@ -67,16 +67,21 @@ def to_markdown(report: dict) -> str:
              f"Machine: {report['machine']['cpu']} ({report['machine']['cores']} cores, {report['machine']['arch']}); "
              f"bench: batch {rec['bench']['batch']}, seq {rec['bench']['seq_len']}, {rec['bench']['threads']} thread(s), "
              f"{rec['bench']['runs']} runs after {rec['bench']['warmup_runs']} warmup; run took {report['run_seconds']} s.", "",
-             "| artifact | runtime | test acc | % of teacher | p50 ms | p90 ms | speedup | load ms | peak RSS MB | file MB | smaller | parity max|Δ| | label agree |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| artifact | runtime | runner | test acc | % of teacher | p50 ms | p90 ms | text→label p50 ms | speedup | "
+             "load ms | peak RSS MiB | file MiB | smaller | parity max|Δ| | label agree |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(
-            f"| {r['label']} | {r['runtime']} | {r['test_accuracy']:.4f} | {_f(r.get('accuracy_vs_teacher'), '{:.1%}')} | "
-            f"{_f(r.get('p50_ms'))} | {_f(r.get('p90_ms'))} | {_f(r.get('speedup_vs_teacher'), '{:.2f}x')} | "
+            f"| {r['label']} | {r['runtime']} | {r.get('runner', 'python')} | {r['test_accuracy']:.4f} | "
+            f"{_f(r.get('accuracy_vs_teacher'), '{:.1%}')} | {_f(r.get('p50_ms'))} | {_f(r.get('p90_ms'))} | "
+            f"{_f(r.get('e2e_p50_ms'))} | {_f(r.get('speedup_vs_teacher'), '{:.2f}x')} | "
             f"{_f(r.get('load_ms'), '{:.0f}')} | {_f(r.get('peak_rss_mb'), '{:.0f}')} | {r['file_mb']:.2f} | "
             f"{_f(r.get('size_ratio_vs_teacher'), '{:.1f}x')} | {r['parity_max_abs_diff']:.2e} | "
             f"{_f(r.get('label_agreement_vs_torch'), '{:.4f}')} |")
     t, s = report["teacher"], report["student"]
+    lines += ["", "text→label: tokenize (the bundle's tokenizer.json) + infer, per real test sentence, measured by the "
+              "Python agent; the native runner measures the model alone. peak RSS of a python row includes the "
+              "interpreter and the runtime's Python bindings."]
     lines += ["", f"Teacher (torch fp32): test acc {_f(t.get('test_accuracy'), '{:.4f}')}; "
               f"student after compression (torch fp32): test acc {_f(s.get('test_accuracy'), '{:.4f}')}"
               + (f", sparsity {s['sparsity']:.3f}" if "sparsity" in s else "") + "."]

@@ -42,18 +42,21 @@ def bench_file(model_file: Path, io_json: Path, runtime: str, *, threads: int = 
                runs: int = 50, batch: int = 1, seq_len: int = 128, transport: Optional[Transport] = None,
                timeout_s: float = 600, expected_json: Optional[Path] = None, min_time_s: float = 0.0,
                extra_files: Optional[Sequence[Path]] = None, inputs_json: Optional[Path] = None,
-               cpu_list: Optional[str] = None, runner: str = "python") -> dict:
+               cpu_list: Optional[str] = None, runner: str = "python", tokenizer_json: Optional[Path] = None,
+               texts_json: Optional[Path] = None) -> dict:
     """Benchmark one model file on one device; returns the runner's dict (+ transport, wall_s) or a failure dict.
 
     transport=None runs on this machine in a temp dir (cleaned up); a given transport is left open, so a caller
     benching several files on one device reuses its connection/workdir. extra_files=None finds ONNX sidecars.
     runner: "python" (the agent) or "native" (the format's C++ runner, where FORMATS says it has one).
+    tokenizer_json + texts_json: also time text -> label on those texts (the Python agent only).
     """
     model_file = Path(model_file)
     sidecars = onnx_sidecars(model_file) if extra_files is None else [Path(p) for p in extra_files]
     request = AgentRequest(model_file, Path(io_json), runtime, threads=threads, warmup_runs=warmup_runs, runs=runs,
                            batch=batch, seq_len=seq_len, min_time_s=min_time_s, expected_json=expected_json,
-                           inputs_json=inputs_json, cpu_list=cpu_list, extra_files=tuple(sidecars))
+                           inputs_json=inputs_json, cpu_list=cpu_list, extra_files=tuple(sidecars),
+                           tokenizer_json=tokenizer_json if runner == "python" else None, texts_json=texts_json)
     with ExitStack() as stack:
         if transport is None:
             from edgecompress.transports.local import LocalTransport

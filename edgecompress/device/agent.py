@@ -214,6 +214,8 @@ def parse_args(argv):
                    help="with --inputs: run every sample once (before warmup) and report its logits and argmax labels")
     p.add_argument("--extra-file", action="append", default=[], help="sidecar counted in file_mb (ONNX external data)")
     p.add_argument("--cpu-list", help="pin to these CPUs, e.g. 4-7 (the big cores of a big.LITTLE SoC)")
+    p.add_argument("--tokenizer", help="with --texts: tokenizer.json, to time text -> label (tokenize + infer)")
+    p.add_argument("--texts", help="with --tokenizer: JSON list of real texts, cycled over --runs")
     return p.parse_args(argv)
 
 
@@ -273,6 +275,36 @@ def _measure(run, feeds, warmup_runs, runs, min_time_s):
     return {**summarize(times), "measure_s": round(time.perf_counter() - start, 3)}
 
 
+def _end_to_end(args, io, prepare, run):
+    """text -> logits as an app pays for it: tokenize (the `tokenizers` library) + prepare + run, per text.
+    A device without the library still gets its model-only numbers: the reason is reported instead."""
+    if not (args.tokenizer and args.texts):
+        return {}
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return {"e2e_error": "the tokenizers library is not installed on this device (pip install tokenizers)"}
+    tok = Tokenizer.from_file(args.tokenizer)
+    tok.no_padding()
+    tok.enable_truncation(int(io.get("max_seq_len", 128)))
+    with open(args.texts, encoding="utf-8") as f:
+        texts = [str(t) for t in json.load(f)]
+    if not texts:
+        raise AgentError(f"{args.texts}: no texts")
+    total, tokenize = [], []
+    for i in range(max(args.runs, len(texts))):
+        t0 = time.perf_counter()
+        enc = tok.encode(texts[i % len(texts)])
+        t1 = time.perf_counter()
+        run(prepare({"input_ids": [enc.ids], "attention_mask": [enc.attention_mask], "token_type_ids": [enc.type_ids]}))
+        t2 = time.perf_counter()
+        tokenize.append((t1 - t0) * 1e3)
+        total.append((t2 - t0) * 1e3)
+    e2e, tk = summarize(total), summarize(tokenize)
+    return {"e2e_p50_ms": e2e["p50_ms"], "e2e_p90_ms": e2e["p90_ms"], "tokenize_p50_ms": tk["p50_ms"],
+            "e2e_texts": len(texts), "e2e_runs": e2e["runs"]}
+
+
 def _about_this_device():
     # Set by an emulating transport (qemu-arm64): latency measured under emulation is not a device figure.
     emulator = os.environ.get("EDGECOMPRESS_EMULATOR")
@@ -310,6 +342,7 @@ def bench(args):
     check = check_expected(expected, to_rows(first_out)) if expected else None
     predicted = _predict(run, feeds) if args.predict else None
     timing = _measure(run, feeds, args.warmup_runs, args.runs, args.min_time_s)
+    timing.update(_end_to_end(args, io, prepare, run))
     file_bytes = os.path.getsize(args.model) + sum(os.path.getsize(p) for p in args.extra_file)
     result = {"ok": True, "runner": "python", "agent_version": AGENT_VERSION, "runtime": args.runtime,
               "runtime_version": version, "model": os.path.basename(args.model),

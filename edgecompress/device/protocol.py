@@ -7,7 +7,7 @@ directory on the device:
 
     --model FILE --io io.json --runtime NAME --threads N --warmup-runs N --runs N --min-time-s S
     --batch N --seq-len N [--expected expected.json] [--inputs inputs.json --predict] [--extra-file F]...
-    [--cpu-list 4-7]
+    [--cpu-list 4-7] [--tokenizer tokenizer.json --texts texts.json]
 """
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ class AgentRequest:
     predict: bool = False
     cpu_list: Optional[str] = None
     extra_files: tuple[Path, ...] = field(default_factory=tuple)
+    # text -> label timing: the bundle's tokenizer.json and a JSON list of texts (the Python agent only: native
+    # runners time the model, tokenization is the app's own code there).
+    tokenizer_json: Optional[Path] = None
+    texts_json: Optional[Path] = None
 
     def files(self) -> list[tuple[Path, str]]:
         """(local path, name on the device) of every file the runner reads."""
@@ -53,6 +57,8 @@ class AgentRequest:
             out.append((Path(self.expected_json), "expected.json"))
         if self.inputs_json is not None:
             out.append((Path(self.inputs_json), "inputs.json"))
+        if self.tokenizer_json is not None and self.texts_json is not None:
+            out += [(Path(self.tokenizer_json), "tokenizer.json"), (Path(self.texts_json), "texts.json")]
         return out
 
     def argv(self) -> list[str]:
@@ -71,6 +77,8 @@ class AgentRequest:
             args.append("--predict")
         if self.cpu_list:
             args += ["--cpu-list", self.cpu_list]
+        if self.tokenizer_json is not None and self.texts_json is not None:
+            args += ["--tokenizer", "tokenizer.json", "--texts", "texts.json"]
         return args
 
 

@@ -34,7 +34,7 @@ def _run(tmp_path, recipe_path, extra_env=None):
 def tiny_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("e2e")
     recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump(_recipe(tmp_path, ["onnx", "ptl"])))
+    recipe_path.write_text(yaml.safe_dump(_recipe(tmp_path, ["onnx", "ptl", "pte", "tflite"])))
     proc = _run(tmp_path, recipe_path)
     return tmp_path, recipe_path, proc
 
@@ -46,7 +46,7 @@ def test_tiny_run_writes_report_rows_for_every_format(tiny_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "runs" / "tiny" / "report.json").read_text())
     labels = [r["label"] for r in report["rows"]]
-    assert labels == ["teacher-onnx-fp32", "onnx-int8", "ptl-int8"]
+    assert labels == ["teacher-onnx-fp32", "onnx-int8", "ptl-int8", "pte-int8", "tflite-int8"]
     for r in report["rows"]:
         assert r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] and r["peak_rss_mb"] > 0 and r["file_mb"] > 0
         assert 0 <= r["test_accuracy"] <= 1
@@ -56,6 +56,7 @@ def test_tiny_run_writes_report_rows_for_every_format(tiny_run):
     # third-party noise (torch.onnx's torchvision notices, warnings) is kept in the run folder, not on the terminal
     log = (tmp_path / "runs" / "tiny" / "run.log").read_text()
     assert "torchvision" in log and "torchvision" not in proc.stderr and "Warning" not in proc.stderr
+    assert {r["label"]: r["runner"] for r in report["rows"]}["pte-int8"] == "native"
     for name in ("teacher", "1-distill", "2-prune", "onnx-int8", "ptl-int8"):
         assert (tmp_path / "runs" / "tiny" / "artifacts" / name / "manifest.json").is_file()
 
@@ -95,3 +96,31 @@ def test_report_html_renders_the_plot_in_headless_chromium(tiny_run, tmp_path):
     blue = (plot[:, :, 2] > 0.6) & (plot[:, :, 0] < 0.6)
     assert blue.mean() > 0.001, "no plot markers visible in the rendered report"
     assert 'id="pareto"' in (run_dir / "report.html").read_text()
+
+
+PREDICT_NO_TORCH = """
+import json, sys
+from edgecompress.cli import main
+code = main(["predict", sys.argv[1], "what a wonderful, moving film", "this was a waste of time", "--json"])
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "ptl", "pte", "tflite"])
+def test_every_export_is_a_bundle_that_predicts_without_torch(tiny_run, fmt):
+    # setup
+    tmp_path, _, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = tmp_path / "runs" / "tiny" / "artifacts" / f"{fmt}-int8"
+    # execute
+    p = subprocess.run([sys.executable, "-c", PREDICT_NO_TORCH, str(bundle)], capture_output=True, text=True,
+                       timeout=300, env={**__import__("os").environ, "EDGECOMPRESS_HOME": str(tmp_path / "home")})
+    # assert: the bundle carries what an app needs, and predicting imports neither torch nor transformers
+    for name in ("tokenizer.json", "labels.json", "README.txt", "io.json", "expected.json"):
+        assert (bundle / name).is_file(), name
+    lines = [json.loads(ln) for ln in p.stdout.strip().splitlines()]
+    assert lines[-1] == {"code": 0, "torch": False, "transformers": False}, p.stderr[-2000:]
+    rows = lines[:-1]
+    labels = json.loads((bundle / "labels.json").read_text())["labels"]
+    assert len(rows) == 2 and all(r["label"] in labels and 0 < r["score"] <= 1 for r in rows)
+    assert "edgecompress predict" in (bundle / "README.txt").read_text()

@@ -14,7 +14,7 @@ BASE = {"export": {"formats": ["onnx", "pte"]}}
 def _ids(overrides: dict, fmt: str = "pte") -> dict[str, str]:
     recipe = parse_recipe({**BASE, **overrides})
     quant = recipe.quantize.with_profile(load_profile(recipe.profile).int8)
-    exp = artifact_id("export", export_config(recipe, fmt, "int8", quant), ["student"])
+    exp = artifact_id("export", export_config(recipe, fmt, "int8", quant, ["neg", "pos"]), ["student"])
     return {"export": exp,
             "verify": artifact_id("verify", verify_config(recipe, "data"), [exp, "student"]),
             "bench": artifact_id("bench", bench_config(recipe, "native"), [exp])}

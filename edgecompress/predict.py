@@ -1,0 +1,81 @@
+"""`edgecompress predict BUNDLE "text" ...`: labels and scores from an export bundle, the way an app would get them.
+
+The text is tokenized here with the bundle's tokenizer.json (the `tokenizers` library), and the model file runs in its
+own runtime through the same runner as `bench` (the native runner for .pte, the Python agent otherwise), on this
+machine or on a --target device. This process never imports torch: what it needs is what an app needs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from edgecompress.errors import RuntimeFailure, UserInputError
+from edgecompress.formats import FORMATS, RUNNERS, default_runner
+
+MAX_TEXTS = 100_000
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="label texts with an export bundle (tokenizer + model), without torch")
+    p.add_argument("artifact", type=Path, help="an export folder (runs/<recipe>/artifacts/<format>-<precision>)")
+    p.add_argument("texts", nargs="*", help="texts to label")
+    p.add_argument("--file", type=Path, help="a UTF-8 text file, one text per line")
+    p.add_argument("--json", action="store_true", help="one JSON object per text on stdout")
+    p.add_argument("--target", default="local", help="local | ssh://user@host | adb://SERIAL | qemu-arm64")
+    p.add_argument("--runner", choices=RUNNERS, help="default: native where the format has one, else python")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=predict_command)
+
+
+def _texts(args) -> list[str]:
+    texts = list(args.texts)
+    if args.file is not None:
+        try:
+            texts += [ln.strip() for ln in args.file.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserInputError(f"--file {args.file}: cannot read as UTF-8 text ({e}); one text per line") from None
+    if not texts:
+        raise UserInputError("no text to label: give texts as arguments or --file texts.txt")
+    if len(texts) > MAX_TEXTS:
+        raise UserInputError(f"{len(texts)} texts; at most {MAX_TEXTS} per call: split the file")
+    return texts
+
+
+def softmax(row: list[float]) -> list[float]:
+    top = max(row)
+    exps = [math.exp(v - top) for v in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def predict_command(args) -> int:
+    from edgecompress.artifact import open_export
+    from edgecompress.bench.verify import predict_on_target
+    from edgecompress.bundle import read_labels, read_tokenizer, samples
+    from edgecompress.transports.base import make_transport, parse_target
+    if args.threads < 1:
+        raise UserInputError("--threads must be >= 1")
+    texts = _texts(args)
+    exp = open_export(args.artifact)
+    if args.runner == "native" and not FORMATS[exp.format].native_runner:
+        raise UserInputError(f"--runner native: .{exp.format} has no native runner; drop --runner")
+    io = json.loads(exp.io_json.read_text())
+    tok = read_tokenizer(exp.artifact.path, io)
+    labels = read_labels(exp.artifact.path, int(io["num_labels"]))
+    with make_transport(parse_target(args.target)) as t:
+        res = predict_on_target(t, exp.model_file, exp.io_json, FORMATS[exp.format].runtime, samples(tok, texts, io),
+                                threads=args.threads, runner=args.runner or default_runner(exp.format))
+    if not res.get("ok"):
+        raise RuntimeFailure(f"predict on {args.target} failed: {res.get('error')}")
+    for text, logits in zip(texts, res["logits"]):
+        scores = softmax(logits)
+        best = max(range(len(scores)), key=scores.__getitem__)
+        if args.json:
+            print(json.dumps({"text": text, "label": labels[best], "score": round(scores[best], 6),
+                              "scores": {labels[i]: round(s, 6) for i, s in enumerate(scores)}}))
+        else:
+            print(f"{labels[best]}\t{scores[best]:.4f}\t{text}")
+    sys.stdout.flush()
+    return 0

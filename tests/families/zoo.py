@@ -1,0 +1,131 @@
+"""Tiny random-initialised classifiers of every supported family, saved the way a user's model folder looks:
+save_pretrained() weights + config.json, and a tokenizer *of the family's kind* (WordPiece, byte-level BPE,
+SentencePiece Unigram) trained with the `tokenizers` library on the packaged VADER text.
+
+Shared by tests/families (session fixtures) and benchmarks/families (bigger configs, trained teachers).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecompress.data import load_splits
+from edgecompress.recipe import DataCfg
+
+FAMILIES = ("bert", "distilbert", "roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert")
+VOCAB = 1200  # learned pieces per tokenizer: small enough that the tiny embedding is cheap, big enough for words
+
+# The family's own special tokens (as its hub tokenizers spell them), in the order they get ids 0..n-1.
+_SPECIALS = {
+    "wordpiece": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    "roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    "modernbert": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    "xlm-roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    "deberta-v2": ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"],
+}
+
+
+def corpus_texts(n: int = 4000) -> list[str]:
+    """The first n packaged VADER train sentences: the tokenizers learn from the user's domain, like a real one."""
+    return load_splits(DataCfg())["train"].texts[:n]
+
+
+def _wordpiece(texts: list[str]):
+    from tokenizers import BertWordPieceTokenizer
+    tok = BertWordPieceTokenizer(lowercase=True)
+    tok.train_from_iterator(texts, vocab_size=VOCAB, special_tokens=_SPECIALS["wordpiece"], show_progress=False)
+    return tok, dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def _byte_bpe(texts: list[str], family: str):
+    from tokenizers import ByteLevelBPETokenizer, processors
+    specials = _SPECIALS[family]
+    tok = ByteLevelBPETokenizer(add_prefix_space=family == "roberta")
+    tok.train_from_iterator(texts, vocab_size=VOCAB, special_tokens=specials, show_progress=False)
+    if family == "roberta":
+        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True,
+                                                          add_prefix_space=True)
+        return tok, dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                         pad_token="<pad>", mask_token="<mask>")
+    # ModernBERT's hub tokenizer is a plain PreTrainedTokenizerFast: byte-level BPE, [CLS] $A [SEP].
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tok, dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def _unigram(texts: list[str], family: str):
+    from tokenizers import SentencePieceUnigramTokenizer, processors
+    specials = _SPECIALS[family]
+    unk = "<unk>" if family == "xlm-roberta" else "[UNK]"
+    tok = SentencePieceUnigramTokenizer()
+    tok.train_from_iterator(texts, vocab_size=VOCAB, special_tokens=specials, unk_token=unk, show_progress=False)
+    if family == "xlm-roberta":
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                           special_tokens=[("<s>", 0), ("</s>", 2)])
+        return tok, dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                         pad_token="<pad>", mask_token="<mask>")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    return tok, dict(bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                     sep_token="[SEP]", mask_token="[MASK]")
+
+
+def make_tokenizer(family: str, texts: list[str]):
+    """A transformers fast tokenizer of the family's class over a tokenizer of its kind trained on `texts`."""
+    import transformers as T
+    if family in ("bert", "distilbert", "electra"):
+        raw, kw = _wordpiece(texts)
+        cls = {"bert": T.BertTokenizerFast, "distilbert": T.DistilBertTokenizerFast,
+               "electra": T.ElectraTokenizerFast}[family]
+    elif family in ("roberta", "modernbert"):
+        raw, kw = _byte_bpe(texts, family)
+        cls = T.RobertaTokenizerFast if family == "roberta" else T.PreTrainedTokenizerFast
+    else:
+        raw, kw = _unigram(texts, family)
+        cls = T.XLMRobertaTokenizerFast if family == "xlm-roberta" else T.DebertaV2TokenizerFast
+    return cls(tokenizer_object=raw._tokenizer, **kw)
+
+
+def make_config(family: str, tokenizer, hidden: int = 32, layers: int = 2, heads: int = 4, ffn: int = 37,
+                num_labels: int = 2, max_positions: int = 128):
+    """The family's config at the given size, with its special ids taken from `tokenizer`."""
+    import transformers as T
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_labels=num_labels)
+    common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn, **ids)
+    if family == "bert":
+        return T.BertConfig(max_position_embeddings=max_positions, **common)
+    if family == "distilbert":
+        return T.DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=ffn,
+                                  max_position_embeddings=max_positions, **ids)
+    if family in ("roberta", "xlm-roberta"):
+        cls = T.RobertaConfig if family == "roberta" else T.XLMRobertaConfig
+        # RoBERTa numbers positions from pad_token_id + 1: two more rows than the longest sequence.
+        return cls(max_position_embeddings=max_positions + 2, bos_token_id=tokenizer.cls_token_id,
+                   eos_token_id=tokenizer.sep_token_id, **common)
+    if family == "electra":
+        # ELECTRA-small's embedding is narrower than its hidden state (128 vs 256), joined by a projection.
+        return T.ElectraConfig(embedding_size=hidden // 2, max_position_embeddings=max_positions, **common)
+    if family == "deberta-v2":
+        # DeBERTa-v3's shape: relative positions only (no absolute position table), shared attention keys.
+        return T.DebertaV2Config(max_position_embeddings=max_positions, relative_attention=True, position_buckets=32,
+                                 max_relative_positions=-1, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+                                 share_att_key=True, position_biased_input=False, type_vocab_size=0, **common)
+    if family == "modernbert":
+        return T.ModernBertConfig(max_position_embeddings=max_positions, cls_token_id=tokenizer.cls_token_id,
+                                  sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                                  eos_token_id=tokenizer.sep_token_id, **common)
+    raise KeyError(family)
+
+
+def make_model(family: str, tokenizer, seed: int = 0, **size):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(make_config(family, tokenizer, **size)).eval()
+
+
+def save_family_model(family: str, dest: Path, texts: list[str] | None = None, seed: int = 0, **size) -> Path:
+    """A local model folder as a user would have it: save_pretrained() model + tokenizer."""
+    tok = make_tokenizer(family, texts if texts is not None else corpus_texts())
+    make_model(family, tok, seed, **size).save_pretrained(str(dest), safe_serialization=True)
+    tok.save_pretrained(str(dest))
+    return dest
