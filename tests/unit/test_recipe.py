@@ -69,3 +69,53 @@ def test_every_packaged_recipe_plans(path):
     plan = make_plan(load_recipe(path))
     # assert
     assert plan.steps[0].startswith("teacher") and plan.num_labels == 2
+
+
+def test_a_huge_bad_value_is_echoed_bounded(tmp_path):
+    # setup
+    from edgecompress.recipe import load_recipe
+    path = tmp_path / "r.yaml"
+    path.write_text("name: '" + "x/" * 500_000 + "'\n")
+    # execute / assert
+    with pytest.raises(UserInputError) as e:
+        load_recipe(path)
+    assert "field 'name'" in str(e.value) and len(str(e.value)) < 500
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    # setup: nine levels of nine aliases each (a billion strings once expanded)
+    import time
+    from edgecompress.recipe import load_recipe
+    lines = ['a0: &a0 "lol"'] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    path = tmp_path / "r.yaml"
+    path.write_text("\n".join(lines) + "\nname: *a9\n")
+    # execute / assert
+    t0 = time.perf_counter()
+    with pytest.raises(UserInputError, match="YAML aliases"):
+        load_recipe(path)
+    assert time.perf_counter() - t0 < 2
+
+
+@pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: None])
+def test_a_directory_or_device_as_the_recipe_is_named_as_such(tmp_path, make):
+    # setup
+    from pathlib import Path
+    from edgecompress.recipe import load_recipe
+    target = tmp_path / "dir.yaml"
+    make(target)
+    path = target if target.exists() else Path("/dev/null")
+    # execute / assert
+    with pytest.raises(UserInputError, match="is a directory|is not a regular file"):
+        load_recipe(path)
+
+
+def test_relative_sources_resolve_against_the_recipe_folder(tmp_path, monkeypatch):
+    # setup: the recipe names its data folder relative to itself; the command runs from elsewhere
+    from edgecompress.recipe import load_recipe
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "r.yaml").write_text("data: {source: mydata}\nteacher: {source: ./model}\n")
+    monkeypatch.chdir(tmp_path)
+    # execute
+    r = load_recipe(tmp_path / "proj" / "r.yaml")
+    # assert
+    assert r.data.source == str(tmp_path / "proj" / "mydata") and r.teacher.source == str(tmp_path / "proj" / "model")
