@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.register(sub)
     from edgecompress import predict
     predict.register(sub)
+    from edgecompress.fit import command as fit_command
+    fit_command.register(sub)
     return p
 
 

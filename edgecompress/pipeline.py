@@ -60,13 +60,13 @@ def _save_model(model, tokenizer, path: Path) -> None:
     tokenizer.save_pretrained(str(path))
 
 
-def _load_model(art: Artifact):
+def load_artifact_model(art: Artifact):
     from transformers import AutoModelForSequenceClassification
     return AutoModelForSequenceClassification.from_pretrained(str(art.path / "model"), local_files_only=True,
                                                               use_safetensors=True).eval()
 
 
-def _load_tokenizer(art: Artifact):
+def load_artifact_tokenizer(art: Artifact):
     # Each model artifact carries its own tokenizer: vocabulary trimming changes the ids downstream of it.
     from edgecompress.modeling import load_tokenizer
     return load_tokenizer(art.path / "model")
@@ -104,7 +104,7 @@ class Runner:
         self.lineage: list[dict] = []
 
     # -- helpers -------------------------------------------------------------------------------------------
-    def _step(self, step: str, config: dict, parents: list[str], build: Callable[[Path], None],
+    def step(self, step: str, config: dict, parents: list[str], build: Callable[[Path], None],
               label: Optional[str] = None, force: bool = False) -> Artifact:
         aid = artifact_id(step, config, parents)
         art = None if force else self.store.get(step, aid)
@@ -186,7 +186,7 @@ class Runner:
                 metrics = {"test_accuracy": accuracy(model, ctx.batches(tokenizer, "test", EVAL_BATCH, shuffle=False))}
             _save_model(model, tokenizer, tmp / "model")
             _write_metrics(tmp, metrics)
-        return self._step("teacher", config, [], build)
+        return self.step("teacher", config, [], build)
 
     def stage(self, cfg, parent: Artifact, teacher, ctx, index: int) -> Artifact:
         """One recipe stage. Its model and tokenizer are its parent artifact's, or the teacher's when the stage
@@ -197,19 +197,19 @@ class Runner:
         def build(tmp: Path) -> None:
             import torch
             torch.manual_seed(self.recipe.seed + index)
-            model = teacher.model if stage.starts_from_teacher else _load_model(parent)
+            model = teacher.model if stage.starts_from_teacher else load_artifact_model(parent)
             # Each artifact carries its own tokenizer: vocabulary trimming changes the ids downstream of it.
-            res = stage(model, _load_tokenizer(parent), cfg, ctx, teacher)
+            res = stage(model, load_artifact_tokenizer(parent), cfg, ctx, teacher)
             _save_model(res.model, res.tokenizer, tmp / "model")
             _write_metrics(tmp, res.metrics)
-        return self._step(cfg.kind, {"stage": cfg.model_dump(), "seed": self.recipe.seed, "index": index},
+        return self.step(cfg.kind, {"stage": cfg.model_dump(), "seed": self.recipe.seed, "index": index},
                           [parent.id], build, label=f"{index + 1}-{cfg.kind}")
 
-    def _quant(self, precision: str):
+    def quant_for(self, precision: str):
         """The int8 intent with the device's flavour filled in (preset "profile"), or None for fp32."""
         return self.recipe.quantize.with_profile(self.plan.profile.int8) if precision == "int8" else None
 
-    def _calib(self, quant, tokenizer):
+    def calib_data(self, quant, tokenizer):
         """Calibration rows, streamed, not listed: static int8 takes calibration.samples rows, QAT its train rows,
         fallback labelled validation rows (quant/calibration.py). Without a quant intent 64 rows feed the observers."""
         from edgecompress.export.quant.calibration import CalibData
@@ -231,19 +231,19 @@ class Runner:
         from edgecompress.bundle import write_bundle
         from edgecompress.verification import write_expected
         r, spec = self.recipe, FORMATS[fmt]
-        quant = self._quant(precision)
+        quant = self.quant_for(precision)
         labels = self.splits["train"].label_names
 
         def build(tmp: Path) -> None:
             import torch
             torch.manual_seed(r.seed)
-            model, tokenizer = _load_model(parent), _load_tokenizer(parent)
+            model, tokenizer = load_artifact_model(parent), load_artifact_tokenizer(parent)
             exporter = EXPORTERS.get(fmt)(batch=r.bench.batch)
             io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels,
                         max_seq_len=r.export.max_seq_len, pad_token_id=tokenizer.pad_token_id or 0)
             t0 = time.perf_counter()
             with progress.status(f"exporting {label}"):
-                res = exporter.export(model, io, quant, self._calib(quant, tokenizer), tmp)
+                res = exporter.export(model, io, quant, self.calib_data(quant, tokenizer), tmp)
             export_s = time.perf_counter() - t0
             io = read_io_beside(res.file)  # the exporter's own io.json (tflite adds its static shape)
             infer = exporter.load(res.file, threads=r.bench.threads)
@@ -253,7 +253,7 @@ class Runner:
             _write_metrics(tmp, {"format": fmt, "precision": precision, "file": res.file.name,
                                  "file_mb": file_mb(res.file), "export_seconds": round(export_s, 2),
                                  "notes": res.notes, "details": res.details, "runtime": spec.runtime, **expected})
-        return self._step("export", export_config(r, fmt, precision, quant, labels), [parent.id], build, label=label)
+        return self.step("export", export_config(r, fmt, precision, quant, labels), [parent.id], build, label=label)
 
     def verify(self, exp: Artifact, parent: Artifact, label: str) -> Artifact:
         from edgecompress.export.base import read_io_beside
@@ -262,7 +262,7 @@ class Runner:
         r = self.recipe
 
         def build(tmp: Path) -> None:
-            model, tokenizer = _load_model(parent), _load_tokenizer(parent)
+            model, tokenizer = load_artifact_model(parent), load_artifact_tokenizer(parent)
             file = exp.path / exp.metrics["file"]
             infer = EXPORTERS.get(exp.metrics["format"])().load(file, threads=r.bench.threads)
             test = self.splits["test"].subset(r.export.max_test_samples, r.seed)
@@ -270,7 +270,7 @@ class Runner:
                 metrics = verify_file(infer, read_io_beside(file), model, tokenizer, test,
                                       shapes=r.export.parity_shapes, seed=r.seed)
             _write_metrics(tmp, metrics)
-        return self._step("verify", verify_config(r, self._data_id), [exp.id, parent.id], build,
+        return self.step("verify", verify_config(r, self._data_id), [exp.id, parent.id], build,
                           label=f"verify-{label}")
 
     def bench(self, exp: Artifact, label: str) -> Artifact:
@@ -294,20 +294,25 @@ class Runner:
             _write_metrics(tmp, res)
         config = {**bench_config(self.recipe, self.plan.profile.runner_for(exp.metrics["format"])),
                   "e2e_texts": E2E_TEXTS, "data": self._data_id}
-        return self._step("bench", config, [exp.id], build, label=f"bench-{label}", force=self.rebench)
+        return self.step("bench", config, [exp.id], build, label=f"bench-{label}", force=self.rebench)
+
+    def load_data(self):
+        """The splits (and the data's identity for artifact ids), once; the stages' data context."""
+        from edgecompress.compress.base import StageContext
+        from edgecompress.data import fingerprint, load_splits
+        r = self.recipe
+        self._data_id = fingerprint(r.data)
+        self.splits = load_splits(r.data)
+        return StageContext(self.splits, r.data.max_seq_len, r.seed)
 
     # -- whole run -----------------------------------------------------------------------------------------
     def run(self) -> dict:
-        import torch
-        from edgecompress.compress.base import StageContext, Teacher
-        from edgecompress.data import fingerprint, load_splits
+        from edgecompress.compress.base import Teacher
         r = self.recipe
         t_start = time.perf_counter()
-        self._data_id = fingerprint(r.data)
-        self.splits = splits = load_splits(r.data)
-        ctx = StageContext(splits, r.data.max_seq_len, r.seed)
+        ctx = self.load_data()
         teacher_art = self.teacher(ctx)
-        teacher = Teacher(_load_model(teacher_art), _load_tokenizer(teacher_art))
+        teacher = Teacher(load_artifact_model(teacher_art), load_artifact_tokenizer(teacher_art))
         current = teacher_art
         for i, cfg in enumerate(r.stages):
             current = self.stage(cfg, current, teacher, ctx, i)

@@ -68,6 +68,9 @@ def make_plan(recipe: Recipe) -> Plan:
         if s.kind == "distill":
             from edgecompress.modeling import check_layer_map
             check_layer_map(s, cfg)  # student layers/width and the teacher->student match map
+    if recipe.fit is not None:
+        from edgecompress.fit.space import candidates
+        candidates(recipe.fit, cfg)  # every width/depth of the search space can be sliced from this teacher
     from edgecompress.compress.structured import check_plan as check_pruning  # no torch: heads/neurons left
     check_pruning(recipe.stages, cfg)
     from edgecompress.profiles import load_profile

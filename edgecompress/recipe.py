@@ -279,6 +279,43 @@ class BenchCfg(Cfg):
     timeout_s: float = Field(600, gt=0)
 
 
+class FitCfg(Cfg):
+    """The search space of `edgecompress fit`: every combination is a candidate student, sliced from the teacher,
+    exported and measured on the target before any training. Widths are whole heads of the teacher's head size."""
+    depths: list[int] = Field([2, 3, 4], min_length=1, description="encoder layers")
+    widths: list[int] = Field([128, 192, 256], min_length=1, description="hidden size (a multiple of the head size)")
+    ffn_ratios: list[float] = Field([2.0, 3.0], min_length=1, description="FFN width / hidden size")
+    vocab_min_counts: list[Optional[int]] = Field([None, 3], min_length=1,
+                                                  description="trim the vocabulary to tokens seen this often in the "
+                                                              "train split; null = keep the whole vocabulary")
+    formats: list[Format] = Field(["onnx"], min_length=1)
+    top_k: int = Field(2, ge=1, description="feasible candidates distilled with the recipe's full protocol")
+    rank_by: Literal["capacity", "proxy"] = "capacity"
+    proxy_train_samples: int = Field(1000, ge=16, description="rank_by proxy: rows of the short distillation")
+    probe: int = Field(6, ge=2, description="candidates measured before the cost model may skip others")
+
+    @field_validator("depths", "widths")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v) or len(set(v)) != len(v):
+            raise ValueError("must be distinct positive integers")
+        return v
+
+    @field_validator("ffn_ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        if any(not 0.25 <= x <= 8 for x in v):
+            raise ValueError("FFN ratios must lie in [0.25, 8]")
+        return v
+
+    @field_validator("vocab_min_counts")
+    @classmethod
+    def _counts(cls, v: list[Optional[int]]) -> list[Optional[int]]:
+        if any(x is not None and x < 1 for x in v):
+            raise ValueError("min counts must be >= 1 (or null for no trimming)")
+        return v
+
+
 class Recipe(Cfg):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="numpy and torch seeds must fit 32 bits")
@@ -289,6 +326,7 @@ class Recipe(Cfg):
     export: ExportCfg = ExportCfg()
     bench: BenchCfg = BenchCfg()
     profile: str = "host"
+    fit: Optional[FitCfg] = Field(None, description="search space of `edgecompress fit` (None: its defaults)")
 
     @model_validator(mode="after")
     def _order(self) -> "Recipe":

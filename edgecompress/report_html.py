@@ -39,7 +39,7 @@ def pareto_png(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
+def table(headers: list[str], rows: list[list]) -> str:
     esc = lambda x: html.escape("—" if x is None else str(x))  # noqa: E731
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -80,11 +80,11 @@ seq {rec['bench']['seq_len']}, {rec['bench']['threads']} thread(s), {rec['bench'
 Run took {report['run_seconds']} s.</p>
 <img id="pareto" alt="accuracy vs p50 latency, marker size = file MB" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <h2>Artifacts</h2>
-{_table(["artifact", "runtime", "test acc", "% of teacher", "p50 ms", "p90 ms", "load ms", "peak RSS MB", "file MB", "parity max|Δ|"], rows)}
+{table(["artifact", "runtime", "test acc", "% of teacher", "p50 ms", "p90 ms", "load ms", "peak RSS MB", "file MB", "parity max|Δ|"], rows)}
 {extra}
 <h2>Stages and lineage</h2>
-{_table(["step label", "step", "artifact id", "parents", "seconds"], lineage)}
+{table(["step label", "step", "artifact id", "parents", "seconds"], lineage)}
 <h2>Versions</h2>
-{_table(["package", "version"], versions)}
+{table(["package", "version"], versions)}
 </body></html>
 """

@@ -1,0 +1,128 @@
+"""`edgecompress fit RECIPE --profile P --target URL --budget p90_ms=15 file_mb=8`: the most accurate student that
+meets every budget on that device, a recipe that reproduces it with `edgecompress run`, and the frontier.
+
+Exit codes like `bench`: 0 found · 1 no candidate meets the budgets (the closest one and what it misses, in one line)
+· 2 bad input · 3 the device failed.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from edgecompress import progress
+from edgecompress.errors import UserInputError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("fit", help="search the most accurate student that meets a device's budgets")
+    p.add_argument("recipe", nargs="?", type=Path, help="recipe YAML (its fit: section is the search space)")
+    p.add_argument("--profile", help="device profile (default: the recipe's)")
+    p.add_argument("--target", help="where to measure: local | ssh://... | adb://... | qemu-arm64 (default: the "
+                                    "profile's reach)")
+    p.add_argument("--budget", nargs="+", required=True, metavar="KEY=VALUE",
+                   help="p90_ms=, file_mb=, peak_rss_mb=, load_ms= (all must hold)")
+    p.add_argument("--top-k", type=int, help="candidates distilled in full (default: fit.top_k)")
+    p.add_argument("--out", type=Path, default=Path("fit"), help="parent folder of fit/<recipe name>/")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=fit_command)
+
+
+def _setup(args):
+    """Everything validated before any work: recipe, budgets, profile, target, the whole search space (each
+    candidate's recipe plans)."""
+    from edgecompress.fit.search import recipe_for
+    from edgecompress.fit.space import candidates, parse_budgets
+    from edgecompress.modeling import check_model_dir, resolve_model_dir
+    from edgecompress.plan import make_plan
+    from edgecompress.recipe import FitCfg, load_recipe, parse_recipe
+    from edgecompress.transports.base import parse_target
+    budgets = parse_budgets(args.budget)
+    recipe = load_recipe(args.recipe)
+    if args.profile:
+        recipe = parse_recipe({**recipe.model_dump(mode="json"), "profile": args.profile}, "recipe")
+    space = recipe.fit or FitCfg()
+    if args.top_k is not None:
+        if args.top_k < 1:
+            raise UserInputError("--top-k must be >= 1")
+        space = space.model_copy(update={"top_k": args.top_k})
+    cands = candidates(space, check_model_dir(resolve_model_dir(recipe.teacher.source)))
+    for fmt in space.formats:  # a candidate of each format plans: exporters x quantization x profile, stages
+        make_plan(recipe_for(recipe, next(c for c in cands if c.format == fmt)))
+    plan = make_plan(recipe_for(recipe, cands[0]))
+    plan = type(plan)(**{**plan.__dict__, "recipe": recipe})  # the search runs as the user's recipe
+    reach = parse_target(args.target, plan.profile.reach) if args.target else plan.profile.reach
+    return plan, space, budgets, reach, len(cands)
+
+
+def fit_command(args) -> int:
+    from edgecompress.noise import to_log
+    from edgecompress.pipeline import Runner, home
+    from edgecompress.transports.base import make_transport
+    progress.set_quiet(args.quiet)
+    plan, space, budgets, reach, n = _setup(args)
+    out_dir = Path(args.out) / plan.recipe.name
+    target = args.target or reach.kind
+    progress.log(f"fit {plan.recipe.name}: {n} candidates on {target} (profile {plan.profile.name}), budgets "
+                 + " ".join(f"{k}={v:g}" for k, v in budgets.items()) + f"; store {home() / 'store'}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with to_log(out_dir / "fit.log", enabled=not getattr(args, "debug", False)), make_transport(reach) as transport:
+        doc = _run(Runner(plan, out_dir / "search"), space, budgets, transport, target, out_dir)
+    from edgecompress.fit.report import write
+    write(doc, out_dir)
+    progress.log(f"report: {out_dir / 'report.md'}")
+    print(doc["verdict"])
+    sys.stdout.flush()
+    return 0 if doc["winner"] else 1
+
+
+def _run(runner, space, budgets, transport, target: str, out_dir: Path) -> dict:
+    from edgecompress.fit.search import FitSearch, closest
+    s = FitSearch(runner, space, budgets, transport, target)
+    phases: dict[str, float] = {}
+    t0 = time.perf_counter()
+    progress.log("[fit] teacher and data")
+    s.prepare()
+    phases["prepare"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    progress.log(f"[fit] measuring candidates on {target} (sliced weights, no training)")
+    rows = s.search()
+    feasible = s.rank([r for r in rows if r["status"] == "feasible"])
+    phases["search"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trained = []
+    for r in feasible[:space.top_k]:
+        progress.log(f"[fit] distilling {r['name']} with the recipe's protocol")
+        t = s.train(r, out_dir / "runs")
+        r.update(test_accuracy=t["test_accuracy"], **{f"final_{k}": v for k, v in t["final"].items()},
+                 status="trained", why="; ".join(t["misses_after_training"]) or None)
+        trained.append((r, t))
+    for r in feasible[space.top_k:]:
+        r.update(status="not trained", why=f"ranked below the top {space.top_k} by {space.rank_by}")
+    phases["train"] = time.perf_counter() - t0
+    best = s.select(trained)
+    doc = {"name": runner.recipe.name, "target": target, "profile": runner.plan.profile.name, "budgets": budgets,
+           "emulated": s.out.emulated, "teacher_accuracy": s.out.teacher_accuracy, "rank_by": space.rank_by,
+           "cost_model": s.out.cost_model, "phases_s": {k: round(v, 1) for k, v in phases.items()}, "rows": rows,
+           "winner": None}
+    if best is not None:
+        row, t = best
+        row["status"] = "winner"
+        for other, _ in trained:
+            if other is not row and other["status"] == "trained":
+                a, b = other["test_accuracy"], row["test_accuracy"]
+                other["why"] = other["why"] or (f"less accurate ({a:.4f} < {b:.4f})" if a < b else
+                                                f"as accurate ({a:.4f}); the winner ranked higher by {s.space.rank_by}")
+        (out_dir / "recipe.yaml").write_text(yaml.safe_dump(t["recipe"].model_dump(mode="json"), sort_keys=False))
+        kept = (f" ({row['test_accuracy'] / s.out.teacher_accuracy:.1%} of the teacher)"
+                if s.out.teacher_accuracy else "")
+        doc.update(winner=row["name"], verdict=f"found {row['name']}: test accuracy {row['test_accuracy']:.4f}{kept}, "
+                   + ", ".join(f"{k} {row.get('final_' + k):.3g}" for k in budgets if row.get("final_" + k) is not None)
+                   + f"; reproduce with: edgecompress run {out_dir / 'recipe.yaml'}")
+    else:
+        near = closest(rows, budgets)
+        doc["verdict"] = ("no candidate meets the budgets; closest: " + (f"{near['name']} ({near['why']})" if near
+                                                                        else "none measured"))
+    return doc

@@ -1,0 +1,226 @@
+"""The fit search: measure candidates on the target (no training), rank the ones that meet the budgets, distil the top
+k with the recipe's full protocol, and keep the most accurate one that still meets every budget after compression.
+
+Cost is measured, not guessed: a dense model's latency does not depend on its weights' values, so a student whose
+weights are sliced from the teacher (modeling.student_from_config) runs as fast as the trained one will. Every
+measurement is an artifact (step "fit-measure", parent: the teacher): a rerun or a widened search reuses them, and a
+killed fit resumes.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from edgecompress import progress
+from edgecompress.errors import RuntimeFailure
+from edgecompress.fit.cost import CostModel
+from edgecompress.fit.space import Candidate, candidates, misses
+from edgecompress.formats import FORMATS
+
+
+@dataclass
+class Outcome:
+    """What the fit found: a row per candidate (measured, skipped, trained) and the winner's name, if any."""
+    rows: list[dict] = field(default_factory=list)
+    winner: Optional[str] = None
+    cost_model: dict = field(default_factory=dict)
+    phases_s: dict = field(default_factory=dict)
+    teacher_accuracy: Optional[float] = None
+    emulated: bool = False
+
+
+def probe_order(cands: list[Candidate], probe: int) -> list[Candidate]:
+    """`probe` candidates spread evenly over the cost range first (they train the cost model), then the rest."""
+    if len(cands) <= probe:
+        return list(cands)
+    step = (len(cands) - 1) / (probe - 1)
+    first = [cands[round(i * step)] for i in range(probe)]
+    return first + [c for c in cands if c not in first]
+
+
+class FitSearch:
+    def __init__(self, runner, space, budgets: dict[str, float], transport, target: str):
+        self.runner, self.space, self.budgets = runner, space, budgets
+        self.transport, self.target = transport, target
+        self.recipe = runner.recipe
+        self.out = Outcome()
+        self._keep: dict[int, list[int]] = {}
+
+    # -- setup ---------------------------------------------------------------------------------------------
+    def prepare(self):
+        """The data, the (cached) teacher and its tokenizer; the candidates of the space."""
+        from edgecompress.pipeline import load_artifact_model, load_artifact_tokenizer
+        self.ctx = self.runner.load_data()
+        self.teacher_art = self.runner.teacher(self.ctx)
+        self.teacher = load_artifact_model(self.teacher_art)
+        self.tokenizer = load_artifact_tokenizer(self.teacher_art)
+        self.out.teacher_accuracy = self.teacher_art.metrics.get("test_accuracy")
+        self.cands = candidates(self.space, self.teacher.config.to_dict())
+        return self.cands
+
+    def kept(self, min_count: int) -> list[int]:
+        """Token ids a trim to `min_count` keeps (the trim_vocab stage's own rule), computed once per count."""
+        if min_count not in self._keep:
+            from edgecompress.compress.vocab import kept_ids, token_counts
+            counts = token_counts(self.tokenizer, self.ctx.splits["train"].texts)
+            self._keep[min_count] = kept_ids(self.tokenizer, counts, min_count)
+        return self._keep[min_count]
+
+    def features(self, c: Candidate) -> dict:
+        vocab = len(self.kept(c.min_count)) if c.min_count else self.teacher.config.vocab_size
+        emb = (vocab + self.teacher.config.max_position_embeddings + 2) * c.hidden
+        return {"format": c.format, "gflops": c.gflops(self.recipe.bench.seq_len),
+                "params": c.encoder_params() + emb, "vocab_size": vocab}
+
+    # -- phase 1: measure ----------------------------------------------------------------------------------
+    def measure(self, c: Candidate) -> dict:
+        """Build the sliced student, export it int8 in its format, bench it on the target (cached artifact)."""
+        b, profile = self.recipe.bench, self.runner.plan.profile
+        runner = profile.runner_for(c.format)
+        config = {"candidate": c.to_json(), "bench": b.model_dump(), "target": self.target, "runner": runner,
+                  "quantize": self.runner.quant_for("int8").model_dump()}
+
+        def build(tmp: Path) -> None:
+            metrics = self._build_and_bench(c, tmp, runner)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        art = self.runner.step("fit-measure", config, [self.teacher_art.id], build, label=f"fit-{c.name}")
+        return art.metrics
+
+    def _build_and_bench(self, c: Candidate, tmp: Path, runner: str) -> dict:
+        from edgecompress.bench.harness import bench_file
+        from edgecompress.export.base import IOSpec
+        from edgecompress.recipe import StudentArchCfg
+        from edgecompress.registry import EXPORTERS
+        from edgecompress.modeling import student_from_config
+        b = self.recipe.bench
+        student = student_from_config(self.teacher, StudentArchCfg(**c.arch()))
+        if c.min_count:
+            from edgecompress.compress.vocab import trim_embeddings
+            trim_embeddings(student, self.kept(c.min_count), self.tokenizer.pad_token_id)
+        io = IOSpec(vocab_size=student.config.vocab_size, num_labels=student.config.num_labels,
+                    max_seq_len=self.recipe.export.max_seq_len, pad_token_id=self.tokenizer.pad_token_id or 0)
+        quant = self.runner.quant_for("int8")
+        res = EXPORTERS.get(c.format)(batch=b.batch).export(student, io, quant,
+                                                            self.runner.calib_data(quant, self.tokenizer), tmp)
+        r = bench_file(res.file, res.file.parent / "io.json", FORMATS[c.format].runtime, transport=self.transport,
+                       threads=b.threads, warmup_runs=b.warmup_runs, runs=b.runs, batch=b.batch, seq_len=b.seq_len,
+                       timeout_s=b.timeout_s, runner=runner)
+        res.file.unlink()  # the measurement is the artifact, not the untrained file
+        if not r.get("ok"):
+            raise RuntimeFailure(f"measuring {c.name} on {self.target} failed: {r.get('error')}")
+        keep = ("p50_ms", "p90_ms", "load_ms", "peak_rss_mb", "file_mb", "emulated", "runner", "machine")
+        return {**{k: r.get(k) for k in keep}, **self.features(c)}
+
+    def search(self) -> list[dict]:
+        """Measure the probe candidates, then every other one the cost model does not clearly rule out."""
+        model = CostModel()
+        judged = {k for k in self.budgets if not (self.out.emulated and k in ("p90_ms", "load_ms"))}
+        rows = []
+        for i, c in enumerate(probe_order(self.cands, self.space.probe)):
+            feats = self.features(c)
+            over = model.clearly_over(c.format, feats, self.budgets, judged) if i >= self.space.probe else []
+            if over:
+                rows.append({**c.to_json(), **feats, "status": "skipped", "why": "; ".join(over)})
+                progress.log(f"  [{i + 1}/{len(self.cands)}] {c.name}: skipped ({over[0]})")
+                continue
+            m = self.measure(c)
+            self.out.emulated = self.out.emulated or bool(m.get("emulated"))
+            judged = {k for k in self.budgets if not (self.out.emulated and k in ("p90_ms", "load_ms"))}
+            model.points.append({**m, "format": c.format})
+            miss = misses(m, self.budgets, self.out.emulated)
+            rows.append({**c.to_json(), **m, "status": "over budget" if miss else "feasible", "why": "; ".join(miss)})
+            progress.log(f"  [{i + 1}/{len(self.cands)}] {c.name}: p90 {m['p90_ms']:.2f} ms, {m['file_mb']:.2f} MiB"
+                         + (f", misses {miss[0]}" if miss else ", meets the budgets"))
+        self.out.cost_model = {k: model.held_out_error(k) for k in ("p90_ms", "file_mb", "peak_rss_mb", "load_ms")}
+        self.out.rows = rows
+        return rows
+
+    # -- phase 2: rank ---------------------------------------------------------------------------------------
+    def rank(self, feasible: list[dict]) -> list[dict]:
+        """Feasible candidates, most promising first. capacity: transformer weights (what distillation can fill);
+        proxy: validation accuracy after a short distillation (proxy_train_samples rows, one epoch)."""
+        for r in feasible:
+            r["capacity"] = self._cand(r).encoder_params()
+        if self.space.rank_by == "proxy":
+            for r in feasible:
+                r["proxy_val_accuracy"] = self.proxy(self._cand(r))
+            return sorted(feasible, key=lambda r: (-r["proxy_val_accuracy"], -r["capacity"]))
+        return sorted(feasible, key=lambda r: (-r["capacity"], r.get("p90_ms") or 0))
+
+    @staticmethod
+    def _cand(row: dict) -> Candidate:
+        return Candidate(row["layers"], row["hidden"], row["heads"], row["ffn"], row["min_count"], row["format"])
+
+    def proxy(self, c: Candidate) -> float:
+        """A short distillation of the sliced student; its validation accuracy, cached with the measurements."""
+        from edgecompress.compress.base import Teacher
+        from edgecompress.compress.distill import distill
+        from edgecompress.recipe import DistillCfg, StudentCfg, TrainCfg
+        n = self.space.proxy_train_samples
+        cfg = DistillCfg(student=StudentCfg(config=c.arch()), train=TrainCfg(
+            epochs=1, learning_rate=2e-4, batch_size=32, max_train_samples=n))
+
+        def build(tmp: Path) -> None:
+            import torch
+            torch.manual_seed(self.recipe.seed)
+            res = distill(self.teacher, self.tokenizer, cfg, self.ctx, Teacher(self.teacher, self.tokenizer))
+            (tmp / "metrics.json").write_text(json.dumps({"val_accuracy": res.metrics["val_accuracy"]}))
+        art = self.runner.step("fit-proxy", {"candidate": c.arch(), "distill": cfg.model_dump()},
+                               [self.teacher_art.id], build, label=f"fit-proxy-{c.name}")
+        return art.metrics["val_accuracy"]
+
+    # -- phase 3: train the top k with the recipe's protocol, measure again ------------------------------------
+    def train(self, row: dict, runs_dir: Path) -> dict:
+        """Distil, compress and export the candidate with the full protocol; judge the file on the target."""
+        from edgecompress.bench.harness import bench_file
+        from edgecompress.pipeline import Runner
+        from edgecompress.plan import make_plan
+        c = self._cand(row)
+        recipe = recipe_for(self.recipe, c)
+        report = Runner(make_plan(recipe), runs_dir / recipe.name, debug=self.runner.debug).run()
+        exp_row = next((x for x in report["rows"] if x["label"] == f"{c.format}-int8"), None)
+        if exp_row is None:
+            raise RuntimeFailure(f"training {c.name} produced no {c.format}-int8 export: {report['failures']}")
+        exp = Path(exp_row["export_path"])
+        b = recipe.bench
+        m = bench_file(exp / json.loads((exp / "manifest.json").read_text())["metrics"]["file"], exp / "io.json",
+                       FORMATS[c.format].runtime, transport=self.transport, threads=b.threads,
+                       warmup_runs=b.warmup_runs, runs=b.runs, batch=b.batch, seq_len=b.seq_len,
+                       timeout_s=b.timeout_s, runner=self.runner.plan.profile.runner_for(c.format))
+        if not m.get("ok"):
+            raise RuntimeFailure(f"measuring the trained {c.name} on {self.target} failed: {m.get('error')}")
+        final = {k: m.get(k) for k in ("p50_ms", "p90_ms", "load_ms", "peak_rss_mb", "file_mb")}
+        miss = misses(final, self.budgets, self.out.emulated)
+        return {"recipe": recipe, "final": final, "test_accuracy": exp_row["test_accuracy"],
+                "misses_after_training": miss, "export_path": str(exp)}
+
+    def select(self, trained: list[tuple[dict, dict]]) -> Optional[tuple[dict, dict]]:
+        """The most accurate trained candidate that still meets every budget after compression."""
+        ok = [(row, t) for row, t in trained if not t["misses_after_training"]]
+        return max(ok, key=lambda rt: rt[1]["test_accuracy"]) if ok else None
+
+
+def recipe_for(r, c: Candidate):
+    """The user's recipe with this candidate as its student: distil at the candidate's architecture, trim the
+    vocabulary when the candidate does, export its format as int8; every other stage and setting as written."""
+    from edgecompress.recipe import DistillCfg, StudentCfg, VocabTrimCfg, parse_recipe
+    distill = next((s for s in r.stages if s.kind == "distill"), DistillCfg())
+    distill = distill.model_copy(update={"student": StudentCfg(config=c.arch())})
+    rest = [s for s in r.stages if s.kind not in ("distill", "trim_vocab")]
+    stages = [distill] + ([VocabTrimCfg(min_count=c.min_count)] if c.min_count else []) + rest
+    data = r.model_dump(mode="json", exclude={"fit"})
+    data.update(name=f"{r.name}-fit-{c.name}".replace(".", "_"), stages=[s.model_dump(mode="json") for s in stages],
+                export={**data["export"], "formats": [c.format], "precisions": ["int8"]})
+    return parse_recipe(data, f"fit candidate {c.name}")
+
+
+def closest(rows: list[dict], budgets: dict[str, float]) -> Optional[dict]:
+    """The measured candidate that misses its budgets by the least (sum of relative excesses)."""
+    measured = [r for r in rows if r["status"] in ("over budget", "feasible")]
+
+    def excess(r: dict) -> float:
+        return sum(max(0.0, r[k] / v - 1) for k, v in budgets.items() if r.get(k) is not None)
+    return min(measured, key=excess) if measured else None

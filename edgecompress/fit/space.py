@@ -1,0 +1,94 @@
+"""The candidates of a fit: student architectures x vocabulary trims x formats, with what each costs on paper.
+
+Torch-free, so `plan` can validate a space and count its candidates in milliseconds. FLOPs are the dense encoder's
+multiply-adds x 2 at the bench sequence length: the projections (4 H x H), the FFN (2 H x I) and the attention
+scores and mixing (2 S x H) per token per layer; embeddings are lookups, the classifier is negligible.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from edgecompress.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class Candidate:
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    min_count: Optional[int]   # vocabulary trimmed to tokens seen this often in the train split; None = whole
+    format: str
+
+    @property
+    def name(self) -> str:
+        vocab = f"-V{self.min_count}" if self.min_count else ""
+        return f"L{self.layers}-H{self.hidden}-I{self.ffn}{vocab}-{self.format}"
+
+    def arch(self) -> dict:
+        return {"num_hidden_layers": self.layers, "hidden_size": self.hidden, "num_attention_heads": self.heads,
+                "intermediate_size": self.ffn}
+
+    def gflops(self, seq_len: int) -> float:
+        per_token = 4 * self.hidden ** 2 + 2 * self.hidden * self.ffn + 2 * seq_len * self.hidden
+        return round(2 * self.layers * seq_len * per_token / 1e9, 4)
+
+    def encoder_params(self) -> int:
+        """Weights of the transformer layers: the capacity a distillation can fill (embeddings are a lookup)."""
+        h, i = self.hidden, self.ffn
+        return self.layers * (4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "name": self.name}
+
+
+def candidates(space, teacher_config: dict) -> list[Candidate]:
+    """Every combination of the space (recipe.FitCfg) that can be sliced from this teacher, cheapest first."""
+    t_hidden, t_heads, t_layers = (teacher_config["hidden_size"], teacher_config["num_attention_heads"],
+                                   teacher_config["num_hidden_layers"])
+    head_dim = t_hidden // t_heads
+    for w in space.widths:
+        if w % head_dim or w > t_hidden:
+            raise UserInputError(f"fit.widths: {w} is not a multiple of the teacher's head size {head_dim} up to its "
+                                 f"width {t_hidden}; use whole heads, e.g. {head_dim * max(1, t_heads // 2)}")
+    for d in space.depths:
+        if d > t_layers:
+            raise UserInputError(f"fit.depths: {d} exceeds the teacher's {t_layers} layers; use at most {t_layers}")
+    out = [Candidate(d, w, w // head_dim, max(8, int(round(r * w))), m, f)
+           for d in space.depths for w in space.widths for r in space.ffn_ratios
+           for m in space.vocab_min_counts for f in space.formats]
+    return sorted(set(out), key=lambda c: (c.gflops(128), c.name))
+
+
+def parse_budgets(items: list[str]) -> dict[str, float]:
+    """`p90_ms=15 file_mb=8` -> {"p90_ms": 15.0, "file_mb": 8.0}; the keys are profiles.Budget's."""
+    from edgecompress.profiles import Budget
+    known = [k for k in Budget.model_fields if k != "max_accuracy_drop"]
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise UserInputError(f"--budget {item[:60]!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise UserInputError(f"--budget {item[:60]!r}: {value[:40]!r} is not a number") from None
+        if not out[key] > 0 or out[key] != out[key] or out[key] == float("inf"):
+            raise UserInputError(f"--budget {item[:60]!r}: must be a positive finite number")
+    if not out:
+        raise UserInputError(f"fit needs at least one --budget KEY=VALUE ({', '.join(known)})")
+    return out
+
+
+def misses(measured: dict, budgets: dict[str, float], emulated: bool = False) -> list[str]:
+    """The budgets a measurement misses, as 'p90_ms 5.1 > 4' lines. Under emulation latency budgets are not judged
+    (an emulated CPU's time is not the device's): size and memory only."""
+    out = []
+    for key, limit in budgets.items():
+        if emulated and key in ("p90_ms", "load_ms"):
+            continue
+        value = measured.get(key)
+        if value is not None and value > limit:
+            out.append(f"{key} {value:.3g} > {limit:g}")
+    return out
