@@ -79,9 +79,10 @@ def to_markdown(report: dict) -> str:
             f"{_f(r.get('size_ratio_vs_teacher'), '{:.1f}x')} | {r['parity_max_abs_diff']:.2e} | "
             f"{_f(r.get('label_agreement_vs_torch'), '{:.4f}')} |")
     t, s = report["teacher"], report["student"]
-    lines += ["", "text→label: tokenize (the bundle's tokenizer.json) + infer, per real test sentence, measured by the "
-              "Python agent; the native runner measures the model alone. peak RSS of a python row includes the "
-              "interpreter and the runtime's Python bindings."]
+    lines += ["", "text→label: tokenize (the bundle's tokenizer.json) + infer, per real test sentence at its own "
+              "length (most are far shorter than the bench's seq), measured by the Python agent; the native runner "
+              "measures the model alone. peak RSS of a python row includes the interpreter and the runtime's Python "
+              "bindings."]
     lines += ["", f"Teacher (torch fp32): test acc {_f(t.get('test_accuracy'), '{:.4f}')}; "
               f"student after compression (torch fp32): test acc {_f(s.get('test_accuracy'), '{:.4f}')}"
               + (f", sparsity {s['sparsity']:.3f}" if "sparsity" in s else "") + "."]
