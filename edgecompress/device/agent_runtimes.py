@@ -49,6 +49,10 @@ def _load_executorch(path, threads, io):
     from executorch.runtime import Runtime
 
     notes = {}
+    try:  # int8 embedding tables run quantized_decomposed::embedding_byte, registered by this library when loaded
+        import executorch.kernels.quantized  # noqa: F401
+    except ImportError:
+        notes["quantized_kernels"] = "not available: a .pte with int8 embeddings will not load"
     try:
         # Best effort: resizes ExecuTorch's shared threadpool (XNNPACK's delegate uses it). Private API, may move.
         from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
