@@ -23,7 +23,7 @@ def copy_into(workdir: str, local_path: Path, remote_rel: str) -> ExecResult:
     try:
         dest = Path(workdir) / remote_rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local_path, dest)
+        shutil.copy(local_path, dest)  # with its mode, as scp and adb push keep it: bundles carry executables
         return ExecResult(0, "", "", time.perf_counter() - t0)
     except OSError as e:
         return ExecResult(1, "", f"push {local_path} -> {remote_rel}: {e}", time.perf_counter() - t0)

@@ -234,3 +234,21 @@ def test_bench_file_stages_the_native_bundle_once_per_device_session(host_bundle
     assert first["runner"] == "native" and first["peak_rss_mb"] < 100 and first["p50_ms"] > 0
     assert len(staged) == 1
     assert second["push_s"] < first["push_s"]
+
+
+def test_run_agent_stages_the_arm64_bundle_on_the_emulated_target(tiny_pte, tmp_path):
+    # setup: the native runner needs no rootfs, only a workdir: an empty stand-in for it
+    if shutil.which("qemu-aarch64-static") is None or shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("qemu-user-static or g++-aarch64-linux-gnu not installed (see .ci/install-system-deps)")
+    from edgecompress.bench.harness import bench_file
+    from edgecompress.transports.base import make_transport
+    from edgecompress.transports.qemu import STAMP, QemuReach
+    (tmp_path / "rootfs" / "tmp").mkdir(parents=True)
+    (tmp_path / "rootfs" / STAMP).write_text("stand-in")
+    model, io, _ = tiny_pte
+    # execute: pushed through the transport (modes kept: the loader must stay executable), run under qemu
+    with make_transport(QemuReach(rootfs=str(tmp_path / "rootfs"))) as t:
+        r = bench_file(model, io, "executorch", transport=t, runs=2, warmup_runs=0, seq_len=16, runner="native")
+    # assert
+    assert r["ok"], r
+    assert r["runner"] == "native" and r["machine"] == "aarch64" and r["emulated"] is True
