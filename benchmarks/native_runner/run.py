@@ -98,7 +98,9 @@ def markdown(res: dict) -> str:
               f"bundle {b['aarch64']['build_s']} s, {b['aarch64']['bundle_mb']} MiB (runner + ExecuTorch libraries + "
               f"loader + libc: runs with no sysroot)."]
     q = res.get("qemu")
-    if q:
+    if q and not q.get("ok"):
+        lines.append(f"- arm64 native runner under qemu: failed: {q.get('error')}")
+    elif q:
         lines.append(f"- arm64 native runner under {q.get('emulator')}: {q['n']} test sentences, label agreement "
                      f"with this host {q['agreement_host_runtime']}, with torch {q['agreement_host_torch']}, max "
                      f"logit diff {q['max_abs_logit_diff_host_runtime']} ({q['wall_s']} s).")
