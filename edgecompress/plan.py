@@ -42,10 +42,12 @@ def _tokenizer_vocab_size(model_dir: Path) -> Optional[int]:
 
 def make_plan(recipe: Recipe) -> Plan:
     from edgecompress.data import data_dir, load_splits, num_labels
-    from edgecompress.modeling import check_model_dir, resolve_model_dir
+    from edgecompress.model_dir import check_model_dir, resolve_model_dir
 
     teacher_dir = resolve_model_dir(recipe.teacher.source)
     cfg = check_model_dir(teacher_dir)
+    from edgecompress.families import check_family  # torch-free: stage x family and export x family refusals
+    check_family(cfg["model_type"], recipe.stages, recipe.export.formats, recipe.export.precisions)
     vocab = _tokenizer_vocab_size(teacher_dir)
     if vocab is not None and vocab > cfg.get("vocab_size", vocab):
         raise UserInputError(f"{teacher_dir}: the tokenizer has {vocab} tokens but the model's embedding has "

@@ -8,7 +8,7 @@ from edgecompress.recipe import DataCfg, PACKAGED_TEACHER
 
 
 def minilm_dir() -> Path:
-    from edgecompress.modeling import resolve_model_dir
+    from edgecompress.model_dir import resolve_model_dir
     return resolve_model_dir(PACKAGED_TEACHER)
 
 

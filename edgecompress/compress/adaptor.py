@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from transformers.utils import ModelOutput
 
+from edgecompress.families import family_of
+
 
 @dataclass
 class Adapted(ModelOutput):
@@ -33,15 +35,15 @@ def adapt(model, inputs: dict, *, hidden: bool = False, attention: bool = False)
 
 
 def layer_count(model) -> int:
-    return int(model.config.num_hidden_layers)
+    return int(family_of(model).dims(model.config)["num_hidden_layers"])
 
 
 def hidden_width(model) -> int:
-    return int(model.config.hidden_size)
+    return int(family_of(model).dims(model.config)["hidden_size"])
 
 
 def head_count(model) -> int:
-    return int(model.config.num_attention_heads)
+    return int(family_of(model).dims(model.config)["num_attention_heads"])
 
 
 def _attn_impl(model) -> Optional[str]:

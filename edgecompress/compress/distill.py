@@ -11,8 +11,8 @@ and caching those is not an option: 12.7k rows x 7 hidden states x ~40 tokens x 
 attention maps are heads x seq^2 per layer on top. So the teacher runs on the fly under no_grad, inside the
 same step. The two_phase schedule uses the cache again in its logit phase.
 
-The distiller sees models only through the adaptor (compress/adaptor.py), so any *ForSequenceClassification
-encoder works.
+The distiller sees models only through the adaptor (compress/adaptor.py) and builds students through the
+family table (families.py), so any supported *ForSequenceClassification encoder works.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from edgecompress.compress.kd import kd_loss
 from edgecompress.compress.train import accuracy, is_distributed, predict_logits, train
 from edgecompress.data import EVAL_BATCH
 from edgecompress.errors import UserInputError
+from edgecompress.families import canonical, family_of
 from edgecompress.modeling import check_layer_map, count_params, student_from_config, student_from_teacher_layers
 from edgecompress.recipe import DistillCfg, MatchCfg
 
@@ -132,7 +133,7 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
         raise UserInputError("distill needs a teacher; set teacher.source")
     t_model = teacher.model
     # The same check plan runs, against the loaded models: a wrong layer map fails here before any training.
-    check_layer_map(cfg, t_model.config.to_dict())
+    check_layer_map(cfg, canonical(t_model.config.to_dict()))
     if cfg.schedule == "two_phase" and not cfg.matches:
         raise UserInputError("stages.distill.schedule two_phase needs matches (its first phase trains only them)")
     t_model.eval()
@@ -149,8 +150,7 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
                "projection_params_dropped": sum(p.numel() for p in wrapper.proj.parameters()),
                "matches": [m.model_dump() for m in cfg.matches], "schedule": cfg.schedule,
                "distributed": is_distributed(),
-               "student_config": {k: getattr(student.config, k) for k in
-                                  ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")},
+               "student_config": family_of(student).dims(student.config),
                "test_accuracy": accuracy(student, ctx.batches(tokenizer, "test", EVAL_BATCH, shuffle=False))}
     if init_report:
         metrics["student_init"] = {k: v for k, v in init_report.items() if k != "hidden_dims"}

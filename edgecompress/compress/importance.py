@@ -51,30 +51,45 @@ def weight_scores(method: str, model, params: list, tokenizer, ctx: StageContext
     return magnitude_scores(params)
 
 
-def head_neuron_groups(layer) -> dict:
-    """The parameters of a BERT layer whose slices belong to one head / one FFN neuron, by the dim they are sliced on."""
-    sa, ao = layer.attention.self, layer.attention.output
-    return {"head_out": [sa.query.weight, sa.query.bias, sa.key.weight, sa.key.bias, sa.value.weight, sa.value.bias],
-            "head_in": [ao.dense.weight],
-            "ffn_out": [layer.intermediate.dense.weight, layer.intermediate.dense.bias],
-            "ffn_in": [layer.output.dense.weight]}
+def head_neuron_groups(fam, layer) -> dict:
+    """The parameters of one layer whose slices belong to one head / one FFN neuron, by the dim they are sliced on,
+    each with its block count (3 for a fused [Q; K; V] projection, 2 for a gated [input; gate] FFN, else 1).
+    fam: the model's families.Family (where Q/K/V, the output projection and the FFN live)."""
+    from edgecompress.families import attr
+    L, qkv_blocks = fam.layer, fam.head_blocks()
+    heads = [(p, qkv_blocks) for m in fam.head_row_modules(layer) for p in (m.weight, m.bias) if p is not None]
+    ffn_in = attr(layer, L.ffn_in)
+    glu = 2 if L.ffn_glu else 1
+    return {"head_out": heads,
+            "head_in": [(attr(layer, L.attn_out).weight, 1)],
+            "ffn_out": [(p, glu) for p in (ffn_in.weight, ffn_in.bias) if p is not None],
+            "ffn_in": [(attr(layer, L.ffn_out).weight, 1)]}
 
 
 def head_neuron_scores(model, layers: list, method: str, tokenizer, ctx: StageContext, n_batches: int) -> list:
     """Per layer: (head scores [n_heads], neuron scores [intermediate]) as float tensors."""
     import torch
-    groups = [head_neuron_groups(layer) for layer in layers]
-    params = [p for g in groups for k in ("head_out", "head_in", "ffn_out", "ffn_in") for p in g[k]]
+    from edgecompress.families import family_of
+    fam = family_of(model)
+    groups = [head_neuron_groups(fam, layer) for layer in layers]
+    params = [p for g in groups for k in ("head_out", "head_in", "ffn_out", "ffn_in") for p, _ in g[k]]
     scores = weight_scores(method, model, params, tokenizer, ctx, n_batches)
     by_param = {id(p): s for p, s in zip(params, scores)}
     out = []
     for layer, g in zip(layers, groups):
-        n, d = layer.attention.self.num_attention_heads, layer.attention.self.attention_head_size
+        n, d = fam.heads(layer)
         heads = torch.zeros(n)
-        for p in g["head_out"]:
-            heads += by_param[id(p)].reshape(n, d, -1).sum(dim=(1, 2))
-        heads += by_param[id(g["head_in"][0])].reshape(-1, n, d).sum(dim=(0, 2))
-        inter = by_param[id(g["ffn_out"][0])].sum(1) + by_param[id(g["ffn_out"][1])]
-        inter += by_param[id(g["ffn_in"][0])].sum(0)
+        for p, blocks in g["head_out"]:
+            # Summing the size-1 block dim is exact, so an unfused model scores bit-for-bit as before.
+            heads += by_param[id(p)].reshape(blocks, n, d, -1).sum(0).sum(dim=(1, 2))
+        w_in = g["head_in"][0][0]
+        heads += by_param[id(w_in)].reshape(-1, n, d).sum(dim=(0, 2))
+        inter = None
+        for p, blocks in g["ffn_out"]:  # weight (blocks*I, H) and bias (blocks*I,)
+            s = by_param[id(p)]
+            s = s.reshape(blocks, -1, *s.shape[1:]).sum(0)
+            s = s.sum(1) if s.ndim == 2 else s
+            inter = s if inter is None else inter + s
+        inter += by_param[id(g["ffn_in"][0][0])].sum(0)
         out.append((heads, inter))
     return out

@@ -20,11 +20,14 @@ from edgecompress.compress.importance import weight_scores
 from edgecompress.compress.kd import recover
 from edgecompress.compress.train import accuracy
 from edgecompress.data import EVAL_BATCH
+from edgecompress.families import family_of
 from edgecompress.recipe import PruneCfg
 
 
 def encoder_linears(model) -> list[tuple[str, torch.nn.Linear]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in f".{n}"]
+    """Every Linear inside the transformer layers (attention and FFN), wherever the family keeps them."""
+    prefix = family_of(model).layer_prefix(model)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith(prefix)]
 
 
 def sparsity(model) -> float:

@@ -10,11 +10,13 @@ the same count in every layer, ranked within the layer. Why uniform: BertConfig 
 and from_pretrained must rebuild the smaller shapes from config.json alone; per-layer FFN widths would need a
 custom config/model class that exporters and users do not know.
 
-Slicing is done here with index_select (transformers >= 5 removed prune_heads). The result is recorded the
-way BertConfig already understands: `pruned_heads` {layer: [original head ids]} and `intermediate_size`, so
+Slicing is done here with index_select (transformers >= 5 removed prune_heads), through the family's adapter
+(families.py: where Q/K/V, the output projection and the FFN live, fused or gated). The result is recorded the
+way the configs already understand: `pruned_heads` {layer: [original head ids]} and the intermediate size, so
 `from_pretrained` rebuilds exactly these shapes (transformers 4.57 applies config.pruned_heads in
-init_weights). torch is imported inside the functions: `check_plan` runs in `edgecompress plan`, which must
-not import torch.
+init_weights). A family whose config cannot say per-layer head counts (Family.prune_heads False: DeBERTa-v2,
+ModernBERT) gets its FFN cut only; `plan` refuses heads_fraction there (families.check_family). torch is imported
+inside the functions: `check_plan` runs in `edgecompress plan`, which must not import torch.
 """
 from __future__ import annotations
 
@@ -24,14 +26,12 @@ from edgecompress.compress.base import StageContext, StageResult, Teacher, regis
 from edgecompress.compress.importance import head_neuron_scores
 from edgecompress.data import EVAL_BATCH
 from edgecompress.errors import UserInputError
+from edgecompress.families import attr, family_of
 from edgecompress.recipe import StructuredPruneCfg
 
 
 def _layers(model):
-    enc = getattr(model.base_model, "encoder", None)
-    if enc is None or not hasattr(enc, "layer"):
-        raise UserInputError(f"prune_structured supports BERT-family encoders; {type(model).__name__} has no encoder.layer")
-    return list(enc.layer)
+    return family_of(model).layer_list(model)
 
 
 def choose_heads(head_scores: list, n_remove: int, min_per_layer: int) -> list[list[int]]:
@@ -66,43 +66,64 @@ def _slice_linear(lin, keep, dim: int):
     return new
 
 
+def _set(obj, path: str, value) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(attr(obj, parent) if parent else obj, name, value)
+
+
 def remove_heads(model, li: int, heads: list[int]) -> None:
     """Cut current heads `heads` of layer li from Q/K/V (rows) and O (columns); record original ids in the config."""
     import torch
     if not heads:
         return
-    att = _layers(model)[li].attention
-    sa = att.self
-    n, d = sa.num_attention_heads, sa.attention_head_size
+    fam = family_of(model)
+    if not fam.prune_heads:
+        raise UserInputError(f"prune_structured: {fam.model_type} cannot rebuild per-layer head counts from "
+                             f"config.json, so its heads are not cut; set heads_fraction: 0")
+    L, layer = fam.layer, _layers(model)[li]
+    n, d = fam.heads(layer)
     keep_heads = [h for h in range(n) if h not in set(heads)]
     keep = torch.tensor([h * d + i for h in keep_heads for i in range(d)], dtype=torch.long)
-    sa.query, sa.key, sa.value = (_slice_linear(sa.query, keep, 0), _slice_linear(sa.key, keep, 0),
-                                  _slice_linear(sa.value, keep, 0))
-    att.output.dense = _slice_linear(att.output.dense, keep, 1)
-    sa.num_attention_heads = len(keep_heads)
-    sa.all_head_size = len(keep_heads) * d
-    # Heads already removed earlier are gone from the current numbering: map current -> original ids.
-    prev = set(getattr(att, "pruned_heads", set()))
-    original = [h for h in range(model.config.num_attention_heads) if h not in prev]
-    att.pruned_heads = prev | {original[h] for h in heads}
+    for path in L.qkv + L.extra_head_rows:
+        if attr(layer, path, None) is not None:
+            _set(layer, path, _slice_linear(attr(layer, path), keep, 0))
+    _set(layer, L.attn_out, _slice_linear(attr(layer, L.attn_out), keep, 1))
+    a = attr(layer, L.attention)
+    setattr(a, L.heads_attr, len(keep_heads))
+    setattr(a, L.all_head_attr, len(keep_heads) * d)
+    # HF keeps the cut heads' original ids where its prune_heads does; heads already removed are gone from the
+    # current numbering: map current -> original.
+    holder = attr(layer, L.pruned_heads_on)
+    prev = set(getattr(holder, "pruned_heads", set()))
+    original = [h for h in range(fam.dims(model.config)["num_attention_heads"]) if h not in prev]
+    holder.pruned_heads = prev | {original[h] for h in heads}
     pruned = {int(k): list(v) for k, v in (model.config.pruned_heads or {}).items()}
-    pruned[li] = sorted(att.pruned_heads)
+    pruned[li] = sorted(holder.pruned_heads)
     model.config.pruned_heads = pruned
 
 
 def shrink_ffn(model, keeps: list) -> None:
-    """Keep the given neuron indices in every layer (all the same length: BertConfig has one intermediate_size)."""
+    """Keep the given neuron indices in every layer (all the same length: the config has one intermediate size)."""
+    import torch
     sizes = {len(k) for k in keeps}
     if len(sizes) != 1:
         raise ValueError(f"FFN widths must be uniform across layers, got {sorted(sizes)}")
+    fam = family_of(model)
+    L = fam.layer
     for layer, keep in zip(_layers(model), keeps):
-        layer.intermediate.dense = _slice_linear(layer.intermediate.dense, keep, 0)
-        layer.output.dense = _slice_linear(layer.output.dense, keep, 1)
-    model.config.intermediate_size = sizes.pop()
+        w_in = attr(layer, L.ffn_in)
+        rows = keep
+        if L.ffn_glu:  # [input; gate]: the neuron's row in each half
+            half = w_in.weight.shape[0] // 2
+            rows = torch.cat([keep, keep + half])
+        _set(layer, L.ffn_in, _slice_linear(w_in, rows, 0))
+        _set(layer, L.ffn_out, _slice_linear(attr(layer, L.ffn_out), keep, 1))
+    fam.set_dims(model.config, intermediate_size=sizes.pop())
 
 
 def heads_per_layer(model) -> list[int]:
-    return [layer.attention.self.num_attention_heads for layer in _layers(model)]
+    fam = family_of(model)
+    return [fam.heads(layer)[0] for layer in _layers(model)]
 
 
 @register_stage("prune_structured")
@@ -113,8 +134,12 @@ def prune_structured(model, tokenizer, cfg: StructuredPruneCfg, ctx: StageContex
     from edgecompress.compress.train import accuracy
     from edgecompress.modeling import count_params
 
+    fam = family_of(model)
+    why = fam.refusal("prune_structured", cfg)  # the same line plan gives (families.check_family)
+    if why:
+        raise UserInputError(f"prune_structured: {fam.model_type} {why}")
     params_before, heads_before = count_params(model), heads_per_layer(model)
-    inter_before = model.config.intermediate_size
+    inter_before = fam.dims(model.config)["intermediate_size"]
     scores = head_neuron_scores(model, _layers(model), cfg.importance, tokenizer, ctx, cfg.calibration_batches)
     total_heads = sum(heads_before)
     n_remove = round(cfg.heads_fraction * total_heads)
@@ -134,7 +159,8 @@ def prune_structured(model, tokenizer, cfg: StructuredPruneCfg, ctx: StageContex
     metrics = {"importance": cfg.importance, "params_before": params_before, "params": count_params(model),
                "heads_per_layer_before": heads_before, "heads_per_layer": heads_per_layer(model),
                "removed_heads": {i: h for i, h in enumerate(removed) if h},
-               "intermediate_size_before": inter_before, "intermediate_size": model.config.intermediate_size}
+               "intermediate_size_before": inter_before,
+               "intermediate_size": fam.dims(model.config)["intermediate_size"]}
     val = ctx.batches(tokenizer, "validation", EVAL_BATCH, shuffle=False)
     if cfg.recovery is not None:
         metrics["val_accuracy_before_recovery"] = accuracy(model, val)

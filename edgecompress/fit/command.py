@@ -35,7 +35,7 @@ def _setup(args):
     candidate's recipe plans)."""
     from edgecompress.fit.search import recipe_for
     from edgecompress.fit.space import candidates, parse_budgets
-    from edgecompress.modeling import check_model_dir, resolve_model_dir
+    from edgecompress.model_dir import check_model_dir, resolve_model_dir
     from edgecompress.plan import make_plan
     from edgecompress.recipe import FitCfg, load_recipe, parse_recipe
     from edgecompress.transports.base import parse_target

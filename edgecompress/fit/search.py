@@ -64,9 +64,9 @@ class FitSearch:
     def kept(self, min_count: int) -> list[int]:
         """Token ids a trim to `min_count` keeps (the trim_vocab stage's own rule), computed once per count."""
         if min_count not in self._keep:
-            from edgecompress.compress.vocab import kept_ids, token_counts
+            from edgecompress.compress.vocab import completed_ids, kept_ids, token_counts
             counts = token_counts(self.tokenizer, self.ctx.splits["train"].texts)
-            self._keep[min_count] = kept_ids(self.tokenizer, counts, min_count)
+            self._keep[min_count] = completed_ids(self.tokenizer, kept_ids(self.tokenizer, counts, min_count))
         return self._keep[min_count]
 
     def features(self, c: Candidate) -> dict:

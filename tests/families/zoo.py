@@ -29,18 +29,20 @@ def corpus_texts(n: int = 4000) -> list[str]:
     return load_splits(DataCfg())["train"].texts[:n]
 
 
-def _wordpiece(texts: list[str]):
-    from tokenizers import BertWordPieceTokenizer
+def _wordpiece(texts: list[str], vocab: int):
+    from tokenizers import BertWordPieceTokenizer, processors
     tok = BertWordPieceTokenizer(lowercase=True)
-    tok.train_from_iterator(texts, vocab_size=VOCAB, special_tokens=_SPECIALS["wordpiece"], show_progress=False)
+    tok.train_from_iterator(texts, vocab_size=vocab, special_tokens=_SPECIALS["wordpiece"], show_progress=False)
+    # Trained from scratch it has no [CLS]/[SEP] template yet (the constructor only adds one for a given vocab).
+    tok.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
     return tok, dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
-def _byte_bpe(texts: list[str], family: str):
+def _byte_bpe(texts: list[str], family: str, vocab: int):
     from tokenizers import ByteLevelBPETokenizer, processors
     specials = _SPECIALS[family]
     tok = ByteLevelBPETokenizer(add_prefix_space=family == "roberta")
-    tok.train_from_iterator(texts, vocab_size=VOCAB, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(texts, vocab_size=vocab, special_tokens=specials, show_progress=False)
     if family == "roberta":
         tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True,
                                                           add_prefix_space=True)
@@ -52,12 +54,12 @@ def _byte_bpe(texts: list[str], family: str):
     return tok, dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
-def _unigram(texts: list[str], family: str):
+def _unigram(texts: list[str], family: str, vocab: int):
     from tokenizers import SentencePieceUnigramTokenizer, processors
     specials = _SPECIALS[family]
     unk = "<unk>" if family == "xlm-roberta" else "[UNK]"
     tok = SentencePieceUnigramTokenizer()
-    tok.train_from_iterator(texts, vocab_size=VOCAB, special_tokens=specials, unk_token=unk, show_progress=False)
+    tok.train_from_iterator(texts, vocab_size=vocab, special_tokens=specials, unk_token=unk, show_progress=False)
     if family == "xlm-roberta":
         tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
                                                            special_tokens=[("<s>", 0), ("</s>", 2)])
@@ -69,18 +71,18 @@ def _unigram(texts: list[str], family: str):
                      sep_token="[SEP]", mask_token="[MASK]")
 
 
-def make_tokenizer(family: str, texts: list[str]):
+def make_tokenizer(family: str, texts: list[str], vocab: int = VOCAB):
     """A transformers fast tokenizer of the family's class over a tokenizer of its kind trained on `texts`."""
     import transformers as T
     if family in ("bert", "distilbert", "electra"):
-        raw, kw = _wordpiece(texts)
+        raw, kw = _wordpiece(texts, vocab)
         cls = {"bert": T.BertTokenizerFast, "distilbert": T.DistilBertTokenizerFast,
                "electra": T.ElectraTokenizerFast}[family]
     elif family in ("roberta", "modernbert"):
-        raw, kw = _byte_bpe(texts, family)
+        raw, kw = _byte_bpe(texts, family, vocab)
         cls = T.RobertaTokenizerFast if family == "roberta" else T.PreTrainedTokenizerFast
     else:
-        raw, kw = _unigram(texts, family)
+        raw, kw = _unigram(texts, family, vocab)
         cls = T.XLMRobertaTokenizerFast if family == "xlm-roberta" else T.DebertaV2TokenizerFast
     return cls(tokenizer_object=raw._tokenizer, **kw)
 

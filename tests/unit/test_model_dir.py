@@ -6,7 +6,7 @@ import json
 import pytest
 
 from edgecompress.errors import UserInputError
-from edgecompress.modeling import check_model_dir
+from edgecompress.model_dir import check_model_dir
 from tests._models import save_tiny_teacher
 
 
