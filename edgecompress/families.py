@@ -135,10 +135,6 @@ _BERT_LAYER = LayerPaths(qkv=("attention.self.query", "attention.self.key", "att
                          attention="attention.self", heads_attr="num_attention_heads",
                          head_size_attr="attention_head_size", all_head_attr="all_head_size")
 _WORDPIECE_FILES = ("tokenizer.json", "vocab.txt")
-# ExecuTorch's PT2E XNNPACKQuantizer (transform_for_annotation) turns every scalar operand of add/mul into a float
-# tensor, so integer index arithmetic comes out float and the prepared model fails at its first forward.
-_PTE_INT8 = ("the .pte int8 quantizer (PT2E XNNPACKQuantizer) makes its {what} float and the model fails; export "
-             "pte at fp32, or int8 as onnx/ptl/tflite")
 _NO_HEAD_CUT = "cannot have its attention heads cut: {why}; set heads_fraction: 0 (FFN neurons are still cut)"
 
 
@@ -159,11 +155,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            ("LayerNorm.weight", "layer_norm.weight"), "WordPiece", _WORDPIECE_FILES, prune_heads=True,
            fields=("n_layers", "dim", "n_heads", "hidden_dim")),
     _bert_like("roberta", "roberta", "classifier.out_proj", "BPE", ("tokenizer.json", "vocab.json"),
-               positions_from_pad=True,
-               refuses=(Refusal("export:pte-int8", _PTE_INT8.format(what="integer position ids")),)),
+               positions_from_pad=True),
     _bert_like("xlm-roberta", "roberta", "classifier.out_proj", "Unigram",
-               ("tokenizer.json", "sentencepiece.bpe.model"), positions_from_pad=True,
-               refuses=(Refusal("export:pte-int8", _PTE_INT8.format(what="integer position ids")),)),
+               ("tokenizer.json", "sentencepiece.bpe.model"), positions_from_pad=True),
     _bert_like("electra", "electra", "classifier.out_proj", "WordPiece", _WORDPIECE_FILES,
                follow_hidden=("embedding_size",), embedding_width="embedding_size"),
     Family("deberta-v2", "deberta", "encoder.layer",
@@ -176,8 +170,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            "Unigram", ("tokenizer.json", "spm.model"), prune_heads=False,
            follow_hidden=("pooler_hidden_size", "embedding_size"), embedding_width="embedding_size",
            refuses=(Refusal("prune_structured", _NO_HEAD_CUT.format(
-               why="DeBERTa has no prune_heads and its config has one head count for every layer"), "heads_fraction"),
-                    Refusal("export:pte-int8", _PTE_INT8.format(what="relative-position gather indices")))),
+               why="DeBERTa has no prune_heads and its config has one head count for every layer"), "heads_fraction"),)),
     Family("modernbert", "model", "layers",
            LayerPaths(qkv=("attn.Wqkv",), attn_out="attn.Wo", ffn_in="mlp.Wi", ffn_out="mlp.Wo", attention="attn",
                       heads_attr="num_heads", head_size_attr="head_dim", all_head_attr="all_head_size", ffn_glu=True),

@@ -203,9 +203,9 @@ class QuantSpec(Cfg):
     # linear: the int8 grid. codebook: k-means per layer (Deep Compression), 2**codebook_bits shared values.
     weights: Literal["linear", "codebook"] = "linear"
     codebook_bits: Literal[4, 8] = 8
-    # None keeps each format's default (onnx: int8 Gather, as quantize_dynamic does by default; ptl/pte: fp32).
-    # True: quantize the word-embedding table where the format can (onnx int8 Gather or codebook, ptl 8-bit rows);
-    # False: keep it fp32 everywhere. The table is about half of a MiniLM-size model.
+    # None and True: an int8 word-embedding table in every format (onnx int8 Gather, ptl/pte 8-bit rows with a scale
+    # and zero point per row, tflite EMBEDDING_LOOKUP); False keeps it fp32. The table is about half of a
+    # MiniLM-size model.
     embeddings: Optional[bool] = None
     calibration: CalibrationCfg = CalibrationCfg()
     qat: Optional[TrainCfg] = Field(None, description="fake-quant fine-tuning under distillation before export")

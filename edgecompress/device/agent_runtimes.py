@@ -49,10 +49,6 @@ def _load_executorch(path, threads, io):
     from executorch.runtime import Runtime
 
     notes = {}
-    try:  # int8 embedding tables run quantized_decomposed::embedding_byte, registered by this library when loaded
-        import executorch.kernels.quantized  # noqa: F401
-    except ImportError:
-        notes["quantized_kernels"] = "not available: a .pte with int8 embeddings will not load"
     try:
         # Best effort: resizes ExecuTorch's shared threadpool (XNNPACK's delegate uses it). Private API, may move.
         from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
@@ -196,7 +192,9 @@ def _load_tflite(path, threads, io):
 
 # Imported (and timed as import_ms) before load_ms starts: importing torch alone takes seconds on a Pi, which is
 # a cost of the Python harness, not of loading the model in an app that already has the runtime linked in.
-IMPORTS = {"onnxruntime": ("onnxruntime", "numpy"), "executorch": ("torch", "executorch.runtime"),
+# executorch.kernels.quantized registers embedding_byte, which .pte files with an int8 embedding table run.
+IMPORTS = {"onnxruntime": ("onnxruntime", "numpy"), "executorch": ("torch", "executorch.runtime",
+                                                                    "executorch.kernels.quantized"),
            "lite_interpreter": ("torch",), "tflite": ("numpy",)}
 LOADERS = {"onnxruntime": _load_onnxruntime, "executorch": _load_executorch,
            "lite_interpreter": _load_lite_interpreter, "tflite": _load_tflite}

@@ -119,6 +119,9 @@ class Exporter(ABC):
     edgecompress.formats.FORMATS[name]: a class declares only `name`.
     """
     name: ClassVar[str]
+    # Bumped when the exporter writes different files for the same inputs: it is part of the export's artifact id,
+    # so a cached file from an older exporter is never reused.
+    revision: ClassVar[int] = 1
     # When the intent leaves quantize.embeddings unset, whether codebook clustering includes the embedding table.
     embeddings_default: ClassVar[bool] = False
 

@@ -8,20 +8,33 @@ Writes ONE file, model.pte, plus io.json.
   at batch 1, ~24 MB at batch 8). Hence batch defaults to 1; pass `PteExporter(batch=N)` to bench batch N.
   The runtime rejects a larger shape with error 0x12; our InferFn checks seq first (UserInputError) and splits a
   batch larger than the bound into chunks, so host-side parity/accuracy work at any batch.
+- What is lowered is an eager-attention copy of the model (`for_executorch`), fp32 and int8 alike. HF's SDPA
+  attention decomposes, under torch.export, into the math path's `_safe_softmax` (eq -inf, any, logical_not,
+  where over every [heads, seq, seq] score tensor) plus an expanded [seq, seq] mask built with where; XNNPACK
+  delegates none of those, and on portable kernels they took 6 of the 10 ms of the default student's p50
+  (benchmarks/ship). Eager attention is matmul + add of a [batch, 1, 1, seq] mask + softmax, all delegated; a
+  fully padded row (not a real input) gets a uniform softmax instead of zeros. The no-op expand_copy that
+  torch's matmul decomposition puts before each attention bmm is dropped before partitioning (`_drop_noop_expands`)
+  so XNNPACK takes the reshape/bmm around it.
 - int8: PT2E with executorch's XNNPACKQuantizer, symmetric, dynamic activations, per-channel weights when the
   intent asks; prepare/convert come from torchao (torch.ao.quantization.quantize_pt2e is gone). Dynamic quant
   has no activation ranges to learn, but observers still need one forward: calib batches, else io.example_inputs.
-  Embeddings stay fp32; LayerNorm, where, any, expand run on portable kernels (not delegated): listed in details.
+  The word-embedding table is stored as 8-bit rows (quant/embedding.py: quantized_decomposed::embedding_byte from
+  ExecuTorch's quantized-kernels library) unless the intent says `embeddings: false`: it is most of a small
+  student's file (default student: 33.0 -> 10.9 MiB). LayerNorm and the lookups stay on portable kernels (not
+  delegated): listed in details.
 - Beyond dynamic, PT2E's XNNPACKQuantizer realizes the rest of the intent:
   static: `get_symmetric_quantization_config(is_dynamic=False)`, observers fed `calibration.samples` train rows,
   streamed `batch` rows per forward (minmax observers; percentile/entropy have no PT2E observer here, so they
   are refused in notes and minmax is used); QAT: fake-quant fine-tuning in torch first (quant/qat.py), then
   dynamic/static PT2E; fallback: the most sensitive Linears are left unannotated (`set_module_name(name, None)`),
   chosen by the drop of the converted (not yet lowered) program run in torch; codebook: XNNPACK has no
-  lookup-table weights, so the clustered weights are written dense fp32 (noted); embeddings: the XNNPACK
-  quantizer does not annotate embedding lookups (quantized embedding_byte needs the quantized-kernels library in
-  the runtime), so the table stays fp32 (noted when asked). The profile's u8/s8 flavour is ONNX Runtime's knob:
-  XNNPACK's quantizer is symmetric s8 weights / s8 activations by construction.
+  lookup-table weights, so the clustered weights are written dense fp32 (noted), the table included. The
+  profile's u8/s8 flavour is ONNX Runtime's knob: XNNPACK's quantizer is symmetric s8 weights / s8 activations by
+  construction.
+- Runtimes: a file with an 8-bit table needs the quantized kernels registered: load() imports
+  executorch.kernels.quantized; the native runner links libexecutorch_kernels_quantized. details["kernel_ops"]
+  lists every operator the file calls outside its XNNPACK delegate.
 - Lowering is slow: measured on 2 x86 cores, 13-16 s for the 2-layer tiny test BERT; for a 3-layer MiniLM-size
   model (hidden 384, vocab 30522) 19 s fp32 / 25 s int8 at batch 1, 35 s int8 at batch 8.
 - load() sets the XNNPACK threadpool size, which is process-global in the Python runtime.
@@ -37,8 +50,10 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress.errors import RuntimeFailure
-from edgecompress.export.base import ExportJob, Exporter, InferFn, IOSpec, check_inputs, read_io_beside
+from edgecompress.export.base import (ExportJob, Exporter, InferFn, IOSpec, check_inputs, logits_module,
+                                      read_io_beside)
 from edgecompress.export.quant import fallback
+from edgecompress.export.quant.embedding import quantize_word_embeddings
 from edgecompress.registry import EXPORTERS
 
 _CALIB_BATCHES = 4  # dynamic quant learns nothing from data; a few forwards only exercise the observers
@@ -55,6 +70,9 @@ def _tracing():
 @EXPORTERS.register("pte")
 class PteExporter(Exporter):
     name = "pte"
+    # Bumped when the same intent writes a different file, so a cached export is not reused (the pipeline keys
+    # export ids on it). 2: eager attention, no-op expands dropped, 8-bit word table by default.
+    revision = 2
 
     def dynamic_shapes(self, io: IOSpec):
         import torch
@@ -76,11 +94,23 @@ class PteExporter(Exporter):
         details.update(max_batch=self.batch, dynamic_batch=self.batch > 1, dynamic_seq=True, backend="xnnpack")
         return notes, details
 
+    def for_executorch(self, job: ExportJob, int8_table: bool):
+        """The logits module that gets lowered: an eager-attention copy of job.model (module docstring: why), its
+        word-embedding table as 8-bit rows when int8_table. job.model is not modified."""
+        model, attention = eager_attention_copy(job.model)
+        job.details["attention"] = attention
+        job.details["embeddings_int8"] = int8_table
+        if int8_table:
+            job.details["embedding_table"] = quantize_word_embeddings(model)
+        return logits_module(model)
+
     def quantize_module(self, job: ExportJob, module):
         quant = job.quant
         if quant.weights == "codebook":
             job.codebook_as_dense("XNNPACK")
-            return module
+            return self.for_executorch(job, int8_table=False)  # dense fp32 anyway: the table stays fp32 too
+        int8_table = quant.embeddings is not False  # unset means int8, as in the .onnx and .ptl files
+        module = self.for_executorch(job, int8_table)
         with _tracing():
             excluded: list[str] = []
             if quant.fallback is not None:
@@ -94,11 +124,9 @@ class PteExporter(Exporter):
                          f"({'per channel' if quant.per_channel else 'per tensor'}), activations "
                          f"{quant.activations}" + (f" (calibrated on {job.details['calibration']['rows']} rows, "
                                                    f"minmax observers)" if quant.activations == "static" else "")
-                         + "; embeddings stay fp32"
+                         + ("; embeddings 8-bit rows (quantized_decomposed::embedding_byte)" if int8_table
+                            else "; embeddings stay fp32 (embeddings: false)")
                          + (f"; fp32 fallback for {len(excluded)} layer(s)" if quant.fallback is not None else ""))
-        if quant.embeddings:
-            job.notes.append("embeddings: true cannot be realized in .pte: XNNPACKQuantizer does not annotate "
-                             "embedding lookups; the table stays fp32")
         if quant.activations == "static" and quant.calibration.method != "minmax":
             job.notes.append(f"calibration method {quant.calibration.method} is onnxruntime's; PT2E XNNPACK "
                              f"static used its minmax observers")
@@ -116,7 +144,7 @@ class PteExporter(Exporter):
         from edgecompress.export.quant.calibration import input_batches, rebatch
 
         static = quant.activations == "static"
-        quantizer = XNNPACKQuantizer().set_global(
+        quantizer = int_safe_quantizer(XNNPACKQuantizer).set_global(
             get_symmetric_quantization_config(is_per_channel=quant.per_channel, is_dynamic=not static))
         for name in excluded:  # left unannotated -> stays fp32 (still delegated to XNNPACK as an fp32 linear)
             quantizer.set_module_name(f"inner.{name}", None)
@@ -159,21 +187,26 @@ class PteExporter(Exporter):
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
+        if job.quant is None:  # int8 built its module in quantize_module, before PT2E
+            module = self.for_executorch(job, int8_table=False)
         t1 = time.perf_counter()
         with _tracing():
             try:
                 ep = torch.export.export(module, self.example_args(job.io), dynamic_shapes=self.dynamic_shapes(job.io))
-                edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+                edge = to_edge_transform_and_lower(ep, transform_passes=[_drop_noop_expands],
+                                                   partitioner=[XnnpackPartitioner()])
                 # Read before to_executorch(), which rewrites the graph into out-variants and memory ops.
                 delegated, portable = _op_split(edge.exported_program().graph_module)
                 et = edge.to_executorch()
             except Exception as e:  # noqa: BLE001 - report any lowering failure as this export's failure
                 raise RuntimeFailure(f"ExecuTorch export/lowering failed: {type(e).__name__}: {e}") from e
         t2 = time.perf_counter()
+        plan = et.executorch_program.execution_plan[0]
         job.details.update(quantize_s=round(t1 - job.started, 2), lower_s=round(t2 - t1, 2),
                            delegate_calls=delegated, non_delegated_ops=portable,
-                           planned_memory_mb=round(sum(et.executorch_program.execution_plan[0].non_const_buffer_sizes)
-                                                   / 2**20, 2))
+                           kernel_ops=sorted({f"{op.name}.{op.overload}" if op.overload else op.name
+                                              for op in plan.operators}),
+                           planned_memory_mb=round(sum(plan.non_const_buffer_sizes) / 2**20, 2))
         return et
 
     def write(self, job: ExportJob, program, out: Path) -> None:
@@ -182,6 +215,7 @@ class PteExporter(Exporter):
     def load(self, path: Path, threads: int = 1) -> InferFn:
         """Load in the ExecuTorch runtime. NOTE: resizes the process-global XNNPACK threadpool to `threads`."""
         import torch
+        import executorch.kernels.quantized  # noqa: F401 - registers embedding_byte (8-bit table) in this runtime
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
@@ -204,8 +238,46 @@ class PteExporter(Exporter):
         return infer
 
 
+def eager_attention_copy(model) -> tuple[object, str]:
+    """(a copy of the HF *ForSequenceClassification model with eager attention, the attention it had). A HF model
+    picks its attention classes when it is built, so the copy is rebuilt from the config and takes the weights
+    (strict: every tensor must find its place); an eager model is deep-copied."""
+    import copy
+    from transformers import AutoModelForSequenceClassification
+
+    had = getattr(model.config, "_attn_implementation", None) or "eager"
+    if had == "eager":
+        return copy.deepcopy(model).eval(), had
+    # A copy of the config: from_config writes the attention choice into the config it is given.
+    eager = AutoModelForSequenceClassification.from_config(copy.deepcopy(model.config), attn_implementation="eager")
+    eager.load_state_dict(model.state_dict())
+    return eager.to(model.dtype).eval(), had
+
+
+def _drop_noop_expands(gm):
+    """Edge pass: remove expand_copy nodes whose output has their input's shape. torch's matmul decomposition puts
+    one before each attention bmm; XNNPACK does not take expand, so each split a delegate and copied a tensor."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.pass_base import PassResult
+
+    removed = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target == exir_ops.edge.aten.expand_copy.default:
+            src, out = node.args[0].meta.get("val"), node.meta.get("val")
+            # str(): symbolic sizes (the dynamic seq) compare as the same symbol, without a guard
+            if src is not None and out is not None and [str(d) for d in src.shape] == [str(d) for d in out.shape]:
+                node.replace_all_uses_with(node.args[0])
+                gm.graph.erase_node(node)
+                removed += 1
+    if removed:
+        gm.graph.lint()
+        gm.recompile()
+    return PassResult(gm, removed > 0)
+
+
 def _op_split(gm) -> tuple[int, list[str]]:
-    """(number of XNNPACK delegate calls, sorted names of ops left to portable kernels)."""
+    """(number of XNNPACK delegate calls, sorted names of the ops left to portable kernels, such as
+    aten.native_layer_norm.default)."""
     delegated, portable = 0, set()
     for node in gm.graph.nodes:
         if node.op != "call_function":
@@ -214,7 +286,10 @@ def _op_split(gm) -> tuple[int, list[str]]:
         if "executorch_call_delegate" in name:
             delegated += 1
         elif name not in ("getitem", "sym_size") and "sym_size" not in str(node.target):
-            portable.add(str(node.target))
+            if callable(node.target) and type(node.target).__name__ == "builtin_function_or_method":
+                portable.add(f"operator.{name}")  # size arithmetic on a dynamic dim (runtime prim op)
+            else:
+                portable.add(str(node.target).split(">")[0].removeprefix("<EdgeOpOverload: "))
     return delegated, sorted(portable)
 
 
@@ -222,3 +297,37 @@ def _count_quant_nodes(gm) -> int:
     """quantize/dequantize/choose_qparams nodes PT2E inserted: 0 means the quantizer annotated nothing."""
     return sum(1 for n in gm.graph.nodes if n.op == "call_function"
                and any(k in str(n.target) for k in ("quantize_per", "choose_qparams")))
+
+
+def int_safe_quantizer(base):
+    """`base` (XNNPACKQuantizer) without its float conversion of integer add/mul scalars.
+
+    Its transform_for_annotation turns every scalar operand of add/mul into a float tensor, so integer index
+    arithmetic comes out float (RoBERTa's position ids, DeBERTa's relative-position gather) and the prepared model
+    fails at its first forward. Only floating-point add/mul get tensor scalars here; integer arithmetic is left as is."""
+    import torch
+
+    class IntSafeQuantizer(base):
+        def transform_for_annotation(self, model):
+            ops, k = (torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor), 0
+            for n in list(model.graph.nodes):
+                val = n.meta.get("val")
+                if n.op != "call_function" or n.target not in ops or val is None or not val.dtype.is_floating_point:
+                    continue
+                args = []
+                for a in n.args:
+                    if isinstance(a, torch.fx.Node):
+                        args.append(a)
+                        continue
+                    while hasattr(model, f"_float_scalar_{k}"):
+                        k += 1
+                    name, t = f"_float_scalar_{k}", torch.tensor(float(a))
+                    model.register_buffer(name, t)
+                    with model.graph.inserting_before(n):
+                        node = model.graph.get_attr(name)
+                    node.meta["val"] = val.fake_mode.from_tensor(t, static_shapes=True)
+                    args.append(node)
+                n.args = tuple(args)
+            model.recompile()
+            return model
+    return IntSafeQuantizer()

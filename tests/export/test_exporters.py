@@ -2,7 +2,8 @@
 torch model at shapes other than the export shape, refuses too-long input with a UserInputError.
 
 fp32 is judged by atol, int8 by SQNR / cosine / label agreement against the fp32 torch model. Each (format,
-precision) is exported once per module (ExecuTorch lowering costs ~15 s; the two .pte cases are marked slow).
+precision) is exported once per module (ExecuTorch lowering costs ~15 s; the .pte cases are marked slow). int8
+files carry an 8-bit word-embedding table unless the intent says embeddings: false ("int8-fp32-table" below).
 """
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ ONNX_PTL = [pytest.param((f, p), id=f"{f}-{p}") for f in ("onnx", "ptl") for p i
 PTE = [pytest.param(("pte", p), id=f"pte-{p}", marks=slow) for p in ("fp32", "int8")]
 CASES = ONNX_PTL + PTE
 INT8 = [c for c in CASES if c.values[0][1] == "int8"]
+# int8 with embeddings: false: the table stays fp32 (one more .pte lowering, slow).
+FP32_TABLE = "int8-fp32-table"
+TABLE_FORMATS = [pytest.param("ptl", id="ptl"), pytest.param("pte", id="pte", marks=slow)]
+EMB8_OP = {"ptl": "quantized::embedding_byte", "pte": "quantized_decomposed::embedding_byte.out"}
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -57,7 +62,8 @@ class _Exports:
     def _export(self, fmt: str, precision: str) -> SimpleNamespace:
         cls = EXPORTERS.get(fmt)
         exporter = cls(batch=4) if (fmt, precision) == ("pte", "fp32") else cls()
-        quant = QuantSpec(per_channel=True) if precision == "int8" else None
+        quant = {"fp32": None, "int8": QuantSpec(per_channel=True),
+                 FP32_TABLE: QuantSpec(per_channel=True, embeddings=False)}[precision]
         out_dir = self.tmp.mktemp(f"{fmt}-{precision}")
         cwd = self.tmp.mktemp(f"{fmt}-{precision}-cwd")
         before = _state(self.model)
@@ -302,3 +308,85 @@ def test_per_tensor_int8_is_honoured(fmt, tiny_bert, tmp_path):
     assert result.details["per_channel"] is False
     assert any("per tensor" in n for n in result.notes)
     assert r["sqnr_db"] > INT8_MIN_SQNR_DB - 5, r  # per-tensor is coarser (MiniLM: cos 0.91 vs 0.98)
+
+
+def _ops(exported) -> set[str]:
+    """The operators the file calls: the lite interpreter's list; for .pte those outside its XNNPACK delegate."""
+    if exported.fmt == "ptl":
+        import torch.jit.mobile
+        return set(torch.jit.mobile._export_operator_list(
+            torch.jit.mobile._load_for_lite_interpreter(str(exported.result.file))))
+    return set(exported.result.details["kernel_ops"])
+
+
+@pytest.mark.parametrize("fmt", TABLE_FORMATS)
+def test_int8_carries_an_8bit_embedding_table_by_default(exports, fmt):
+    # setup
+    default, fp32_table = exports((fmt, "int8")), exports((fmt, FP32_TABLE))
+    table_saving = IO.vocab_size * 32 * 3  # 4 -> 1 byte per value of the tiny BERT's 1100 x 32 word table
+
+    # execute
+    size, size_fp32_table = default.result.file.stat().st_size, fp32_table.result.file.stat().st_size
+
+    # assert: the op is in the file and the table's bytes are gone; embeddings: false keeps both as they were
+    assert EMB8_OP[fmt] in _ops(default) and EMB8_OP[fmt] not in _ops(fp32_table)
+    assert size_fp32_table - size > 0.8 * table_saving, (size, size_fp32_table)
+    assert default.result.details["embeddings_int8"] is True and fp32_table.result.details["embeddings_int8"] is False
+    assert any("embeddings 8-bit rows" in n for n in default.result.notes)
+    assert any("embeddings stay fp32 (embeddings: false)" in n for n in fp32_table.result.notes)
+
+
+@pytest.mark.parametrize("fmt", TABLE_FORMATS)
+def test_embeddings_false_meets_the_int8_bars(exports, fmt, tiny_bert):
+    # setup
+    exported = exports((fmt, FP32_TABLE))
+    # execute
+    r = compare(tiny_bert, exported.infer, IO, shapes=SHAPES, seed=7)
+    # assert
+    assert r["sqnr_db"] > INT8_MIN_SQNR_DB and r["label_agreement"] >= INT8_MIN_LABEL_AGREEMENT, r
+
+
+@slow
+def test_pte_attention_runs_without_portable_mask_ops(exports, tiny_bert):
+    # setup: SDPA's decomposition left where/any/eq/logical_not on portable kernels (6 of the default student's
+    # 10 ms); the exporter lowers an eager-attention copy instead, leaving the caller's model as it was. (An
+    # expand_copy stays at dynamic batch: token_type_ids' [1, seq] -> [batch, seq], not in attention.)
+    mask_ops = ("where", "any.", "eq.", "logical_not")
+
+    # execute
+    details = [exports(("pte", p)).result.details for p in ("fp32", "int8")]
+
+    # assert
+    for d in details:
+        assert d["attention"] == "sdpa"
+        assert not [op for op in d["non_delegated_ops"] if any(k in op for k in mask_ops)], d["non_delegated_ops"]
+    assert "aten.expand_copy.default" not in details[1]["non_delegated_ops"]  # batch 1: the no-op expands dropped
+    assert tiny_bert.config._attn_implementation == "sdpa"
+    assert type(tiny_bert.bert.encoder.layer[0].attention.self).__name__ == "BertSdpaSelfAttention"
+
+
+@slow
+def test_native_runner_runs_the_8bit_table_with_the_python_runtimes_logits(exports, tmp_path):
+    # setup: the product measures .pte with the native runner (targets/native), which links the quantized kernels
+    import json
+    import shutil
+    import subprocess
+    from edgecompress.device import native
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not installed (apt-get install g++): the native runner cannot be built")
+    exported = exports(("pte", "int8"))
+    samples = [IO.example_inputs(1, n, seed=n) for n in (17, 64)]
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps([{k: v.tolist() for k, v in s.items()} for s in samples]))
+    argv = native.launch_argv(str(native.build_runner())) + [
+        "--model", str(exported.result.file), "--io", str(exported.out_dir / IO_FILE), "--runtime", "executorch",
+        "--threads", "1", "--warmup-runs", "0", "--runs", "2", "--inputs", str(inputs), "--predict"]
+
+    # execute
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    want = np.concatenate([exported.infer(s) for s in samples])
+
+    # assert
+    assert p.returncode == 0 and out["ok"], out
+    assert np.abs(np.asarray(out["logits"], dtype=np.float32) - want).max() <= 1e-4

@@ -48,3 +48,23 @@ def test_distilled_trimmed_student_exports_to_onnx_int8(zoo, family, family_spli
     got, ref = np.concatenate(got), np.concatenate(ref)
     assert (got.argmax(1) == ref.argmax(1)).mean() >= MIN_LABEL_AGREEMENT
     assert sqnr_db(ref, got) >= MIN_SQNR_DB
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["roberta", "deberta-v2"])
+def test_families_with_integer_index_arithmetic_export_to_pte_int8(zoo, family, tmp_path):
+    # setup: RoBERTa's position ids and DeBERTa's relative-position gather are integer arithmetic, which the
+    # XNNPACK quantizer's scalar-to-tensor pass used to turn float
+    model, tok = zoo.load(family)
+    io = IOSpec(vocab_size=len(tok), num_labels=2, max_seq_len=64, pad_token_id=tok.pad_token_id)
+    exporter = EXPORTERS.get("pte")(batch=1)
+    # execute
+    out = exporter.export(model, io, QuantSpec(per_channel=True), None, tmp_path)
+    infer = exporter.load(out.file)
+    # assert
+    enc = tok(["a quiet, warm film", "not good at all, sadly"], truncation=True, max_length=64)
+    for ids in enc["input_ids"]:
+        x = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        with torch.no_grad():
+            ref = model(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()
+        assert infer(x).argmax(1) == ref.argmax(1) and np.abs(infer(x) - ref).max() < 0.05
