@@ -32,6 +32,12 @@ def pareto_png(rows: list[dict]) -> bytes:
     ax.set_ylabel("test accuracy — higher is better")
     ax.set_title("Accuracy vs latency (marker size = file MB)")
     ax.grid(alpha=0.3)
+    return png_bytes(fig)
+
+
+def png_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (laid out, then closed)."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/onnxruntime 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -47,16 +46,10 @@ SIZES = {
 
 
 def p50_ms(infer, io, runs: int = 30, warmup: int = 5) -> float:
+    from edgecompress.bench.stats import in_process_p50_ms
     x = io.example_inputs(1, SEQ, seed=1)
     x["attention_mask"][:] = 1
-    for _ in range(warmup):
-        infer(x)
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        infer(x)
-        t.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(t), 3)
+    return round(in_process_p50_ms(infer, x, runs, warmup), 3)
 
 
 def by_row(batches, values) -> np.ndarray:

@@ -47,16 +47,10 @@ def latest_student(store: Path) -> Path:
 
 
 def p50_ms(infer, io, runs: int = 30, warmup: int = 5) -> float:
+    from edgecompress.bench.stats import in_process_p50_ms
     x = io.example_inputs(BATCH, SEQ, seed=1)
     x["attention_mask"][:] = 1
-    for _ in range(warmup):
-        infer(x)
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        infer(x)
-        t.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(t), 2)
+    return round(in_process_p50_ms(infer, x, runs, warmup), 2)
 
 
 def predict(infer, test_batches) -> np.ndarray:

@@ -45,3 +45,17 @@ def repeat_summary(results: Sequence[dict], metric: str = "p50_ms") -> dict:
         return {"metric": metric, "n": 0}
     return {"metric": metric, "n": len(vals), "median": round(percentile(vals, 50), 4),
             "min": round(min(vals), 4), "max": round(max(vals), 4), "spread_pct": round(spread_pct(vals), 2)}
+
+
+def in_process_p50_ms(infer, inputs: dict, runs: int = 30, warmup: int = 5) -> float:
+    """Median wall time of `infer(inputs)` in this process, after `warmup` calls: the benchmark scripts' quick
+    comparison of files side by side (device numbers come from the on-device runners)."""
+    import time
+    for _ in range(warmup):
+        infer(inputs)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        infer(inputs)
+        times.append((time.perf_counter() - t0) * 1000)
+    return percentile(times, 50)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 
@@ -45,11 +44,8 @@ def frontier_png(doc: dict) -> bytes:
     for ax in (a1, a2):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    from edgecompress.report_html import png_bytes
+    return png_bytes(fig)
 
 
 def _cell(v) -> str:
@@ -67,7 +63,7 @@ def to_markdown(doc: dict) -> str:
              + (" The target is emulated: latency budgets are not judged there, size and memory only."
                 if doc.get("emulated") else ""), "",
              f"Result: **{doc['verdict']}**", "",
-             f"Phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in doc["phases_s"].items())
+             "Phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in doc["phases_s"].items())
              + f". Candidates: {len(doc['rows'])} ({sum(r['status'] == 'skipped' for r in doc['rows'])} skipped by "
              f"the cost model). Cost model held-out error: "
              + ", ".join(f"{k} {v['mean_rel_err']:.1%} (n={v['n']})" for k, v in doc["cost_model"].items()
