@@ -26,6 +26,8 @@ def register(sub) -> None:
                    help="p90_ms=, file_mb=, peak_rss_mb=, load_ms= (all must hold)")
     p.add_argument("--top-k", type=int, help="candidates distilled in full (default: fit.top_k)")
     p.add_argument("--out", type=Path, default=Path("fit"), help="parent folder of fit/<recipe name>/")
+    p.add_argument("--remeasure", action="store_true",
+                   help="measure every candidate again instead of reusing stored measurements")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=fit_command)
 
@@ -69,7 +71,7 @@ def fit_command(args) -> int:
                  + " ".join(f"{k}={v:g}" for k, v in budgets.items()) + f"; store {home() / 'store'}")
     out_dir.mkdir(parents=True, exist_ok=True)
     with to_log(out_dir / "fit.log", enabled=not getattr(args, "debug", False)), make_transport(reach) as transport:
-        doc = _run(Runner(plan, out_dir / "search"), space, budgets, transport, target, out_dir)
+        doc = _run(Runner(plan, out_dir / "search"), space, budgets, transport, target, out_dir, args.remeasure)
     from edgecompress.fit.report import write
     write(doc, out_dir)
     progress.log(f"report: {out_dir / 'report.md'}")
@@ -78,9 +80,9 @@ def fit_command(args) -> int:
     return 0 if doc["winner"] else 1
 
 
-def _run(runner, space, budgets, transport, target: str, out_dir: Path) -> dict:
+def _run(runner, space, budgets, transport, target: str, out_dir: Path, remeasure: bool = False) -> dict:
     from edgecompress.fit.search import FitSearch, closest
-    s = FitSearch(runner, space, budgets, transport, target)
+    s = FitSearch(runner, space, budgets, transport, target, remeasure)
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
     progress.log("[fit] teacher and data")

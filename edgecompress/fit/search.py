@@ -42,8 +42,9 @@ def probe_order(cands: list[Candidate], probe: int) -> list[Candidate]:
 
 
 class FitSearch:
-    def __init__(self, runner, space, budgets: dict[str, float], transport, target: str):
+    def __init__(self, runner, space, budgets: dict[str, float], transport, target: str, remeasure: bool = False):
         self.runner, self.space, self.budgets = runner, space, budgets
+        self.remeasure = remeasure  # latency is of the device now: a busy or changed device wants fresh numbers
         self.transport, self.target = transport, target
         self.recipe = runner.recipe
         self.out = Outcome()
@@ -86,7 +87,8 @@ class FitSearch:
         def build(tmp: Path) -> None:
             metrics = self._build_and_bench(c, tmp, runner)
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        art = self.runner.step("fit-measure", config, [self.teacher_art.id], build, label=f"fit-{c.name}")
+        art = self.runner.step("fit-measure", config, [self.teacher_art.id], build, label=f"fit-{c.name}",
+                               force=self.remeasure)
         return art.metrics
 
     def _build_and_bench(self, c: Candidate, tmp: Path, runner: str) -> dict:
