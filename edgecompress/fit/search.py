@@ -9,7 +9,6 @@ killed fit resumes.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
