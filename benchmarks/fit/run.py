@@ -1,5 +1,5 @@
-"""`edgecompress fit` on this host with the packaged data: the default recipe, budgets p90_ms=4 file_mb=6 (the default
-student is ~5 ms and 10.3 MiB), 1 thread. Writes results.json + results.md beside this script: the winner, its
+"""`edgecompress fit` on this host with the packaged data: benchmarks/fit/recipe.yaml (the packaged teacher and
+data), budgets p90_ms=4 file_mb=6 (the default student is ~5 ms and 10.3 MiB), 1 thread. Writes results.json + results.md beside this script: the winner, its
 accuracy against the teacher, how long the search phase took (everything but the final distillations), the cost
 model's held-out error, and whether the ranking ordered the trained candidates as their final accuracy does.
 
@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", type=Path, default=HERE / "recipe.yaml")
     ap.add_argument("--budget", nargs="+", default=["p90_ms=4", "file_mb=6"])
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("fit-bench"))
@@ -45,16 +46,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "edgecompress", "fit", "--target", "local", "--top-k", str(args.top_k),
+    from edgecompress.recipe import load_recipe
+    name = load_recipe(args.recipe).name
+    p = subprocess.run([sys.executable, "-m", "edgecompress", "fit", str(args.recipe), "--target", "local",
+                        "--top-k", str(args.top_k),
                         "--out", str(args.work), "--budget", *args.budget], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    report = args.work / "default" / "report.json"
+    report = args.work / name / "report.json"
     if not report.is_file():
         print(p.stderr[-3000:], file=sys.stderr)
         return p.returncode or 3
     doc = json.loads(report.read_text())
     win = next((r for r in doc["rows"] if r["status"] == "winner"), None)
-    res = {"command": f"edgecompress fit --target local --top-k {args.top_k} --budget {' '.join(args.budget)}",
+    res = {"command": f"edgecompress fit {args.recipe.name} --target local --top-k {args.top_k} --budget "
+                      f"{' '.join(args.budget)}",
            "exit": p.returncode, "verdict": doc["verdict"], "wall_s": round(wall, 1), "phases_s": doc["phases_s"],
            "search_phase_s": round(doc["phases_s"].get("prepare", 0) + doc["phases_s"].get("search", 0), 1),
            "teacher_accuracy": doc["teacher_accuracy"], "winner": win,
@@ -65,8 +70,8 @@ def main(argv=None) -> int:
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end"}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(res, indent=2, default=str))
-    shutil.copy(args.work / "default" / "report.md", args.out / "report.md")
-    shutil.copy(args.work / "default" / "recipe.yaml", args.out / "recipe.yaml") if win else None
+    shutil.copy(args.work / name / "report.md", args.out / "report.md")
+    shutil.copy(args.work / name / "recipe.yaml", args.out / "recipe.yaml") if win else None
     md = [f"# fit benchmark", "", f"`{res['command']}` (exit {res['exit']}), {res['machine']}.", "",
           f"- {res['verdict']}",
           f"- search phase (teacher + measuring every candidate): {res['search_phase_s']} s; whole fit {res['wall_s']} s",

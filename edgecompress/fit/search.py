@@ -210,8 +210,9 @@ def recipe_for(r, c: Candidate):
     from edgecompress.recipe import DistillCfg, StudentCfg, VocabTrimCfg, parse_recipe
     distill = next((s for s in r.stages if s.kind == "distill"), DistillCfg())
     distill = distill.model_copy(update={"student": StudentCfg(config=c.arch())})
+    trim = next((s for s in r.stages if s.kind == "trim_vocab"), VocabTrimCfg())  # its corpus/recovery as written
     rest = [s for s in r.stages if s.kind not in ("distill", "trim_vocab")]
-    stages = [distill] + ([VocabTrimCfg(min_count=c.min_count)] if c.min_count else []) + rest
+    stages = [distill] + ([trim.model_copy(update={"min_count": c.min_count})] if c.min_count else []) + rest
     data = r.model_dump(mode="json", exclude={"fit"})
     data.update(name=f"{r.name}-fit-{c.name}".replace(".", "_"), stages=[s.model_dump(mode="json") for s in stages],
                 export={**data["export"], "formats": [c.format], "precisions": ["int8"]})

@@ -175,3 +175,20 @@ def test_bad_budget_exits_2(tiny_fit):
     p = fit("p90=3")
     # assert
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "KEY one of" in p.stderr
+
+
+def test_a_candidates_recipe_keeps_the_users_protocol():
+    # setup: the user's recipe trims with a recovery fine-tune and prunes after distillation
+    from edgecompress.fit.search import recipe_for
+    from edgecompress.recipe import parse_recipe
+    user = parse_recipe({"stages": [{"kind": "distill", "train": {"epochs": 3}},
+                                    {"kind": "trim_vocab", "min_count": 5, "recovery": {"epochs": 1}},
+                                    {"kind": "prune", "sparsity": 0.2}]})
+    trimmed, whole = Candidate(3, 192, 6, 576, 3, "onnx"), Candidate(2, 256, 8, 768, None, "pte")
+    # execute
+    a, b = recipe_for(user, trimmed), recipe_for(user, whole)
+    # assert
+    assert [s.kind for s in a.stages] == ["distill", "trim_vocab", "prune"]
+    assert a.stages[0].train.epochs == 3 and a.stages[0].student.config.hidden_size == 192
+    assert a.stages[1].min_count == 3 and a.stages[1].recovery is not None
+    assert [s.kind for s in b.stages] == ["distill", "prune"] and b.export.formats == ["pte"]
