@@ -222,7 +222,10 @@ class PteExporter(Exporter):
         path = Path(path)
         io = read_io_beside(path)
         # The Python runtime exposes no per-method thread setting; this is the shared XNNPACK/extension threadpool.
-        portable_lib._unsafe_reset_threadpool(threads)
+        # Resetting it pulls the pool from under every method loaded before (a later execute of those crashed the
+        # process): only when the size must change.
+        if portable_lib._threadpool_get_thread_count() != threads:
+            portable_lib._unsafe_reset_threadpool(threads)
         program = Runtime.get().load_program(path)
         method = program.load_method("forward")
         max_batch = int(program.metadata("forward").input_tensor_meta(0).sizes()[0])  # the exported upper bound
