@@ -108,5 +108,13 @@ def default_runner(fmt: str) -> str:
     return "native" if FORMATS[fmt].native_runner else "python"
 
 
+def check_runner_option(fmt: str, runner) -> None:
+    """`--runner native` for a format without a native runner: one line naming the formats that have one."""
+    if runner == "native" and not FORMATS[fmt].native_runner:
+        from edgecompress.errors import UserInputError
+        have = ", ".join(f.name for f in FORMATS.values() if f.native_runner)
+        raise UserInputError(f"--runner native: .{fmt} has no native runner (only {have}); drop --runner")
+
+
 def install_hint(spec: FormatSpec) -> str:
     return f'pip install -e ".[{spec.extra}]"' if spec.extra else "pip install -e ."

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from edgecompress.errors import RuntimeFailure, UserInputError
-from edgecompress.formats import FORMATS, RUNNERS, default_runner
+from edgecompress.formats import FORMATS, RUNNERS, check_runner_option, default_runner
 
 MAX_TEXTS = 100_000
 
@@ -59,8 +59,7 @@ def predict_command(args) -> int:
         raise UserInputError("--threads must be >= 1")
     texts = _texts(args)
     exp = open_export(args.artifact)
-    if args.runner == "native" and not FORMATS[exp.format].native_runner:
-        raise UserInputError(f"--runner native: .{exp.format} has no native runner; drop --runner")
+    check_runner_option(exp.format, args.runner)
     io = json.loads(exp.io_json.read_text())
     tok = read_tokenizer(exp.artifact.path, io)
     labels = read_labels(exp.artifact.path, int(io["num_labels"]))

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     (args.out / "results.json").write_text(json.dumps(res, indent=2, default=str))
     shutil.copy(args.work / name / "report.md", args.out / "report.md")
     shutil.copy(args.work / name / "recipe.yaml", args.out / "recipe.yaml") if win else None
-    md = [f"# fit benchmark", "", f"`{res['command']}` (exit {res['exit']}), {res['machine']}.", "",
+    md = ["# fit benchmark", "", f"`{res['command']}` (exit {res['exit']}), {res['machine']}.", "",
           f"- {res['verdict']}",
           f"- search phase (teacher + measuring every candidate): {res['search_phase_s']} s; whole fit {res['wall_s']} s",
           f"- candidates {res['candidates']}, skipped by the cost model {res['skipped_by_cost_model']}",

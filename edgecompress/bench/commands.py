@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgecompress.errors import EdgeCompressError, UserInputError
-from edgecompress.formats import FORMAT_NAMES, FORMATS, RUNNERS
+from edgecompress.formats import FORMAT_NAMES, RUNNERS, check_runner_option
 
 ACCURACY_KEYS = ("accuracy", "accuracy_drop", "reference_accuracy")
 
@@ -217,10 +217,7 @@ def _cmd_bench(args) -> int:
 
 def _with_runner(item, runner: str):
     from dataclasses import replace
-    fmt = item.meta["format"]
-    if runner == "native" and not FORMATS[fmt].native_runner:
-        raise UserInputError(f"--runner native: .{fmt} has no native runner (only "
-                             f"{', '.join(f.name for f in FORMATS.values() if f.native_runner)}); drop --runner")
+    check_runner_option(item.meta["format"], runner)
     return replace(item, runner=runner)
 
 

@@ -19,7 +19,7 @@ from edgecompress.artifact import ExportFiles, open_export
 from edgecompress.device.protocol import AgentRequest, failure
 from edgecompress.device.run import run_agent
 from edgecompress.errors import UserInputError
-from edgecompress.formats import FORMATS, RUNNERS, default_runner
+from edgecompress.formats import FORMATS, RUNNERS, check_runner_option, default_runner
 
 
 def predict_on_target(transport, model_file: Path, io_json: Path, runtime: str, samples: list[dict], *,
@@ -134,8 +134,7 @@ def verify_command(args) -> int:
     if args.threads < 1 or args.timeout_s <= 0 or not 0 <= args.min_agreement <= 1:
         raise UserInputError("--threads must be >= 1, --timeout-s > 0 and --min-agreement within [0, 1]")
     exp = open_export(args.artifact)
-    if args.runner == "native" and not FORMATS[exp.format].native_runner:
-        raise UserInputError(f"--runner native: .{exp.format} has no native runner; drop --runner")
+    check_runner_option(exp.format, args.runner)
     with make_transport(parse_target(args.target)) as t:
         res = verify_labels(exp, t, threads=args.threads, limit=args.limit, timeout_s=args.timeout_s,
                             runner=args.runner)
