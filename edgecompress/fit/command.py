@@ -98,11 +98,13 @@ def _run(runner, space, budgets, transport, target: str, out_dir: Path, remeasur
     for r in feasible[:space.top_k]:
         progress.log(f"[fit] distilling {r['name']} with the recipe's protocol")
         t = s.train(r, out_dir / "runs")
-        r.update(test_accuracy=t["test_accuracy"], **{f"final_{k}": v for k, v in t["final"].items()},
+        r.update(test_accuracy=t["test_accuracy"], val_accuracy=t["val_accuracy"], **{f"final_{k}": v for k, v in t["final"].items()},
                  status="trained", why="; ".join(t["misses_after_training"]) or None)
         trained.append((r, t))
     for r in feasible[space.top_k:]:
-        r.update(status="not trained", why=f"ranked below the top {space.top_k} by {space.rank_by}")
+        r.update(status="not trained", why=f"ranked below the top {space.top_k} by {space.rank_by}" + (
+            f"; not measured: no larger than {r['inferred_from']}, which meets every budget"
+            if r.get("inferred_from") else ""))
     phases["train"] = time.perf_counter() - t0
     best = s.select(trained)
     doc = {"name": runner.recipe.name, "target": target, "profile": runner.plan.profile.name, "budgets": budgets,
@@ -114,8 +116,10 @@ def _run(runner, space, budgets, transport, target: str, out_dir: Path, remeasur
         row["status"] = "winner"
         for other, _ in trained:
             if other is not row and other["status"] == "trained":
-                a, b = other["test_accuracy"], row["test_accuracy"]
-                other["why"] = other["why"] or (f"less accurate ({a:.4f} < {b:.4f})" if a < b else
+                split = "validation" if row.get("val_accuracy") is not None else "test"
+                a, b = (other["val_accuracy"], row["val_accuracy"]) if split == "validation" else (
+                    other["test_accuracy"], row["test_accuracy"])
+                other["why"] = other["why"] or (f"less accurate on {split} ({a:.4f} < {b:.4f})" if a < b else
                                                 f"as accurate ({a:.4f}); the winner ranked higher by {s.space.rank_by}")
         (out_dir / "recipe.yaml").write_text(yaml.safe_dump(t["recipe"].model_dump(mode="json"), sort_keys=False))
         kept = (f" ({row['test_accuracy'] / s.out.teacher_accuracy:.1%} of the teacher)"

@@ -6,7 +6,8 @@ import html
 import json
 from pathlib import Path
 
-COLS = ("name", "status", "gflops", "params", "p90_ms", "file_mb", "peak_rss_mb", "load_ms", "test_accuracy", "why")
+COLS = ("name", "status", "gflops", "params", "p90_ms", "file_mb", "peak_rss_mb", "load_ms", "val_accuracy",
+        "test_accuracy", "why")
 
 
 def frontier_png(doc: dict) -> bytes:
@@ -64,8 +65,11 @@ def to_markdown(doc: dict) -> str:
                 if doc.get("emulated") else ""), "",
              f"Result: **{doc['verdict']}**", "",
              "Phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in doc["phases_s"].items())
-             + f". Candidates: {len(doc['rows'])} ({sum(r['status'] == 'skipped' for r in doc['rows'])} skipped by "
-             f"the cost model). Cost model held-out error: "
+             + f". Candidates: {len(doc['rows'])}: {sum(bool(r.get('measured')) for r in doc['rows'])} measured, "
+             f"{sum(r['status'] == 'skipped' for r in doc['rows'])} skipped (larger than one over budget, or by the "
+             f"cost model), {sum(bool(r.get('inferred_from')) for r in doc['rows'])} judged to fit without measuring "
+             f"(no larger than one that fits). The winner is the most accurate on the validation split. "
+             f"Cost model held-out error: "
              + ", ".join(f"{k} {v['mean_rel_err']:.1%} (n={v['n']})" for k, v in doc["cost_model"].items()
                          if v.get("mean_rel_err") is not None) + ".", "",
              "| " + " | ".join(COLS) + " |", "|" + "---|" * len(COLS)]

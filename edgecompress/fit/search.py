@@ -16,7 +16,7 @@ from typing import Optional
 from edgecompress import progress
 from edgecompress.errors import RuntimeFailure
 from edgecompress.fit.cost import CostModel
-from edgecompress.fit.space import Candidate, candidates, misses
+from edgecompress.fit.space import Candidate, at_least, candidates, misses
 from edgecompress.formats import FORMATS
 
 
@@ -61,16 +61,18 @@ class FitSearch:
         self.cands = candidates(self.space, self.teacher.config.to_dict())
         return self.cands
 
-    def kept(self, min_count: int) -> list[int]:
-        """Token ids a trim to `min_count` keeps (the trim_vocab stage's own rule), computed once per count."""
+    def kept(self, min_count: int) -> tuple[list[int], object]:
+        """Token ids a trim to `min_count` keeps (the trim_vocab stage's own rule) and the tokenizer over them (its
+        ids are what the trimmed student reads: calibration rows and the pad id), computed once per count."""
         if min_count not in self._keep:
-            from edgecompress.compress.vocab import completed_ids, kept_ids, token_counts
+            from edgecompress.compress.vocab import completed_ids, kept_ids, token_counts, trimmed_tokenizer
             counts = token_counts(self.tokenizer, self.ctx.splits["train"].texts)
-            self._keep[min_count] = completed_ids(self.tokenizer, kept_ids(self.tokenizer, counts, min_count))
+            keep = completed_ids(self.tokenizer, kept_ids(self.tokenizer, counts, min_count))
+            self._keep[min_count] = (keep, trimmed_tokenizer(self.tokenizer, keep))
         return self._keep[min_count]
 
     def features(self, c: Candidate) -> dict:
-        vocab = len(self.kept(c.min_count)) if c.min_count else self.teacher.config.vocab_size
+        vocab = len(self.kept(c.min_count)[0]) if c.min_count else self.teacher.config.vocab_size
         emb = (vocab + self.teacher.config.max_position_embeddings + 2) * c.hidden
         return {"format": c.format, "gflops": c.gflops(self.recipe.bench.seq_len),
                 "params": c.encoder_params() + emb, "vocab_size": vocab}
@@ -97,15 +99,16 @@ class FitSearch:
         from edgecompress.registry import EXPORTERS
         from edgecompress.modeling import student_from_config
         b = self.recipe.bench
-        student = student_from_config(self.teacher, StudentArchCfg(**c.arch()))
+        student, tokenizer = student_from_config(self.teacher, StudentArchCfg(**c.arch())), self.tokenizer
         if c.min_count:
             from edgecompress.compress.vocab import trim_embeddings
-            trim_embeddings(student, self.kept(c.min_count), self.tokenizer.pad_token_id)
+            keep, tokenizer = self.kept(c.min_count)
+            trim_embeddings(student, keep, tokenizer.pad_token_id)
         io = IOSpec(vocab_size=student.config.vocab_size, num_labels=student.config.num_labels,
-                    max_seq_len=self.recipe.export.max_seq_len, pad_token_id=self.tokenizer.pad_token_id or 0)
+                    max_seq_len=self.recipe.export.max_seq_len, pad_token_id=tokenizer.pad_token_id or 0)
         quant = self.runner.quant_for("int8")
         res = EXPORTERS.get(c.format)(batch=b.batch).export(student, io, quant,
-                                                            self.runner.calib_data(quant, self.tokenizer), tmp)
+                                                            self.runner.calib_data(quant, tokenizer), tmp)
         r = bench_file(res.file, res.file.parent / "io.json", FORMATS[c.format].runtime, transport=self.transport,
                        threads=b.threads, warmup_runs=b.warmup_runs, runs=b.runs, batch=b.batch, seq_len=b.seq_len,
                        timeout_s=b.timeout_s, runner=runner)
@@ -116,28 +119,43 @@ class FitSearch:
         return {**{k: r.get(k) for k in keep}, **self.features(c)}
 
     def search(self) -> list[dict]:
-        """Measure the probe candidates, then every other one the cost model does not clearly rule out."""
-        model = CostModel()
-        judged = {k for k in self.budgets if not (self.out.emulated and k in ("p90_ms", "load_ms"))}
-        rows = []
-        for i, c in enumerate(probe_order(self.cands, self.space.probe)):
-            feats = self.features(c)
-            over = model.clearly_over(c.format, feats, self.budgets, judged) if i >= self.space.probe else []
-            if over:
-                rows.append({**c.to_json(), **feats, "status": "skipped", "why": "; ".join(over)})
-                progress.log(f"  [{i + 1}/{len(self.cands)}] {c.name}: skipped ({over[0]})")
-                continue
-            m = self.measure(c)
-            self.out.emulated = self.out.emulated or bool(m.get("emulated"))
-            judged = {k for k in self.budgets if not (self.out.emulated and k in ("p90_ms", "load_ms"))}
-            model.points.append({**m, "format": c.format})
-            miss = misses(m, self.budgets, self.out.emulated)
-            rows.append({**c.to_json(), **m, "status": "over budget" if miss else "feasible", "why": "; ".join(miss)})
-            progress.log(f"  [{i + 1}/{len(self.cands)}] {c.name}: p90 {m['p90_ms']:.2f} ms, {m['file_mb']:.2f} MiB"
-                         + (f", misses {miss[0]}" if miss else ", meets the budgets"))
+        """Measure the probe candidates, then decide every other one: by size against what was measured (a
+        candidate at least as large as one over budget is over too; one no larger than a feasible one fits), by the
+        cost model when it clearly misses, else by measuring it. After the probes the next candidate measured is
+        the one whose result decides the most undecided others (a bisection of the size order)."""
+        model, rows = CostModel(), {}
+        pending = [{**c.to_json(), **self.features(c)} for c in probe_order(self.cands, self.space.probe)]
+        for i in range(len(pending)):
+            row = pending.pop(0 if i < self.space.probe else _most_telling(pending))
+            rows[row["name"]] = row
+            row.update(self._decide(row, rows, model, probing=i < self.space.probe))
+            progress.log(f"  [{i + 1}/{len(self.cands)}] {row['name']}: {row.pop('_log')}")
         self.out.cost_model = {k: model.held_out_error(k) for k in ("p90_ms", "file_mb", "peak_rss_mb", "load_ms")}
-        self.out.rows = rows
-        return rows
+        self.out.rows = [rows[c.name] for c in self.cands]  # cheapest first, as the space lists them
+        return self.out.rows
+
+    def _decide(self, row: dict, rows: dict, model: CostModel, probing: bool) -> dict:
+        """This candidate's status and why: inferred from a measured one, skipped by the cost model, or measured."""
+        done = [r for r in rows.values() if r.get("measured")]
+        over = next((r for r in done if r["status"] == "over budget" and at_least(row, r)), None)
+        if over is not None and not probing:
+            return {"status": "skipped", "why": f"at least as large as {over['name']}, which misses {over['why']}",
+                    "_log": f"skipped (at least as large as {over['name']})"}
+        fits = next((r for r in done if r["status"] == "feasible" and at_least(r, row)), None)
+        if fits is not None and not probing:
+            return {"status": "feasible", "inferred_from": fits["name"],
+                    "_log": f"meets the budgets (no larger than {fits['name']}; not measured)"}
+        judged = {k for k in self.budgets if not (self.out.emulated and k in ("p90_ms", "load_ms"))}
+        skip = [] if probing else model.clearly_over(row["format"], row, self.budgets, judged)
+        if skip:
+            return {"status": "skipped", "why": "; ".join(skip), "_log": f"skipped ({skip[0]})"}
+        m = self.measure(self._cand(row))
+        self.out.emulated = self.out.emulated or bool(m.get("emulated"))
+        model.points.append({**m, "format": row["format"]})
+        miss = misses(m, self.budgets, self.out.emulated)
+        return {**m, "measured": True, "status": "over budget" if miss else "feasible", "why": "; ".join(miss),
+                "_log": f"p90 {m['p90_ms']:.2f} ms, {m['file_mb']:.2f} MiB"
+                        + (f", misses {miss[0]}" if miss else ", meets the budgets")}
 
     # -- phase 2: rank ---------------------------------------------------------------------------------------
     def rank(self, feasible: list[dict]) -> list[dict]:
@@ -196,12 +214,27 @@ class FitSearch:
         final = {k: m.get(k) for k in ("p50_ms", "p90_ms", "load_ms", "peak_rss_mb", "file_mb")}
         miss = misses(final, self.budgets, self.out.emulated)
         return {"recipe": recipe, "final": final, "test_accuracy": exp_row["test_accuracy"],
+                "val_accuracy": report["student"].get("val_accuracy"),
                 "misses_after_training": miss, "export_path": str(exp)}
 
-    def select(self, trained: list[tuple[dict, dict]]) -> Optional[tuple[dict, dict]]:
-        """The most accurate trained candidate that still meets every budget after compression."""
+    @staticmethod
+    def select(trained: list[tuple[dict, dict]]) -> Optional[tuple[dict, dict]]:
+        """The most accurate trained candidate that still meets every budget after compression. Accuracy here is the
+        validation split's: choosing on the test split would make the reported test accuracy optimistic."""
         ok = [(row, t) for row, t in trained if not t["misses_after_training"]]
-        return max(ok, key=lambda rt: rt[1]["test_accuracy"]) if ok else None
+        key = (lambda rt: (rt[1]["val_accuracy"], rt[1]["test_accuracy"])) if all(
+            t.get("val_accuracy") is not None for _, t in ok) else (lambda rt: rt[1]["test_accuracy"])
+        return max(ok, key=key) if ok else None
+
+
+def _most_telling(pending: list[dict]) -> int:
+    """Index of the pending candidate whose measurement decides the most others either way: min(#pending at least
+    as large, #pending no larger), ties to the cheaper one."""
+    def told(row: dict) -> tuple[int, float]:
+        up = sum(at_least(o, row) for o in pending)
+        down = sum(at_least(row, o) for o in pending)
+        return min(up, down), -row["gflops"]
+    return max(range(len(pending)), key=lambda i: told(pending[i]))
 
 
 def recipe_for(r, c: Candidate):

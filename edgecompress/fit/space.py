@@ -61,6 +61,14 @@ def candidates(space, teacher_config: dict) -> list[Candidate]:
     return sorted(set(out), key=lambda c: (c.gflops(128), c.name))
 
 
+def at_least(a: dict, b: dict) -> bool:
+    """Candidate row `a` is at least as large as `b` in every dimension that costs (depth, width, FFN, vocabulary),
+    in the same format. Every budget (latency, file, memory, load) grows with each of them, so a candidate at least
+    as large as one that misses a budget misses it too, and one no larger than a candidate that meets every budget
+    meets them too: decided without measuring."""
+    return a["format"] == b["format"] and all(a[k] >= b[k] for k in ("layers", "hidden", "ffn", "vocab_size"))
+
+
 def parse_budgets(items: list[str]) -> dict[str, float]:
     """`p90_ms=15 file_mb=8` -> {"p90_ms": 15.0, "file_mb": 8.0}; the keys are profiles.Budget's."""
     from edgecompress.profiles import Budget

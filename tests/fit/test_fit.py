@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings, strategies as st
 
 from edgecompress.errors import UserInputError
 from edgecompress.fit.cost import CostModel
@@ -192,3 +193,80 @@ def test_a_candidates_recipe_keeps_the_users_protocol():
     assert a.stages[0].train.epochs == 3 and a.stages[0].student.config.hidden_size == 192
     assert a.stages[1].min_count == 3 and a.stages[1].recovery is not None
     assert [s.kind for s in b.stages] == ["distill", "prune"] and b.export.formats == ["pte"]
+
+
+def _search_over(cands, cost, budgets, probe=3):
+    """A FitSearch whose measurements come from `cost(candidate) -> metrics`, counting what it measures."""
+    from edgecompress.fit.search import FitSearch, Outcome
+    s = FitSearch.__new__(FitSearch)
+    s.space, s.budgets, s.out, s.cands = FitCfg(probe=probe), budgets, Outcome(), cands
+    s.features = lambda c: {"format": c.format, "gflops": c.gflops(128), "params": c.encoder_params(),
+                            "vocab_size": 1000 if c.min_count else 30000}
+    s.measured = []
+
+    def measure(c):
+        s.measured.append(c.name)
+        return {**cost(c), **s.features(c)}  # a measurement carries the candidate's features, as measure() writes
+    s.measure = measure
+    return s
+
+
+@settings(max_examples=40, deadline=None)
+@given(p90=st.floats(0.05, 3.0), file_mb=st.floats(0.5, 12.0), noise=st.integers(0, 2**16))
+def test_every_candidate_decided_without_measuring_is_decided_right(p90, file_mb, noise):
+    # setup: costs that grow with every dimension (what the search relies on), a space of 36 in two formats
+    cands = candidates(FitCfg(depths=[2, 3, 4], widths=[128, 192, 256], ffn_ratios=[2.0, 3.0],
+                              vocab_min_counts=[None, 3], formats=["onnx", "pte"]), TEACHER)
+    jitter = np.random.default_rng(noise).uniform(0.9, 1.1)
+
+    def cost(c):
+        scale = (0.7 if c.format == "pte" else 1.0) * jitter
+        vocab = 1000 if c.min_count else 30000
+        return {"p90_ms": scale * c.gflops(128) * 8, "file_mb": (c.encoder_params() + vocab * c.hidden) / 2**20,
+                "p50_ms": 1.0, "load_ms": 1.0, "peak_rss_mb": 50.0}
+    s = _search_over(cands, cost, {"p90_ms": p90, "file_mb": file_mb})
+    # execute
+    rows = {r["name"]: r for r in s.search()}
+    # assert: each decision matches the truth, every candidate has a status, fewer were measured than exist
+    for c in cands:
+        truth = not misses(cost(c), s.budgets)
+        status = rows[c.name]["status"]
+        if status == "feasible":
+            assert truth, (c.name, rows[c.name])
+        elif rows[c.name].get("why", "").startswith("at least as large"):
+            assert not truth, (c.name, rows[c.name])
+    assert len(s.measured) < len(cands)
+    assert [r["name"] for r in s.out.rows] == [c.name for c in cands]
+
+
+def test_size_decides_the_rest_of_a_monotone_space():
+    # setup: latency budget between the smallest and the largest candidate of one format
+    cands = candidates(FitCfg(depths=[1, 2, 3, 4], widths=[128, 256], ffn_ratios=[2.0], vocab_min_counts=[None]),
+                       TEACHER)
+    s = _search_over(cands, lambda c: {"p90_ms": c.gflops(128), "file_mb": 1.0, "p50_ms": 1.0, "load_ms": 1.0,
+                                       "peak_rss_mb": 50.0}, {"p90_ms": 0.3}, probe=2)
+    # execute
+    rows = s.search()
+    # assert: a candidate inferred to fit names the measured one it is no larger than; a skip names the one it
+    # is at least as large as
+    inferred = [r for r in rows if r.get("inferred_from")]
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    assert inferred or skipped
+    assert all(r["inferred_from"] in s.measured for r in inferred)
+    assert all(r["why"].split(" which")[0].split("as large as ")[1].rstrip(",") in s.measured for r in skipped)
+
+
+def test_a_trimmed_candidate_is_measured_in_a_format_that_calibrates(tiny_fit):
+    # setup: the .pte exporter feeds calibration rows to the student: a trimmed one must get the trimmed ids
+    d, env, _ = tiny_fit
+    recipe = yaml.safe_load((d / "r.yaml").read_text())
+    recipe.update(name="tinyfit-pte", fit={"depths": [1], "widths": [16], "ffn_ratios": [2.0], "vocab_min_counts": [2],
+                                           "formats": ["pte"], "probe": 2})
+    (d / "pte.yaml").write_text(yaml.safe_dump(recipe))
+    # execute: a budget nothing meets, so nothing is trained
+    p = subprocess.run([sys.executable, "-m", "edgecompress", "fit", str(d / "pte.yaml"), "--target", "local",
+                        "--out", str(d / "fit"), "--quiet", "--budget", "file_mb=0.0001"], capture_output=True,
+                       text=True, env=env, timeout=900)
+    # assert: measured (not a crash on token ids), and named as the closest
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "closest: L1-H16-I32-V2-pte (file_mb" in p.stdout
