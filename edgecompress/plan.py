@@ -71,8 +71,8 @@ def make_plan(recipe: Recipe) -> Plan:
             from edgecompress.modeling import check_layer_map
             check_layer_map(s, cfg)  # student layers/width and the teacher->student match map
     if recipe.fit is not None:
-        from edgecompress.fit.space import candidates
-        candidates(recipe.fit, cfg)  # every width/depth of the search space can be sliced from this teacher
+        from edgecompress.fit.space import candidates, space_of
+        candidates(space_of(recipe), cfg)  # every width/depth of the search space can be sliced from this teacher
     from edgecompress.compress.structured import check_plan as check_pruning  # no torch: heads/neurons left
     check_pruning(recipe.stages, cfg)
     from edgecompress.profiles import load_profile

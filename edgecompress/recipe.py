@@ -288,7 +288,8 @@ class FitCfg(Cfg):
     vocab_min_counts: list[Optional[int]] = Field([None, 3], min_length=1,
                                                   description="trim the vocabulary to tokens seen this often in the "
                                                               "train split; null = keep the whole vocabulary")
-    formats: list[Format] = Field(["onnx"], min_length=1)
+    formats: Optional[list[Format]] = Field(None, min_length=1, description="null = the recipe's export.formats: "
+                                                                            "the format is a lever like the width")
     top_k: int = Field(2, ge=1, description="feasible candidates distilled with the recipe's full protocol")
     rank_by: Literal["capacity", "proxy"] = "capacity"
     proxy_train_samples: int = Field(1000, ge=16, description="rank_by proxy: rows of the short distillation")

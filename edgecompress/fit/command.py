@@ -36,16 +36,16 @@ def _setup(args):
     """Everything validated before any work: recipe, budgets, profile, target, the whole search space (each
     candidate's recipe plans)."""
     from edgecompress.fit.search import recipe_for
-    from edgecompress.fit.space import candidates, parse_budgets
+    from edgecompress.fit.space import candidates, parse_budgets, space_of
     from edgecompress.model_dir import check_model_dir, resolve_model_dir
     from edgecompress.plan import make_plan
-    from edgecompress.recipe import FitCfg, load_recipe, parse_recipe
+    from edgecompress.recipe import load_recipe, parse_recipe
     from edgecompress.transports.base import parse_target
     budgets = parse_budgets(args.budget)
     recipe = load_recipe(args.recipe)
     if args.profile:
         recipe = parse_recipe({**recipe.model_dump(mode="json"), "profile": args.profile}, "recipe")
-    space = recipe.fit or FitCfg()
+    space = space_of(recipe)
     if args.top_k is not None:
         if args.top_k < 1:
             raise UserInputError("--top-k must be >= 1")

@@ -230,11 +230,13 @@ class FitSearch:
 def _most_telling(pending: list[dict]) -> int:
     """Index of the pending candidate whose measurement decides the most others either way: min(#pending at least
     as large, #pending no larger), ties to the cheaper one."""
-    def told(row: dict) -> tuple[int, float]:
-        up = sum(at_least(o, row) for o in pending)
-        down = sum(at_least(row, o) for o in pending)
-        return min(up, down), -row["gflops"]
-    return max(range(len(pending)), key=lambda i: told(pending[i]))
+    import numpy as np
+    dims = np.array([[r["layers"], r["hidden"], r["ffn"], r["vocab_size"]] for r in pending])
+    fmt = np.array([r["format"] for r in pending])
+    ge = (dims[:, None, :] >= dims[None, :, :]).all(-1) & (fmt[:, None] == fmt[None, :])  # ge[a, b]: a >= b
+    told = np.minimum(ge.sum(0), ge.sum(1))
+    cheapest = np.array([r["gflops"] for r in pending])
+    return int(np.lexsort((cheapest, -told))[0])
 
 
 def recipe_for(r, c: Candidate):

@@ -12,6 +12,9 @@ from typing import Optional
 from edgecompress.errors import UserInputError
 
 
+MAX_CANDIDATES = 1000
+
+
 @dataclass(frozen=True)
 class Candidate:
     layers: int
@@ -43,6 +46,13 @@ class Candidate:
         return {**asdict(self), "name": self.name}
 
 
+def space_of(recipe):
+    """The recipe's search space (its fit: section, else the defaults), formats defaulting to what it exports."""
+    from edgecompress.recipe import FitCfg
+    space = recipe.fit or FitCfg()
+    return space if space.formats else space.model_copy(update={"formats": list(recipe.export.formats)})
+
+
 def candidates(space, teacher_config: dict) -> list[Candidate]:
     """Every combination of the space (recipe.FitCfg) that can be sliced from this teacher, cheapest first."""
     t_hidden, t_heads, t_layers = (teacher_config["hidden_size"], teacher_config["num_attention_heads"],
@@ -55,6 +65,12 @@ def candidates(space, teacher_config: dict) -> list[Candidate]:
     for d in space.depths:
         if d > t_layers:
             raise UserInputError(f"fit.depths: {d} exceeds the teacher's {t_layers} layers; use at most {t_layers}")
+    n = (len(space.depths) * len(space.widths) * len(space.ffn_ratios) * len(space.vocab_min_counts)
+         * len(space.formats))
+    if n > MAX_CANDIDATES:
+        raise UserInputError(f"fit: the space has {n} candidates, more than {MAX_CANDIDATES} (each is exported and "
+                             f"measured on the device); list fewer depths, widths, ffn_ratios, vocab_min_counts or "
+                             f"formats")
     out = [Candidate(d, w, w // head_dim, max(8, int(round(r * w))), m, f)
            for d in space.depths for w in space.widths for r in space.ffn_ratios
            for m in space.vocab_min_counts for f in space.formats]

@@ -22,7 +22,8 @@ TEACHER = {"hidden_size": 384, "num_attention_heads": 12, "num_hidden_layers": 6
 
 def test_space_is_every_combination_cheapest_first():
     # execute
-    cands = candidates(FitCfg(depths=[2, 4], widths=[128, 256], ffn_ratios=[2.0], vocab_min_counts=[None, 3]), TEACHER)
+    cands = candidates(FitCfg(depths=[2, 4], widths=[128, 256], ffn_ratios=[2.0], vocab_min_counts=[None, 3],
+                              formats=["onnx"]), TEACHER)
     # assert
     assert len(cands) == 8 and all(c.heads == c.hidden // 32 for c in cands)
     costs = [c.gflops(128) for c in cands]
@@ -124,7 +125,7 @@ def tiny_fit(tmp_path_factory):
               "stages": [{"kind": "distill", "train": {"epochs": 1, "learning_rate": 2e-3, "batch_size": 16}}],
               "export": {"max_seq_len": 64}, "bench": {"threads": 1, "seq_len": 32, "warmup_runs": 1, "runs": 5},
               "fit": {"depths": [1, 2], "widths": [16, 32], "ffn_ratios": [2.0], "vocab_min_counts": [None, 2],
-                      "probe": 3, "top_k": 2}}
+                      "formats": ["onnx"], "probe": 3, "top_k": 2}}
     (d / "r.yaml").write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "EDGECOMPRESS_HOME": str(d / "home")}
 
@@ -241,8 +242,8 @@ def test_every_candidate_decided_without_measuring_is_decided_right(p90, file_mb
 
 def test_size_decides_the_rest_of_a_monotone_space():
     # setup: latency budget between the smallest and the largest candidate of one format
-    cands = candidates(FitCfg(depths=[1, 2, 3, 4], widths=[128, 256], ffn_ratios=[2.0], vocab_min_counts=[None]),
-                       TEACHER)
+    cands = candidates(FitCfg(depths=[1, 2, 3, 4], widths=[128, 256], ffn_ratios=[2.0], vocab_min_counts=[None],
+                              formats=["onnx"]), TEACHER)
     s = _search_over(cands, lambda c: {"p90_ms": c.gflops(128), "file_mb": 1.0, "p50_ms": 1.0, "load_ms": 1.0,
                                        "peak_rss_mb": 50.0}, {"p90_ms": 0.3}, probe=2)
     # execute
@@ -270,3 +271,22 @@ def test_a_trimmed_candidate_is_measured_in_a_format_that_calibrates(tiny_fit):
     # assert: measured (not a crash on token ids), and named as the closest
     assert p.returncode == 1, p.stderr[-2000:]
     assert "closest: L1-H16-I32-V2-pte (file_mb" in p.stdout
+
+
+def test_the_space_searches_the_formats_the_recipe_exports_unless_told():
+    # setup
+    from edgecompress.fit.space import space_of
+    from edgecompress.recipe import parse_recipe
+    exports = parse_recipe({"export": {"formats": ["onnx", "pte"]}})
+    told = parse_recipe({"export": {"formats": ["onnx", "pte"]}, "fit": {"formats": ["pte"]}})
+    # execute / assert
+    assert space_of(exports).formats == ["onnx", "pte"] and space_of(told).formats == ["pte"]
+    assert {c.format for c in candidates(space_of(exports), TEACHER)} == {"onnx", "pte"}
+
+
+def test_a_space_too_large_to_measure_is_refused_in_one_line():
+    # execute / assert
+    with pytest.raises(UserInputError, match="the space has 1680 candidates, more than 1000"):
+        candidates(FitCfg(depths=[1, 2, 3, 4, 5, 6], widths=[32, 64, 96, 128, 160, 192, 224],
+                          ffn_ratios=[1.0, 2.0, 3.0, 4.0, 5.0], vocab_min_counts=[None, 2, 3, 5],
+                          formats=["onnx", "pte"]), TEACHER)
