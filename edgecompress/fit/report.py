@@ -28,9 +28,13 @@ def frontier_png(doc: dict) -> bytes:
     if doc.get("teacher_accuracy"):
         a1.axhline(doc["teacher_accuracy"], color="tab:red", ls=":", label="teacher accuracy")
     measured = [r for r in rows if r.get("p90_ms") is not None]
-    for r in measured:
-        a2.scatter(r["p90_ms"], r["file_mb"], s=20 + 20 * r["file_mb"], alpha=0.6,
-                   color={"feasible": "tab:green", "over budget": "tab:gray"}.get(r["status"], "tab:blue"))
+    shapes = dict(zip(sorted({r["format"] for r in measured}), "osD^v<>"))
+    for r in measured:  # grey: over a budget as measured; green: within every budget; black edge: the winner
+        a2.scatter(r["p90_ms"], r["file_mb"], s=20 + 20 * r["file_mb"], alpha=0.6, marker=shapes[r["format"]],
+                   color="tab:gray" if r["status"] == "over budget" else "tab:green",
+                   edgecolors="black" if r["name"] == doc.get("winner") else "none")
+    for fmt, m in shapes.items():
+        a2.scatter([], [], marker=m, color="tab:green", label=fmt)
     for ax in (a1, a2):
         if "p90_ms" in budgets:
             ax.axvline(budgets["p90_ms"], color="tab:red", ls="--", label="p90 budget")
