@@ -176,17 +176,7 @@ def sweep(texts: list[str], english: list[int], seed: int) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> int:
-    import torch
-    import transformers
-    from edgecompress.compress.base import StageContext, Teacher
-    from edgecompress.compress.finetune import finetune
-    from edgecompress.data import EVAL_BATCH, load_splits
-    from edgecompress.modeling import count_params
-    from edgecompress.recipe import DataCfg, TrainCfg, VocabTrimCfg
-    from edgecompress.registry import STAGES
-    from tests.families.zoo import make_model
-
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--english-pieces", type=int, default=8000,
                     help="Unigram pieces learned from VADER (it yields at most 19,955); the rest are synthetic")
@@ -200,13 +190,23 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results"), help="writes <out>.json and <out>.md")
     ap.add_argument("--render", action="store_true", help="only rewrite <out>.md from <out>.json")
-    args = ap.parse_args(argv)
-    if args.render:
-        Path(f"{args.out}.md").write_text(to_markdown(json.loads(Path(f"{args.out}.json").read_text())))
-        return 0
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    cpu0 = time.process_time()
+    return ap.parse_args(argv)
+
+
+def save(res: dict, out: str) -> None:
+    Path(f"{out}.json").write_text(json.dumps(res, indent=2) + "\n")
+    Path(f"{out}.md").write_text(to_markdown(res))
+
+
+def setup(args: argparse.Namespace, argv) -> tuple:
+    """The splits and teacher size (shrunk by --smoke, which also shrinks args' teacher training and sweep), the
+    StageContext and the results dict with its meta. Returns (splits, teacher_size, ctx, res)."""
+    import torch
+    import transformers
+    from edgecompress.compress.base import StageContext
+    from edgecompress.data import load_splits
+    from edgecompress.recipe import DataCfg
+
     teacher_size = dict(TEACHER)
     splits = load_splits(DataCfg())
     if args.smoke:
@@ -222,12 +222,11 @@ def main(argv=None) -> int:
                     "splits": {k: len(v) for k, v in splits.items()}, "teacher_config": teacher_size,
                     "teacher_train": {"rows": args.teacher_rows, "epochs": args.teacher_epochs,
                                       "learning_rate": 5e-4, "batch_size": 32}}}
+    return splits, teacher_size, ctx, res
 
-    def save():
-        Path(f"{args.out}.json").write_text(json.dumps(res, indent=2) + "\n")
-        Path(f"{args.out}.md").write_text(to_markdown(res))
 
-    # 1. tokenizer
+def tokenizer_step(args: argparse.Namespace, splits: dict, res: dict):
+    """Step 1: the 250k tokenizer, checked to segment every VADER text as the learned pieces alone do."""
     t0 = time.perf_counter()
     texts = splits["train"].texts
     tok, small, info = build_tokenizer(texts, args.english_pieces, seed=args.seed)
@@ -238,8 +237,16 @@ def main(argv=None) -> int:
     info["seconds"] = round(time.perf_counter() - t0, 1)
     res["tokenizer"] = info
     print(json.dumps(info), flush=True)
+    return tok
 
-    # 2. teacher
+
+def teacher_step(args: argparse.Namespace, tok, teacher_size: dict, ctx, res: dict):
+    """Step 2: the random-initialised teacher, fine-tuned with compress.finetune; returned in eval mode."""
+    from edgecompress.compress.finetune import finetune
+    from edgecompress.modeling import count_params
+    from edgecompress.recipe import TrainCfg
+    from tests.families.zoo import make_model
+
     t0 = time.perf_counter()
     teacher = make_model("xlm-roberta", tok, args.seed, hidden=teacher_size["hidden_size"],
                          layers=teacher_size["num_hidden_layers"], heads=teacher_size["num_attention_heads"],
@@ -253,57 +260,99 @@ def main(argv=None) -> int:
                       "val_accuracy": round(ft.metrics["val_accuracy"], 4),
                       "seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(res["teacher"]), flush=True)
-    save()
+    return teacher
 
+
+def untrimmed_step(teacher, tok, ctx, out_dir: Path, res: dict) -> dict:
+    """Step 3: the untrimmed teacher's int8 file and its onnxruntime test accuracy."""
+    from edgecompress.data import EVAL_BATCH
+
+    test = ctx.batches(tok, "test", EVAL_BATCH, shuffle=False)
+    un = onnx_int8(teacher, tok, out_dir, test)
+    res["untrimmed_int8"] = {k: v for k, v in un.items() if not k.startswith("_")}
+    res["untrimmed_int8"]["vocab_size"] = len(tok)
+    print(json.dumps(res["untrimmed_int8"]), flush=True)
+    return un
+
+
+def trim_step(args: argparse.Namespace, teacher, tok, ctx, res: dict):
+    """Step 4: trim_vocab (the registered stage) on a copy, the teacher kept intact for the recovery's KD."""
+    from edgecompress.compress.base import Teacher
+    from edgecompress.recipe import TrainCfg, VocabTrimCfg
+    from edgecompress.registry import STAGES
+
+    t0 = time.perf_counter()
+    recovery = (TrainCfg(epochs=1, learning_rate=2e-4, batch_size=32, max_train_samples=args.recovery_rows)
+                if args.recovery_rows else None)
+    cfg = VocabTrimCfg(corpus_splits=["train"], min_count=1, recovery=recovery)
+    trimmed = STAGES.get("trim_vocab")(copy.deepcopy(teacher), tok, cfg, ctx, Teacher(teacher, tok))
+    m = trimmed.metrics
+    res["trim_vocab"] = {"vocab_size_before": m["vocab_size_before"], "vocab_size": m["vocab_size"],
+                         "corpus_texts": m["corpus_texts"], "corpus_tokens": m["corpus_tokens"],
+                         "min_count": m["min_count"], "recovery": recovery.model_dump() if recovery else None,
+                         "params_before": m["params_before"], "params": m["params"],
+                         "torch_test_accuracy": round(m["test_accuracy"], 4),
+                         "seconds": round(time.perf_counter() - t0, 1)}
+    if "val_accuracy_before_recovery" in m:
+        res["trim_vocab"]["val_accuracy_before_recovery"] = round(m["val_accuracy_before_recovery"], 4)
+    print(json.dumps(res["trim_vocab"]), flush=True)
+    return trimmed
+
+
+def trimmed_step(trimmed, ctx, out_dir: Path, un: dict, res: dict) -> dict:
+    """Step 5: the trimmed int8 file on the same test rows, read with the trimmed tokenizer."""
+    from edgecompress.data import EVAL_BATCH
+
+    test_t = ctx.batches(trimmed.tokenizer, "test", EVAL_BATCH, shuffle=False)
+    tr = onnx_int8(trimmed.model, trimmed.tokenizer, out_dir, test_t)
+    res["trimmed_int8"] = {k: v for k, v in tr.items() if not k.startswith("_")}
+    res["trimmed_int8"]["vocab_size"] = len(trimmed.tokenizer)
+    agree = float((tr["_pred"] == un["_pred"]).mean())
+    res["trimmed_int8"]["label_agreement_with_untrimmed_int8"] = round(agree, 4)
+    print(json.dumps(res["trimmed_int8"]), flush=True)
+    return tr
+
+
+def compare_step(args: argparse.Namespace, teacher, tok, ctx, res: dict) -> None:
+    """Steps 3-5: untrimmed int8, trim_vocab, trimmed int8, then res["result"]; saves after 3 and at the end."""
     with tempfile.TemporaryDirectory(prefix="multilingual-bench.") as tmp:
-        # 3. untrimmed int8
-        test = ctx.batches(tok, "test", EVAL_BATCH, shuffle=False)
-        un = onnx_int8(teacher, tok, Path(tmp) / "untrimmed", test)
-        res["untrimmed_int8"] = {k: v for k, v in un.items() if not k.startswith("_")}
-        res["untrimmed_int8"]["vocab_size"] = len(tok)
-        print(json.dumps(res["untrimmed_int8"]), flush=True)
-        save()
-
-        # 4. trim_vocab (the registered stage) on a copy, the teacher kept intact for the recovery's KD
-        t0 = time.perf_counter()
-        recovery = (TrainCfg(epochs=1, learning_rate=2e-4, batch_size=32, max_train_samples=args.recovery_rows)
-                    if args.recovery_rows else None)
-        cfg = VocabTrimCfg(corpus_splits=["train"], min_count=1, recovery=recovery)
-        trimmed = STAGES.get("trim_vocab")(copy.deepcopy(teacher), tok, cfg, ctx, Teacher(teacher, tok))
-        m = trimmed.metrics
-        res["trim_vocab"] = {"vocab_size_before": m["vocab_size_before"], "vocab_size": m["vocab_size"],
-                             "corpus_texts": m["corpus_texts"], "corpus_tokens": m["corpus_tokens"],
-                             "min_count": m["min_count"], "recovery": recovery.model_dump() if recovery else None,
-                             "params_before": m["params_before"], "params": m["params"],
-                             "torch_test_accuracy": round(m["test_accuracy"], 4),
-                             "seconds": round(time.perf_counter() - t0, 1)}
-        if "val_accuracy_before_recovery" in m:
-            res["trim_vocab"]["val_accuracy_before_recovery"] = round(m["val_accuracy_before_recovery"], 4)
-        print(json.dumps(res["trim_vocab"]), flush=True)
-
-        # 5. trimmed int8: the same test rows, read with the trimmed tokenizer
-        test_t = ctx.batches(trimmed.tokenizer, "test", EVAL_BATCH, shuffle=False)
-        tr = onnx_int8(trimmed.model, trimmed.tokenizer, Path(tmp) / "trimmed", test_t)
-        res["trimmed_int8"] = {k: v for k, v in tr.items() if not k.startswith("_")}
-        res["trimmed_int8"]["vocab_size"] = len(trimmed.tokenizer)
-        agree = float((tr["_pred"] == un["_pred"]).mean())
-        res["trimmed_int8"]["label_agreement_with_untrimmed_int8"] = round(agree, 4)
-        print(json.dumps(res["trimmed_int8"]), flush=True)
+        un = untrimmed_step(teacher, tok, ctx, Path(tmp) / "untrimmed", res)
+        save(res, args.out)
+        trimmed = trim_step(args, teacher, tok, ctx, res)
+        tr = trimmed_step(trimmed, ctx, Path(tmp) / "trimmed", un, res)
     res["result"] = {
         "size_ratio": round(un["file_bytes"] / tr["file_bytes"], 2),
         "accuracy_loss_points": round(100 * (un["test_accuracy"] - tr["test_accuracy"]), 2),
         "meets_target": bool(un["file_bytes"] >= 10 * tr["file_bytes"]
                              and un["test_accuracy"] - tr["test_accuracy"] <= 0.01)}
-    save()
-    del teacher, trimmed
+    save(res, args.out)
+
+
+def main(argv=None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    if args.render:
+        Path(f"{args.out}.md").write_text(to_markdown(json.loads(Path(f"{args.out}.json").read_text())))
+        return 0
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    cpu0 = time.process_time()
+    splits, teacher_size, ctx, res = setup(args, argv)
+
+    tok = tokenizer_step(args, splits, res)
+    teacher = teacher_step(args, tok, teacher_size, ctx, res)
+    save(res, args.out)
+    compare_step(args, teacher, tok, ctx, res)  # the trimmed model is freed when it returns
+    del teacher
 
     # 6. sensitivity to the learned share (sizes only)
     english = [int(x) for x in args.sweep.split(",") if x]
     if english:
-        res["sweep"] = sweep(texts, english, args.seed)
+        res["sweep"] = sweep(splits["train"].texts, english, args.seed)
     res["meta"]["wall_s"] = round(time.perf_counter() - started, 1)
     res["meta"]["cpu_s"] = round(time.process_time() - cpu0, 1)
-    save()
+    save(res, args.out)
     print(json.dumps(res["result"]), flush=True)
     return 0
 

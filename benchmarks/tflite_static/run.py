@@ -113,19 +113,15 @@ def op_dtypes(path: Path) -> dict:
     return dict(Counter(o["op_name"] for o in it._get_ops_details() if dt[o["outputs"][0]] == np.float32))
 
 
-def main(argv=None) -> None:
-    a = args_(argv)
-    import torch
-    torch.set_num_threads(THREADS)
+def load_student(a) -> tuple:
+    """The student, its tokenizer, the test batches and labels, the export IOSpec and the calibration rows."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from edgecompress.data import batches, load_splits
-    from edgecompress.export.base import IOSpec, file_mb
+    from edgecompress.export.base import IOSpec
     from edgecompress.export.quant.calibration import CalibData
-    from edgecompress.export.tflite import TfliteExporter
-    from edgecompress.recipe import DataCfg, QuantSpec
+    from edgecompress.recipe import DataCfg
 
-    t_start = time.perf_counter()
     model = AutoModelForSequenceClassification.from_pretrained(a.student, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(a.student)
     splits = load_splits(DataCfg())
@@ -138,30 +134,69 @@ def main(argv=None) -> None:
     # What Pipeline.calib_data hands an exporter: shuffled train rows, calibration.batch_size (8) at a time.
     calib = CalibData(inputs=lambda: (x for x, _, _ in batches(tok, train.subset(a.calib_rows, 0), 8, SEQ,
                                                                 shuffle=True, seed=0)))
+    return model, io, test_b, labels, calib
+
+
+def results_header(a, model, test_b, labels) -> dict:
+    """The results dict before any row: the run's settings and the torch fp32 test accuracy."""
+    import torch
     with torch.no_grad():
         torch_logits = np.concatenate([model(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()
                                        for x, _ in test_b])
-    results = {"student": a.student, "test_rows": int(len(labels)), "calibration_rows": a.calib_rows,
-               "max_seq_len": SEQ,
-               "torch_fp32_test_accuracy": round(float((torch_logits.argmax(1) == labels).mean()), 4),
-               "machine": {"cpu": platform.machine(), "threads": THREADS,
-                           "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]},
-               "versions": versions(), "rows": []}
-    out_dir = Path(tempfile.mkdtemp(prefix="tflite_static."))
+    return {"student": a.student, "test_rows": int(len(labels)), "calibration_rows": a.calib_rows,
+            "max_seq_len": SEQ,
+            "torch_fp32_test_accuracy": round(float((torch_logits.argmax(1) == labels).mean()), 4),
+            "machine": {"cpu": platform.machine(), "threads": THREADS,
+                        "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]},
+            "versions": versions(), "rows": []}
+
+
+def row_plan(a) -> list[tuple]:
+    """(name, QuantSpec or None for fp32, static recipe kind or None) per row, in the order they run."""
+    from edgecompress.recipe import QuantSpec
     static = QuantSpec(activations="static", calibration={"samples": a.calib_rows})
     rows = [("tflite-fp32", None, None), ("tflite-int8-dynamic", QuantSpec(), None),
             ("full-int8", static, "full-int8"), ("full-int8-attn-fp32", static, "full-int8-attn-fp32"),
             ("static-fc-only", static, "static-fc-only")]
     if a.int16_rows:
         rows.append(("full-int16act", static, "full-int16act"))
+    return rows
+
+
+def row_exporter(kind, fp32_bytes):
+    """A TfliteExporter for one row: the fp32 program reused once converted, the row's static recipe if any."""
+    from edgecompress.export.tflite import TfliteExporter
+    exp = TfliteExporter()
+    if fp32_bytes is not None:  # one litert-torch conversion, reused by the int8 exports
+        exp.convert = lambda module, io_, tmp, _b=fp32_bytes: _b
+    if kind is not None:
+        exp.quantize_program = static_hook(kind)
+    return exp
+
+
+def score_row(name: str, lg: np.ndarray, fp32_logits: np.ndarray, labels: np.ndarray, res, export_s: float,
+              eval_s: float) -> dict:
+    """One row's accuracy, agreement and SQNR vs the fp32 .tflite on the same rows, file size and timings."""
+    from edgecompress.export.base import file_mb
+    ref = fp32_logits[: len(lg)]
+    lab = labels[: len(lg)]
+    row = {"name": name, "test_rows": int(len(lg)), "test_accuracy": round(float((lg.argmax(1) == lab).mean()), 4),
+           "tflite_fp32_accuracy_same_rows": round(float((ref.argmax(1) == lab).mean()), 4),
+           "agreement_vs_tflite_fp32": round(float((lg.argmax(1) == ref.argmax(1)).mean()), 4),
+           "sqnr_db_vs_tflite_fp32": round(sqnr_db(ref, lg), 1) if name != "tflite-fp32" else None,
+           "file_mib": file_mb(res.file), "export_s": export_s, "eval_s": eval_s,
+           "fp32_ops": op_dtypes(res.file), "details": res.details}
+    row["points_vs_tflite_fp32"] = round(100 * (row["test_accuracy"] - row["tflite_fp32_accuracy_same_rows"]), 2)
+    return row
+
+
+def run_rows(a, model, io, test_b, labels, calib, results: dict) -> dict:
+    """Export, evaluate and save each row in turn; returns {name: infer} of the files to time interleaved."""
+    out_dir = Path(tempfile.mkdtemp(prefix="tflite_static."))
     fp32_bytes = None
     infers, logits = {}, {}
-    for name, quant, kind in rows:
-        exp = TfliteExporter()
-        if fp32_bytes is not None:  # one litert-torch conversion, reused by the int8 exports
-            exp.convert = lambda module, io_, tmp, _b=fp32_bytes: _b
-        if kind is not None:
-            exp.quantize_program = static_hook(kind)
+    for name, quant, kind in row_plan(a):
+        exp = row_exporter(kind, fp32_bytes)
         t0 = time.perf_counter()
         res = export_with(exp, model, io, quant, calib, out_dir / name)
         export_s = round(time.perf_counter() - t0, 1)
@@ -175,21 +210,25 @@ def main(argv=None) -> None:
         logits[name] = lg
         if name != "full-int16act":  # its reference-kernel p50 is ~10x the others': timed on its own below
             infers[name] = infer
-        ref = logits["tflite-fp32"][: len(lg)]
-        lab = labels[: len(lg)]
-        row = {"name": name, "test_rows": int(len(lg)), "test_accuracy": round(float((lg.argmax(1) == lab).mean()), 4),
-               "tflite_fp32_accuracy_same_rows": round(float((ref.argmax(1) == lab).mean()), 4),
-               "agreement_vs_tflite_fp32": round(float((lg.argmax(1) == ref.argmax(1)).mean()), 4),
-               "sqnr_db_vs_tflite_fp32": round(sqnr_db(ref, lg), 1) if name != "tflite-fp32" else None,
-               "file_mib": file_mb(res.file), "export_s": export_s, "eval_s": eval_s,
-               "fp32_ops": op_dtypes(res.file), "details": res.details}
-        row["points_vs_tflite_fp32"] = round(100 * (row["test_accuracy"] - row["tflite_fp32_accuracy_same_rows"]), 2)
+        row = score_row(name, lg, logits["tflite-fp32"], labels, res, export_s, eval_s)
         if name == "full-int16act":
             row.update(interleaved_latency({name: infer}, io, 20)[name])
         results["rows"].append(row)
         print(json.dumps({k: row[k] for k in ("name", "test_rows", "test_accuracy", "points_vs_tflite_fp32",
                                               "sqnr_db_vs_tflite_fp32", "file_mib", "export_s")}), flush=True)
         save(results, a.out)
+    return infers
+
+
+def main(argv=None) -> None:
+    a = args_(argv)
+    import torch
+    torch.set_num_threads(THREADS)
+
+    t_start = time.perf_counter()
+    model, io, test_b, labels, calib = load_student(a)
+    results = results_header(a, model, test_b, labels)
+    infers = run_rows(a, model, io, test_b, labels, calib, results)
     lat = interleaved_latency(infers, io, a.runs)
     for row in results["rows"]:
         row.update(lat.get(row["name"], {}))
