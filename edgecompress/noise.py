@@ -18,9 +18,19 @@ from typing import Iterator
 
 from edgecompress import progress
 
+_log_path: Path | None = None  # where fd 2 goes while to_log is open
+_debug = False
+
+
+def set_debug(debug: bool) -> None:
+    """--debug: third-party output stays on the terminal everywhere."""
+    global _debug
+    _debug = debug
+
 
 @contextmanager
 def to_log(path: Path, enabled: bool = True) -> Iterator[None]:
+    global _log_path
     if not enabled:
         yield
         return
@@ -34,6 +44,7 @@ def to_log(path: Path, enabled: bool = True) -> Iterator[None]:
     os.dup2(log_fd, 2)
     os.close(log_fd)
     progress.set_stream(terminal)
+    _log_path = path
     try:
         yield
     finally:
@@ -41,4 +52,29 @@ def to_log(path: Path, enabled: bool = True) -> Iterator[None]:
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
         progress.set_stream(None)
+        _log_path = None
         terminal.close()
+
+
+@contextmanager
+def native_to_log() -> Iterator[None]:
+    """Around a native runtime's load: what its C/C++ code writes straight to fd 2 (ExecuTorch's cpuinfo and
+    threadpool lines) goes to a log, outside a run too (`verify`, `bench`, `predict` load in this process): the run's
+    log when one is open, else <home>/logs/native.log. The block holds no edgecompress output."""
+    if _debug or _log_path is not None:
+        yield
+        return
+    from edgecompress.pipeline import home
+    path = home() / "logs" / "native.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)

@@ -224,10 +224,12 @@ class PteExporter(Exporter):
         # The Python runtime exposes no per-method thread setting; this is the shared XNNPACK/extension threadpool.
         # Resetting it pulls the pool from under every method loaded before (a later execute of those crashed the
         # process): only when the size must change.
-        if portable_lib._threadpool_get_thread_count() != threads:
-            portable_lib._unsafe_reset_threadpool(threads)
-        program = Runtime.get().load_program(path)
-        method = program.load_method("forward")
+        from edgecompress.noise import native_to_log
+        with native_to_log():
+            if portable_lib._threadpool_get_thread_count() != threads:
+                portable_lib._unsafe_reset_threadpool(threads)
+            program = Runtime.get().load_program(path)
+            method = program.load_method("forward")
         max_batch = int(program.metadata("forward").input_tensor_meta(0).sizes()[0])  # the exported upper bound
 
         def infer(inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -295,6 +295,25 @@ def test_pte_load_sets_the_process_wide_xnnpack_threadpool(exports):
     assert got == 2
 
 
+@slow
+def test_pte_load_keeps_executorchs_native_lines_off_the_terminal(exports, tmp_path):
+    # setup: outside any run (as `verify` and `bench` load), in a fresh process (its first load logs the CPU probe
+    # and the threadpool size); pytest's own capture would stand in for fd 2, hence a subprocess
+    import subprocess
+    import sys
+    exported = exports(("pte", "fp32"))
+    code = ("import sys; from edgecompress.registry import EXPORTERS; "
+            "EXPORTERS.get('pte')(batch=1).load(sys.argv[1], threads=2); print('loaded')")
+    # execute
+    p = subprocess.run([sys.executable, "-c", code, str(exported.result.file)], capture_output=True, text=True,
+                       env={**os.environ, "EDGECOMPRESS_HOME": str(tmp_path)}, timeout=300)
+    # assert: nothing of the runtime's on the terminal, its lines in the log
+    assert p.returncode == 0 and p.stdout.strip() == "loaded", p.stderr[-2000:]
+    assert "threadpool" not in p.stderr and "cpuinfo" not in p.stderr, p.stderr[-2000:]
+    log = (tmp_path / "logs" / "native.log").read_text()
+    assert "cpuinfo" in log or "threadpool" in log, log
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "ptl"])  # .pte per-tensor would cost a third lowering
 def test_per_tensor_int8_is_honoured(fmt, tiny_bert, tmp_path):
     # setup
