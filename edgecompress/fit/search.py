@@ -58,7 +58,8 @@ class FitSearch:
         self.teacher = load_artifact_model(self.teacher_art)
         self.tokenizer = load_artifact_tokenizer(self.teacher_art)
         self.out.teacher_accuracy = self.teacher_art.metrics.get("test_accuracy")
-        self.cands = candidates(self.space, self.teacher.config.to_dict())
+        from edgecompress.families import family_of
+        self.cands = candidates(self.space, family_of(self.teacher).dims(self.teacher.config))  # canonical names
         return self.cands
 
     def kept(self, min_count: int) -> tuple[list[int], object]:

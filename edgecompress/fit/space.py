@@ -94,6 +94,8 @@ def parse_budgets(items: list[str]) -> dict[str, float]:
         key, sep, value = item.partition("=")
         if not sep or key not in known:
             raise UserInputError(f"--budget {item[:60]!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        if key in out:
+            raise UserInputError(f"--budget {key} is given twice; give each budget once")
         try:
             out[key] = float(value)
         except ValueError:

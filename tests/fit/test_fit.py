@@ -40,7 +40,7 @@ def test_space_that_cannot_be_sliced_from_the_teacher_is_refused(space, needle):
 
 @pytest.mark.parametrize("items,needle", [(["p90_ms"], "expected KEY=VALUE"), (["speed=3"], "KEY one of"),
                                           (["p90_ms=fast"], "not a number"), (["file_mb=-1"], "positive finite"),
-                                          ([], "at least one --budget")])
+                                          ([], "at least one --budget"), (["p90_ms=4", "p90_ms=5"], "given twice")])
 def test_bad_budgets_are_one_line(items, needle):
     # execute / assert
     with pytest.raises(UserInputError, match=needle):
@@ -290,3 +290,26 @@ def test_a_space_too_large_to_measure_is_refused_in_one_line():
         candidates(FitCfg(depths=[1, 2, 3, 4, 5, 6], widths=[32, 64, 96, 128, 160, 192, 224],
                           ffn_ratios=[1.0, 2.0, 3.0, 4.0, 5.0], vocab_min_counts=[None, 2, 3, 5],
                           formats=["onnx", "pte"]), TEACHER)
+
+
+def test_fit_reads_a_teacher_whose_config_names_its_dimensions_its_own_way(tmp_path):
+    # setup: DistilBERT names them dim / n_heads / n_layers; a budget nothing meets, so nothing is trained
+    from tests._models import write_small_vader
+    from tests.families.zoo import save_family_model
+    teacher = save_family_model("distilbert", tmp_path / "teacher", hidden=32, layers=2, heads=2, ffn=64)
+    recipe = {"name": "fitdistil",
+              "teacher": {"source": str(teacher), "finetune": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 16,
+                                                               "max_train_samples": 64}},
+              "data": {"source": str(write_small_vader(tmp_path / "data")), "max_seq_len": 64},
+              "stages": [{"kind": "distill", "student": {"config": {"num_hidden_layers": 1, "hidden_size": 16}}}],
+              "export": {"formats": ["onnx"], "max_seq_len": 64}, "bench": {"seq_len": 16, "warmup_runs": 1, "runs": 3},
+              "fit": {"depths": [1, 2], "widths": [16], "ffn_ratios": [2.0], "vocab_min_counts": [None], "probe": 2}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    # execute
+    p = subprocess.run([sys.executable, "-m", "edgecompress", "fit", str(tmp_path / "r.yaml"), "--target", "local",
+                        "--out", str(tmp_path / "fit"), "--quiet", "--budget", "file_mb=0.0001"], capture_output=True,
+                       text=True, env={**os.environ, "EDGECOMPRESS_HOME": str(tmp_path / "home")}, timeout=900)
+    # assert: both candidates sliced from it and measured
+    assert p.returncode == 1, p.stderr[-2000:]
+    rows = json.loads((tmp_path / "fit" / "fitdistil" / "report.json").read_text())["rows"]
+    assert sorted(r["name"] for r in rows if r.get("measured")) == ["L1-H16-I32-onnx", "L2-H16-I32-onnx"]
