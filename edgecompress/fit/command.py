@@ -126,6 +126,7 @@ def _run(runner, space, budgets, transport, target: str, out_dir: Path, remeasur
                 if s.out.teacher_accuracy else "")
         doc.update(winner=row["name"], verdict=f"found {row['name']}: test accuracy {row['test_accuracy']:.4f}{kept}, "
                    + ", ".join(f"{k} {row.get('final_' + k):.3g}" for k in budgets if row.get("final_" + k) is not None)
+                   + (" (emulated target: latency budgets not judged)" if s.out.emulated else "")
                    + f"; reproduce with: edgecompress run {out_dir / 'recipe.yaml'}")
     else:
         near = closest(rows, budgets)
