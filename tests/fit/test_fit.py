@@ -313,3 +313,22 @@ def test_fit_reads_a_teacher_whose_config_names_its_dimensions_its_own_way(tmp_p
     assert p.returncode == 1, p.stderr[-2000:]
     rows = json.loads((tmp_path / "fit" / "fitdistil" / "report.json").read_text())["rows"]
     assert sorted(r["name"] for r in rows if r.get("measured")) == ["L1-H16-I32-onnx", "L2-H16-I32-onnx"]
+
+
+def test_fit_measures_on_an_ssh_target(tiny_fit, sshd):
+    # setup: the loopback sshd stands in for a board; a budget nothing meets, so only measurements run there
+    d, env, _ = tiny_fit
+    recipe = yaml.safe_load((d / "r.yaml").read_text())
+    recipe.update(name="tinyfit-ssh", fit={**recipe["fit"], "depths": [1], "vocab_min_counts": [None]})
+    (d / "ssh.yaml").write_text(yaml.safe_dump(recipe))
+    url = (f"ssh://{sshd.user}@{sshd.host}:{sshd.port}?key={sshd.key}&known_hosts={sshd.known_hosts}"
+           f"&workdir={sshd.workdir}")
+    # execute
+    p = subprocess.run([sys.executable, "-m", "edgecompress", "fit", str(d / "ssh.yaml"), "--target", url,
+                        "--out", str(d / "fit"), "--quiet", "--budget", "file_mb=0.0001"], capture_output=True,
+                       text=True, env=env, timeout=900)
+    # assert: each candidate measured through the transport, none trained, the closest named
+    assert p.returncode == 1, p.stderr[-2000:]
+    doc = json.loads((d / "fit" / "tinyfit-ssh" / "report.json").read_text())
+    assert doc["target"].startswith("ssh://") and all(r.get("measured") for r in doc["rows"])
+    assert "closest: L1-H16" in p.stdout
