@@ -29,31 +29,40 @@ def set_debug(debug: bool) -> None:
 
 
 @contextmanager
-def to_log(path: Path, enabled: bool = True) -> Iterator[None]:
-    global _log_path
-    if not enabled:
-        yield
-        return
+def _fd2_to(path: Path) -> Iterator[int]:
+    """File descriptor 2 appends to `path` inside the block; yields a duplicate of what fd 2 was before."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved_fd = os.dup(2)
-    terminal = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
     log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    progress.set_stream(terminal)
-    _log_path = path
     try:
-        yield
+        yield saved_fd
     finally:
         sys.stderr.flush()
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
-        progress.set_stream(None)
-        _log_path = None
-        terminal.close()
+
+
+@contextmanager
+def to_log(path: Path, enabled: bool = True) -> Iterator[None]:
+    global _log_path
+    if not enabled:
+        yield
+        return
+    with _fd2_to(path) as saved_fd:
+        terminal = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
+        progress.set_stream(terminal)
+        _log_path = Path(path)
+        try:
+            yield
+        finally:
+            progress.set_stream(None)
+            _log_path = None
+            terminal.close()
 
 
 @contextmanager
@@ -65,16 +74,5 @@ def native_to_log() -> Iterator[None]:
         yield
         return
     from edgecompress.pipeline import home
-    path = home() / "logs" / "native.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr.flush()
-    saved_fd = os.dup(2)
-    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
-    try:
+    with _fd2_to(home() / "logs" / "native.log"):
         yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved_fd, 2)
-        os.close(saved_fd)
