@@ -16,7 +16,7 @@ from typing import Optional
 from edgecompress import progress
 from edgecompress.errors import RuntimeFailure
 from edgecompress.fit.cost import CostModel
-from edgecompress.fit.space import Candidate, at_least, candidates, misses
+from edgecompress.fit.space import Candidate, at_least, candidates, clearly_misses, misses
 from edgecompress.formats import FORMATS
 
 
@@ -138,7 +138,8 @@ class FitSearch:
     def _decide(self, row: dict, rows: dict, model: CostModel, probing: bool) -> dict:
         """This candidate's status and why: inferred from a measured one, skipped by the cost model, or measured."""
         done = [r for r in rows.values() if r.get("measured")]
-        over = next((r for r in done if r["status"] == "over budget" and at_least(row, r)), None)
+        over = next((r for r in done if r["status"] == "over budget" and at_least(row, r)
+                     and clearly_misses(r, self.budgets, self.out.emulated)), None)
         if over is not None and not probing:
             return {"status": "skipped", "why": f"at least as large as {over['name']}, which misses {over['why']}",
                     "_log": f"skipped (at least as large as {over['name']})"}
