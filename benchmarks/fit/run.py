@@ -78,14 +78,14 @@ def main(argv=None) -> int:
     if win:  # beside, never over, the benchmark's own recipe
         shutil.copy(args.work / name / "recipe.yaml", args.out / "winner.yaml")
     md = ["# fit benchmark", "", f"`{res['command']}` (exit {res['exit']}), {res['machine']}.", "",
-          f"- {res['verdict']}",
+          "- " + res["verdict"].replace(str(args.work / name / "recipe.yaml"), "benchmarks/fit/winner.yaml"),
           f"- search phase (teacher + measuring every candidate): {res['search_phase_s']} s; whole fit {res['wall_s']} s",
           f"- candidates {res['candidates']}: measured {res['measured']}, skipped {res['skipped']} (at least as large "
           f"as one over budget, or by the cost model), judged to fit without measuring "
           f"{res['judged_to_fit_unmeasured']}",
           "- cost model held-out error: " + ", ".join(f"{k} {v['mean_rel_err']:.1%}" for k, v in
                                                        doc["cost_model"].items() if v.get("mean_rel_err") is not None),
-          "", "Every candidate: `report.md` beside this file."]
+          "", "Every candidate: `report.md` beside this file; what it means: `README.md`."]
     (args.out / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
