@@ -22,7 +22,8 @@ toolchain file. The whole build is the flags in `_compile_argv`.
 
 Cache: $EDGECOMPRESS_HOME/native (default ~/.cache/edgecompress/native)/<key>, key = executorch version x ABI x a
 hash of the sources and flags, so an edited runner or another wheel rebuilds and nothing else does. A build is made
-in a temporary folder and renamed into place, so a half-finished build is never reused.
+in a temporary folder and renamed into place, so a half-finished build is never reused. After a build only the
+two most recently used builds per ABI are kept (prune_builds).
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from edgecompress.errors import RuntimeFailure, UserInputError
 RUNNER = "pte_runner"
 LAUNCHER = "pte_runner.sh"
 RECORD = "build.json"
+KEEP_BUILDS = 2  # runner builds kept per ABI
 # Registration-only libraries (kernels and the delegate register from static initializers) must be linked with
 # --no-as-needed or the linker drops them; kernels_optimized carries aten::embedding.out, which BERT needs.
 ET_LIBS = ("executorch", "executorch_threadpool", "executorch_kernels_optimized", "executorch_kernels_quantized",
@@ -267,6 +269,10 @@ def build_runner(abi: Optional[str] = None) -> Path:
     cxx = compiler_for(a)  # checked before anything is downloaded
     final = native_home() / build_key(a, version)
     if (final / RECORD).is_file():
+        try:
+            os.utime(final / RECORD)  # last used: what prune_builds keeps
+        except OSError:
+            pass
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".build-"))
@@ -279,7 +285,19 @@ def build_runner(abi: Optional[str] = None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    prune_builds(a.name)
     return final
+
+
+def prune_builds(abi_name: str, keep: int = KEEP_BUILDS) -> list[Path]:
+    """Delete all but the `keep` most recently used runner builds for one ABI (each ~20 MB; a new executorch version
+    or runner source makes a new one). Two stay, so switching between two checkouts does not rebuild each time.
+    Returns what was deleted."""
+    builds = [d for d in native_home().glob(f"executorch-*-{abi_name}-*") if (d / RECORD).is_file()]
+    builds.sort(key=lambda d: (d / RECORD).stat().st_mtime, reverse=True)
+    for old in builds[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return builds[keep:]
 
 
 def build_record(bundle: Path) -> dict:

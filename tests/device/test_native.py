@@ -111,6 +111,26 @@ def test_missing_compiler_names_the_apt_package(monkeypatch):
         native.build_runner("riscv64")
 
 
+def test_old_builds_are_pruned_to_the_most_recently_used(tmp_path, monkeypatch):
+    # setup: four finished builds of one ABI used at different times, an unfinished one, another ABI's
+    monkeypatch.setenv("EDGECOMPRESS_HOME", str(tmp_path))
+    home = native.native_home()
+    for i, key in enumerate(["aaa", "bbb", "ccc", "ddd"]):
+        d = home / f"executorch-1.0-x86_64-{key}"
+        d.mkdir(parents=True)
+        (d / native.RECORD).write_text("{}")
+        os.utime(d / native.RECORD, (1000 + i, 1000 + i))
+    (home / "executorch-1.0-x86_64-eee").mkdir()                          # no record: not a finished build
+    (home / "executorch-1.0-aarch64-aaa").mkdir()
+    (home / "executorch-1.0-aarch64-aaa" / native.RECORD).write_text("{}")
+    # execute
+    gone = native.prune_builds("x86_64")
+    # assert: the two most recently used stay; nothing else is touched
+    assert sorted(p.name for p in gone) == ["executorch-1.0-x86_64-aaa", "executorch-1.0-x86_64-bbb"]
+    assert sorted(p.name for p in home.iterdir()) == ["executorch-1.0-aarch64-aaa", "executorch-1.0-x86_64-ccc",
+                                                      "executorch-1.0-x86_64-ddd", "executorch-1.0-x86_64-eee"]
+
+
 def test_build_is_cached_and_recorded(host_bundle):
     # execute
     again = native.build_runner()
