@@ -121,6 +121,12 @@ def plan_command(recipe_path: Optional[Path], json_output: bool = False) -> int:
     summary = {"recipe": plan.recipe.name, "teacher": str(plan.teacher_dir), "data": str(plan.data_dir),
                "num_labels": plan.num_labels, "split_sizes": plan.split_sizes, "profile": plan.recipe.profile,
                "steps": plan.steps}
+    if plan.recipe.fit is not None:
+        from edgecompress.fit.space import candidates, space_of
+        from edgecompress.model_dir import check_model_dir
+        space = space_of(plan.recipe)
+        summary["fit_candidates"] = {"count": len(candidates(space, check_model_dir(plan.teacher_dir))),
+                                     "formats": list(space.formats)}
     if json_output:
         print(json.dumps(summary))
     else:

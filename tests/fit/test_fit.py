@@ -347,3 +347,17 @@ def test_a_miss_within_latency_noise_does_not_decide_larger_candidates(near_p90,
     # assert: skipped by size only when the miss is beyond the noise margin, else measured
     assert (out["status"] == "skipped") is skipped
     assert s.measured == ([] if skipped else [large.name])
+
+
+def test_plan_counts_the_fit_candidates(tiny_fit):
+    # setup
+    d, env, _ = tiny_fit
+    recipe = yaml.safe_load((d / "r.yaml").read_text())  # plan checks the recipe as `run` would: a student that fits
+    recipe["stages"][0]["student"] = {"config": {"num_hidden_layers": 1, "hidden_size": 16}}
+    (d / "plan.yaml").write_text(yaml.safe_dump(recipe))
+    # execute
+    p = subprocess.run([sys.executable, "-m", "edgecompress", "plan", str(d / "plan.yaml"), "--json"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    # assert: 2 depths x 2 widths x 1 FFN ratio x 2 vocabularies x 1 format
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["fit_candidates"] == {"count": 8, "formats": ["onnx"]}
