@@ -121,9 +121,10 @@ class FitSearch:
 
     def search(self) -> list[dict]:
         """Measure the probe candidates, then decide every other one: by size against what was measured (a
-        candidate at least as large as one over budget is over too; one no larger than a feasible one fits), by the
-        cost model when it clearly misses, else by measuring it. After the probes the next candidate measured is
-        the one whose result decides the most undecided others (a bisection of the size order)."""
+        candidate at least as large as one over budget beyond the noise margin is over too; one no larger than a
+        feasible one fits), by the cost model when it clearly misses, else by measuring it. After the probes the
+        next candidate measured is the one whose result decides the most undecided others (a bisection of the size
+        order)."""
         model, rows = CostModel(), {}
         pending = [{**c.to_json(), **self.features(c)} for c in probe_order(self.cands, self.space.probe)]
         for i in range(len(pending)):
