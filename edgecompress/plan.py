@@ -70,14 +70,16 @@ def make_plan(recipe: Recipe) -> Plan:
         if s.kind == "distill":
             from edgecompress.modeling import check_layer_map
             check_layer_map(s, cfg)  # student layers/width and the teacher->student match map
+    from edgecompress.fit.space import candidates, space_of
     if recipe.fit is not None:
-        from edgecompress.fit.space import candidates, space_of
         candidates(space_of(recipe), cfg)  # every width/depth of the search space can be sliced from this teacher
     from edgecompress.compress.structured import check_plan as check_pruning  # no torch: heads/neurons left
     check_pruning(recipe.stages, cfg)
     from edgecompress.profiles import load_profile
     profile = load_profile(recipe.profile)
     check_formats(recipe, profile)
+    if recipe.fit is not None:  # every candidate is exported int8 in each of the space's formats
+        check_formats(recipe, profile, formats=space_of(recipe).formats, int8=True, field="fit.formats")
     steps = (["teacher:finetune" if recipe.teacher.finetune else "teacher:load"] + [s.kind for s in recipe.stages]
              + [f"export:{f}-{p}" for f in recipe.export.formats for p in recipe.export.precisions]
              + ["export:teacher-onnx-fp32" if "onnx" in recipe.export.formats else None, "verify", "bench",
@@ -86,25 +88,28 @@ def make_plan(recipe: Recipe) -> Plan:
                 [s for s in steps if s])
 
 
-def check_formats(recipe: Recipe, profile) -> None:
-    """Every format x quantization x profile combination an exporter would refuse, refused here, before any work."""
+def check_formats(recipe: Recipe, profile, formats=None, int8: Optional[bool] = None,
+                  field: str = "export.formats") -> None:
+    """Every format x quantization x profile combination an exporter would refuse, refused here, before any work
+    (the recipe's export formats and precisions unless told)."""
     from edgecompress.formats import FORMATS, install_hint
+    formats = recipe.export.formats if formats is None else formats
     quant = None
-    if "int8" in recipe.export.precisions:
+    if ("int8" in recipe.export.precisions) if int8 is None else int8:
         try:  # preset "profile": the device's int8 flavour must make a valid intent too
             quant = recipe.quantize.with_profile(profile.int8)
         except ValueError as e:
             msg = str(e).splitlines()[-1].removeprefix("  Value error, ")
             raise UserInputError(f"profile {profile.name}: its int8 flavour does not fit quantize: {msg}; use "
                                  f"quantize.preset: manual or another profile") from None
-    for fmt in recipe.export.formats:
+    for fmt in formats:
         spec = FORMATS[fmt]
         missing = spec.missing_modules()
         if missing:
             raise UserInputError(f"export format {fmt!r} needs {', '.join(missing)}; run: {install_hint(spec)}")
         why = spec.refusal(quant)
         if why:
-            raise UserInputError(f"export.formats: {why}")
+            raise UserInputError(f"{field}: {why.replace('export.formats', field)}")
         if profile.runner_for(fmt) == "native":  # the run benches on this host: its compiler builds the runner
             from edgecompress.device.native import compiler_for, resolve_abi
             try:
@@ -112,8 +117,8 @@ def check_formats(recipe: Recipe, profile) -> None:
             except UserInputError as e:
                 raise UserInputError(f"{e}; or set runtimes.{fmt}.runner: python in profile {profile.name}") from None
         if fmt not in profile.runtimes:
-            raise UserInputError(f"export.formats: profile {profile.name} has no runtime for .{fmt} (it runs "
-                                 f"{', '.join(profile.runtimes)}); drop {fmt} from export.formats or use another profile")
+            raise UserInputError(f"{field}: profile {profile.name} has no runtime for .{fmt} (it runs "
+                                 f"{', '.join(profile.runtimes)}); drop {fmt} from {field} or use another profile")
 
 
 def plan_command(recipe_path: Optional[Path], json_output: bool = False) -> int:

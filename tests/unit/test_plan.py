@@ -62,3 +62,13 @@ def test_profile_without_a_runtime_for_an_exported_format_is_refused(tmp_path):
     # execute / assert
     with pytest.raises(UserInputError, match="has no runtime for .ptl"):
         make_plan(recipe)
+
+
+def test_a_fit_format_that_refuses_the_int8_intent_is_refused_by_plan():
+    # setup: the run itself exports onnx (fine); every fit candidate would be exported int8 as tflite
+    recipe = parse_recipe({"export": {"formats": ["onnx"]}, "quantize": {"activations": "static"},
+                           "fit": {"formats": ["tflite"]}})
+    # execute / assert: one line naming the fit field
+    with pytest.raises(UserInputError, match=r"^fit\.formats: tflite cannot realize quantize\.activations: static.*"
+                                             r"drop tflite from fit\.formats"):
+        make_plan(recipe)
