@@ -282,8 +282,10 @@ class BenchCfg(Cfg):
 class FitCfg(Cfg):
     """The search space of `edgecompress fit`: every combination is a candidate student, sliced from the teacher,
     exported and measured on the target before any training. Widths are whole heads of the teacher's head size."""
-    depths: list[int] = Field([2, 3, 4], min_length=1, description="encoder layers")
-    widths: list[int] = Field([128, 192, 256], min_length=1, description="hidden size (a multiple of the head size)")
+    depths: Optional[list[int]] = Field(None, min_length=1, description="encoder layers; null = 2, 3, 4 (up to the "
+                                                                         "teacher's)")
+    widths: Optional[list[int]] = Field(None, min_length=1, description="hidden size in whole heads; null = about 1/3, "
+                                        "1/2 and 2/3 of the teacher's (MiniLM-L6-H384: 128, 192, 256)")
     ffn_ratios: list[float] = Field([2.0, 3.0], min_length=1, description="FFN width / hidden size")
     vocab_min_counts: list[Optional[int]] = Field([None, 3], min_length=1,
                                                   description="trim the vocabulary to tokens seen this often in the "
@@ -297,8 +299,8 @@ class FitCfg(Cfg):
 
     @field_validator("depths", "widths")
     @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(x < 1 for x in v) or len(set(v)) != len(v):
+    def _positive(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and (any(x < 1 for x in v) or len(set(v)) != len(v)):
             raise ValueError("must be distinct positive integers")
         return v
 

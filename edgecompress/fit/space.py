@@ -53,26 +53,33 @@ def space_of(recipe):
     return space if space.formats else space.model_copy(update={"formats": list(recipe.export.formats)})
 
 
+def default_widths(t_hidden: int, head_dim: int) -> list[int]:
+    """About 1/3, 1/2 and 2/3 of the teacher's width, in whole heads (at least one)."""
+    return sorted({max(1, round(t_hidden * f / head_dim)) * head_dim for f in (1 / 3, 1 / 2, 2 / 3)})
+
+
 def candidates(space, teacher_config: dict) -> list[Candidate]:
-    """Every combination of the space (recipe.FitCfg) that can be sliced from this teacher, cheapest first."""
+    """Every combination of the space (recipe.FitCfg) that can be sliced from this teacher, cheapest first. Depths
+    and widths left unset scale with the teacher."""
     t_hidden, t_heads, t_layers = (teacher_config["hidden_size"], teacher_config["num_attention_heads"],
                                    teacher_config["num_hidden_layers"])
     head_dim = t_hidden // t_heads
-    for w in space.widths:
+    widths = space.widths or default_widths(t_hidden, head_dim)
+    depths = space.depths or [d for d in (2, 3, 4) if d <= t_layers] or [t_layers]
+    for w in widths:
         if w % head_dim or w > t_hidden:
             raise UserInputError(f"fit.widths: {w} is not a multiple of the teacher's head size {head_dim} up to its "
                                  f"width {t_hidden}; use whole heads, e.g. {head_dim * max(1, t_heads // 2)}")
-    for d in space.depths:
+    for d in depths:
         if d > t_layers:
             raise UserInputError(f"fit.depths: {d} exceeds the teacher's {t_layers} layers; use at most {t_layers}")
-    n = (len(space.depths) * len(space.widths) * len(space.ffn_ratios) * len(space.vocab_min_counts)
-         * len(space.formats))
+    n = len(depths) * len(widths) * len(space.ffn_ratios) * len(space.vocab_min_counts) * len(space.formats)
     if n > MAX_CANDIDATES:
         raise UserInputError(f"fit: the space has {n} candidates, more than {MAX_CANDIDATES} (each is exported and "
                              f"measured on the device); list fewer depths, widths, ffn_ratios, vocab_min_counts or "
                              f"formats")
     out = [Candidate(d, w, w // head_dim, max(8, int(round(r * w))), m, f)
-           for d in space.depths for w in space.widths for r in space.ffn_ratios
+           for d in depths for w in widths for r in space.ffn_ratios
            for m in space.vocab_min_counts for f in space.formats]
     return sorted(set(out), key=lambda c: (c.gflops(128), c.name))
 

@@ -361,3 +361,15 @@ def test_plan_counts_the_fit_candidates(tiny_fit):
     # assert: 2 depths x 2 widths x 1 FFN ratio x 2 vocabularies x 1 format
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout)["fit_candidates"] == {"count": 8, "formats": ["onnx"]}
+
+
+@pytest.mark.parametrize("teacher,widths,depths", [
+    (TEACHER, [128, 192, 256], [2, 3, 4]),                                                        # MiniLM-L6-H384
+    ({"hidden_size": 768, "num_attention_heads": 12, "num_hidden_layers": 12}, [256, 384, 512], [2, 3, 4]),
+    ({"hidden_size": 640, "num_attention_heads": 8, "num_hidden_layers": 3}, [240, 320, 400], [2, 3]),
+    ({"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1}, [16], [1])])
+def test_the_default_space_scales_with_the_teacher(teacher, widths, depths):
+    # execute: no depths or widths written
+    cands = candidates(FitCfg(vocab_min_counts=[None], ffn_ratios=[2.0], formats=["onnx"]), teacher)
+    # assert: whole heads of the teacher's head size, no deeper than the teacher
+    assert sorted({c.hidden for c in cands}) == widths and sorted({c.layers for c in cands}) == depths
