@@ -22,6 +22,7 @@ class Plan:
     profile: Optional[object] = None  # profiles.DeviceProfile, loaded once here
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    fit_candidates: Optional[int] = None  # the size of the recipe's fit space, when it has one
 
 
 def _tokenizer_vocab_size(model_dir: Path) -> Optional[int]:
@@ -71,31 +72,31 @@ def make_plan(recipe: Recipe) -> Plan:
             from edgecompress.modeling import check_layer_map
             check_layer_map(s, cfg)  # student layers/width and the teacher->student match map
     from edgecompress.fit.space import candidates, space_of
-    if recipe.fit is not None:
-        candidates(space_of(recipe), cfg)  # every width/depth of the search space can be sliced from this teacher
+    space = space_of(recipe) if recipe.fit is not None else None
+    cands = candidates(space, cfg) if space else None  # every width/depth of the space can be sliced from this teacher
     from edgecompress.compress.structured import check_plan as check_pruning  # no torch: heads/neurons left
     check_pruning(recipe.stages, cfg)
     from edgecompress.profiles import load_profile
     profile = load_profile(recipe.profile)
     check_formats(recipe, profile)
-    if recipe.fit is not None:  # every candidate is exported int8 in each of the space's formats
-        check_formats(recipe, profile, formats=space_of(recipe).formats, int8=True, field="fit.formats")
+    if space:  # every candidate is exported int8 in each of the space's formats
+        check_formats(recipe, profile, formats=space.formats, precisions=["int8"], field="fit.formats")
     steps = (["teacher:finetune" if recipe.teacher.finetune else "teacher:load"] + [s.kind for s in recipe.stages]
              + [f"export:{f}-{p}" for f in recipe.export.formats for p in recipe.export.precisions]
              + ["export:teacher-onnx-fp32" if "onnx" in recipe.export.formats else None, "verify", "bench",
                 "report"])
     return Plan(recipe, teacher_dir, ddir, n_labels, {k: len(v) for k, v in splits.items()}, profile,
-                [s for s in steps if s])
+                [s for s in steps if s], fit_candidates=len(cands) if cands is not None else None)
 
 
-def check_formats(recipe: Recipe, profile, formats=None, int8: Optional[bool] = None,
-                  field: str = "export.formats") -> None:
+def check_formats(recipe: Recipe, profile, formats=None, precisions=None, field: str = "export.formats") -> None:
     """Every format x quantization x profile combination an exporter would refuse, refused here, before any work
     (the recipe's export formats and precisions unless told)."""
     from edgecompress.formats import FORMATS, install_hint
     formats = recipe.export.formats if formats is None else formats
+    precisions = recipe.export.precisions if precisions is None else precisions
     quant = None
-    if ("int8" in recipe.export.precisions) if int8 is None else int8:
+    if "int8" in precisions:
         try:  # preset "profile": the device's int8 flavour must make a valid intent too
             quant = recipe.quantize.with_profile(profile.int8)
         except ValueError as e:
@@ -126,12 +127,9 @@ def plan_command(recipe_path: Optional[Path], json_output: bool = False) -> int:
     summary = {"recipe": plan.recipe.name, "teacher": str(plan.teacher_dir), "data": str(plan.data_dir),
                "num_labels": plan.num_labels, "split_sizes": plan.split_sizes, "profile": plan.recipe.profile,
                "steps": plan.steps}
-    if plan.recipe.fit is not None:
-        from edgecompress.fit.space import candidates, space_of
-        from edgecompress.model_dir import check_model_dir
-        space = space_of(plan.recipe)
-        summary["fit_candidates"] = {"count": len(candidates(space, check_model_dir(plan.teacher_dir))),
-                                     "formats": list(space.formats)}
+    if plan.fit_candidates is not None:
+        from edgecompress.fit.space import space_of
+        summary["fit_candidates"] = {"count": plan.fit_candidates, "formats": list(space_of(plan.recipe).formats)}
     if json_output:
         print(json.dumps(summary))
     else:

@@ -38,7 +38,7 @@ def agreement(rows: list[dict], key: str, truth: str) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from edgecompress.fit.search import FitSearch, recipe_for
+    from edgecompress.fit.search import FitSearch, recipe_for, search_plan
     from edgecompress.pipeline import Runner
     from edgecompress.plan import make_plan
     from edgecompress.fit.space import space_of
@@ -49,8 +49,7 @@ def main(argv=None) -> int:
     missing = [n for n in args.names if n not in by_name]
     if missing:
         raise SystemExit(f"not in {args.report}: {', '.join(missing)}")
-    plan = make_plan(recipe_for(recipe, FitSearch._cand(by_name[args.names[0]])))
-    plan = type(plan)(**{**plan.__dict__, "recipe": recipe})
+    plan = search_plan(recipe, FitSearch._cand(by_name[args.names[0]]))
     search = FitSearch(Runner(plan, args.work / "search"), space, {}, None, "local")
     search.prepare()
     rows = []

@@ -59,10 +59,12 @@ def main(argv=None) -> int:
         return p.returncode or 3
     doc = json.loads(report.read_text())
     win = next((r for r in doc["rows"] if r["status"] == "winner"), None)
+    winner_recipe = (str(args.work / name / "recipe.yaml"), "benchmarks/fit/winner.yaml")  # no scratch paths in git
     res = {"command": f"edgecompress fit {args.recipe.name} --target local --top-k {args.top_k} "
                       f"{'--remeasure ' if args.remeasure else ''}--budget "
                       f"{' '.join(args.budget)}",
-           "exit": p.returncode, "verdict": doc["verdict"], "wall_s": round(wall, 1), "phases_s": doc["phases_s"],
+           "exit": p.returncode, "verdict": doc["verdict"].replace(*winner_recipe), "wall_s": round(wall, 1),
+           "phases_s": doc["phases_s"],
            "search_phase_s": round(doc["phases_s"].get("prepare", 0) + doc["phases_s"].get("search", 0), 1),
            "teacher_accuracy": doc["teacher_accuracy"], "winner": win,
            "kept_of_teacher": (win["test_accuracy"] / doc["teacher_accuracy"]) if win else None,
@@ -74,11 +76,11 @@ def main(argv=None) -> int:
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end"}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(res, indent=2, default=str))
-    shutil.copy(args.work / name / "report.md", args.out / "report.md")
+    (args.out / "report.md").write_text((args.work / name / "report.md").read_text().replace(*winner_recipe))
     if win:  # beside, never over, the benchmark's own recipe
         shutil.copy(args.work / name / "recipe.yaml", args.out / "winner.yaml")
     md = ["# fit benchmark", "", f"`{res['command']}` (exit {res['exit']}), {res['machine']}.", "",
-          "- " + res["verdict"].replace(str(args.work / name / "recipe.yaml"), "benchmarks/fit/winner.yaml"),
+          f"- {res['verdict']}",
           f"- search phase (teacher + measuring every candidate): {res['search_phase_s']} s; whole fit {res['wall_s']} s",
           f"- candidates {res['candidates']}: measured {res['measured']}, skipped {res['skipped']} (at least as large "
           f"as one over budget, or by the cost model), judged to fit without measuring "

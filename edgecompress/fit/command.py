@@ -35,10 +35,9 @@ def register(sub) -> None:
 def _setup(args):
     """Everything validated before any work: recipe, budgets, profile, target, the whole search space (each
     candidate's recipe plans)."""
-    from edgecompress.fit.search import recipe_for
+    from edgecompress.fit.search import search_plan
     from edgecompress.fit.space import candidates, parse_budgets, space_of
     from edgecompress.model_dir import check_model_dir, resolve_model_dir
-    from edgecompress.plan import make_plan
     from edgecompress.recipe import load_recipe, parse_recipe
     from edgecompress.transports.base import parse_target
     budgets = parse_budgets(args.budget)
@@ -51,10 +50,9 @@ def _setup(args):
             raise UserInputError("--top-k must be >= 1")
         space = space.model_copy(update={"top_k": args.top_k})
     cands = candidates(space, check_model_dir(resolve_model_dir(recipe.teacher.source)))
-    for fmt in space.formats:  # a candidate of each format plans: exporters x quantization x profile, stages
-        make_plan(recipe_for(recipe, next(c for c in cands if c.format == fmt)))
-    plan = make_plan(recipe_for(recipe, cands[0]))
-    plan = type(plan)(**{**plan.__dict__, "recipe": recipe})  # the search runs as the user's recipe
+    # a candidate of each format plans (exporters x quantization x profile, stages); the cheapest one's is the search's
+    plans = {fmt: search_plan(recipe, next(c for c in cands if c.format == fmt)) for fmt in space.formats}
+    plan = plans[cands[0].format]
     reach = parse_target(args.target, plan.profile.reach) if args.target else plan.profile.reach
     return plan, space, budgets, reach, len(cands)
 
@@ -98,7 +96,8 @@ def _run(runner, space, budgets, transport, target: str, out_dir: Path, remeasur
     for r in feasible[:space.top_k]:
         progress.log(f"[fit] distilling {r['name']} with the recipe's protocol")
         t = s.train(r, out_dir / "runs")
-        r.update(test_accuracy=t["test_accuracy"], val_accuracy=t["val_accuracy"], **{f"final_{k}": v for k, v in t["final"].items()},
+        r.update(test_accuracy=t["test_accuracy"], val_accuracy=t["val_accuracy"],
+                 **{f"final_{k}": v for k, v in t["final"].items()},
                  status="trained", why="; ".join(t["misses_after_training"]) or None)
         trained.append((r, t))
     for r in feasible[space.top_k:]:
@@ -116,9 +115,9 @@ def _run(runner, space, budgets, transport, target: str, out_dir: Path, remeasur
         row["status"] = "winner"
         for other, _ in trained:
             if other is not row and other["status"] == "trained":
-                split = "validation" if row.get("val_accuracy") is not None else "test"
-                a, b = (other["val_accuracy"], row["val_accuracy"]) if split == "validation" else (
-                    other["test_accuracy"], row["test_accuracy"])
+                key = s.out.chosen_on
+                split = "validation" if key == "val_accuracy" else "test"
+                a, b = other[key], row[key]
                 other["why"] = other["why"] or (f"less accurate on {split} ({a:.4f} < {b:.4f})" if a < b else
                                                 f"as accurate ({a:.4f}); the winner ranked higher by {s.space.rank_by}")
         (out_dir / "recipe.yaml").write_text(yaml.safe_dump(t["recipe"].model_dump(mode="json"), sort_keys=False))

@@ -16,19 +16,18 @@ from typing import Optional
 from edgecompress import progress
 from edgecompress.errors import RuntimeFailure
 from edgecompress.fit.cost import CostModel
-from edgecompress.fit.space import Candidate, at_least, candidates, clearly_misses, misses
+from edgecompress.fit.space import Candidate, at_least, candidates, clearly_misses, judged, misses
 from edgecompress.formats import FORMATS
 
 
 @dataclass
 class Outcome:
-    """What the fit found: a row per candidate (measured, skipped, trained) and the winner's name, if any."""
+    """What the search found: a row per candidate (measured, skipped, trained) and what it was judged on."""
     rows: list[dict] = field(default_factory=list)
-    winner: Optional[str] = None
     cost_model: dict = field(default_factory=dict)
-    phases_s: dict = field(default_factory=dict)
     teacher_accuracy: Optional[float] = None
     emulated: bool = False
+    chosen_on: str = "val_accuracy"  # the accuracy select() compared; test only where a run reported no validation
 
 
 def probe_order(cands: list[Candidate], probe: int) -> list[Candidate]:
@@ -148,8 +147,8 @@ class FitSearch:
         if fits is not None and not probing:
             return {"status": "feasible", "inferred_from": fits["name"],
                     "_log": f"meets the budgets (no larger than {fits['name']}; not measured)"}
-        judged = {k for k in self.budgets if not (self.out.emulated and k in ("p90_ms", "load_ms"))}
-        skip = [] if probing else model.clearly_over(row["format"], row, self.budgets, judged)
+        skip = [] if probing else model.clearly_over(row["format"], row, self.budgets,
+                                                       judged(self.budgets, self.out.emulated))
         if skip:
             return {"status": "skipped", "why": "; ".join(skip), "_log": f"skipped ({skip[0]})"}
         m = self.measure(self._cand(row))
@@ -220,14 +219,13 @@ class FitSearch:
                 "val_accuracy": report["student"].get("val_accuracy"),
                 "misses_after_training": miss, "export_path": str(exp)}
 
-    @staticmethod
-    def select(trained: list[tuple[dict, dict]]) -> Optional[tuple[dict, dict]]:
+    def select(self, trained: list[tuple[dict, dict]]) -> Optional[tuple[dict, dict]]:
         """The most accurate trained candidate that still meets every budget after compression. Accuracy here is the
         validation split's: choosing on the test split would make the reported test accuracy optimistic."""
         ok = [(row, t) for row, t in trained if not t["misses_after_training"]]
-        key = (lambda rt: (rt[1]["val_accuracy"], rt[1]["test_accuracy"])) if all(
-            t.get("val_accuracy") is not None for _, t in ok) else (lambda rt: rt[1]["test_accuracy"])
-        return max(ok, key=key) if ok else None
+        key = "val_accuracy" if all(t.get("val_accuracy") is not None for _, t in ok) else "test_accuracy"
+        self.out.chosen_on = key
+        return max(ok, key=lambda rt: (rt[1][key], rt[1]["test_accuracy"])) if ok else None
 
 
 def _most_telling(pending: list[dict]) -> int:
@@ -240,6 +238,14 @@ def _most_telling(pending: list[dict]) -> int:
     told = np.minimum(ge.sum(0), ge.sum(1))
     cheapest = np.array([r["gflops"] for r in pending])
     return int(np.lexsort((cheapest, -told))[0])
+
+
+def search_plan(recipe, c: Candidate):
+    """The plan the search runs under: validated as this candidate's recipe, carrying the user's recipe."""
+    from dataclasses import replace
+
+    from edgecompress.plan import make_plan
+    return replace(make_plan(recipe_for(recipe, c)), recipe=recipe)
 
 
 def recipe_for(r, c: Candidate):
