@@ -114,6 +114,13 @@ def test_latency_does_not_depend_on_the_weights_values(tiny_bert, tmp_path):
     assert 0.5 < ratio < 2.0, p50
 
 
+def _fit(recipe, out, env, *budget, target="local"):
+    """`edgecompress fit RECIPE --target TARGET --out OUT --quiet --budget ...` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "edgecompress", "fit", str(recipe), "--target", target, "--out",
+                           str(out), "--quiet", "--budget", *budget], capture_output=True, text=True, env=env,
+                          timeout=900)
+
+
 @pytest.fixture(scope="module")
 def tiny_fit(tmp_path_factory):
     from tests._models import save_tiny_teacher, write_small_vader
@@ -130,9 +137,7 @@ def tiny_fit(tmp_path_factory):
     env = {**os.environ, "EDGECOMPRESS_HOME": str(d / "home")}
 
     def fit(*budget):
-        return subprocess.run([sys.executable, "-m", "edgecompress", "fit", str(d / "r.yaml"), "--target", "local",
-                               "--out", str(d / "fit"), "--quiet", "--budget", *budget], capture_output=True,
-                              text=True, env=env, timeout=900)
+        return _fit(d / "r.yaml", d / "fit", env, *budget)
     return d, env, fit
 
 
@@ -153,7 +158,7 @@ def test_fit_finds_a_student_and_its_recipe_reproduces_the_same_artifacts(tiny_f
                           str(d / "rerun"), "--json"], capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = {r["label"]: r for r in json.loads(run.stdout)["rows"]}
-    assert f"onnx-int8" in rows and "reusing" not in run.stdout
+    assert "onnx-int8" in rows and "reusing" not in run.stdout
     trained = json.loads((d / "fit" / "tinyfit" / "report.json").read_text())
     assert rows["onnx-int8"]["test_accuracy"] == pytest.approx(win["test_accuracy"])
     assert trained["winner"] == win["name"]
@@ -265,9 +270,7 @@ def test_a_trimmed_candidate_is_measured_in_a_format_that_calibrates(tiny_fit):
                                            "formats": ["pte"], "probe": 2})
     (d / "pte.yaml").write_text(yaml.safe_dump(recipe))
     # execute: a budget nothing meets, so nothing is trained
-    p = subprocess.run([sys.executable, "-m", "edgecompress", "fit", str(d / "pte.yaml"), "--target", "local",
-                        "--out", str(d / "fit"), "--quiet", "--budget", "file_mb=0.0001"], capture_output=True,
-                       text=True, env=env, timeout=900)
+    p = _fit(d / "pte.yaml", d / "fit", env, "file_mb=0.0001")
     # assert: measured (not a crash on token ids), and named as the closest
     assert p.returncode == 1, p.stderr[-2000:]
     assert "closest: L1-H16-I32-V2-pte (file_mb" in p.stdout
@@ -306,9 +309,8 @@ def test_fit_reads_a_teacher_whose_config_names_its_dimensions_its_own_way(tmp_p
               "fit": {"depths": [1, 2], "widths": [16], "ffn_ratios": [2.0], "vocab_min_counts": [None], "probe": 2}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     # execute
-    p = subprocess.run([sys.executable, "-m", "edgecompress", "fit", str(tmp_path / "r.yaml"), "--target", "local",
-                        "--out", str(tmp_path / "fit"), "--quiet", "--budget", "file_mb=0.0001"], capture_output=True,
-                       text=True, env={**os.environ, "EDGECOMPRESS_HOME": str(tmp_path / "home")}, timeout=900)
+    p = _fit(tmp_path / "r.yaml", tmp_path / "fit", {**os.environ, "EDGECOMPRESS_HOME": str(tmp_path / "home")},
+             "file_mb=0.0001")
     # assert: both candidates sliced from it and measured
     assert p.returncode == 1, p.stderr[-2000:]
     rows = json.loads((tmp_path / "fit" / "fitdistil" / "report.json").read_text())["rows"]
@@ -324,9 +326,7 @@ def test_fit_measures_on_an_ssh_target(tiny_fit, sshd):
     url = (f"ssh://{sshd.user}@{sshd.host}:{sshd.port}?key={sshd.key}&known_hosts={sshd.known_hosts}"
            f"&workdir={sshd.workdir}")
     # execute
-    p = subprocess.run([sys.executable, "-m", "edgecompress", "fit", str(d / "ssh.yaml"), "--target", url,
-                        "--out", str(d / "fit"), "--quiet", "--budget", "file_mb=0.0001"], capture_output=True,
-                       text=True, env=env, timeout=900)
+    p = _fit(d / "ssh.yaml", d / "fit", env, "file_mb=0.0001", target=url)
     # assert: each candidate measured through the transport, none trained, the closest named
     assert p.returncode == 1, p.stderr[-2000:]
     doc = json.loads((d / "fit" / "tinyfit-ssh" / "report.json").read_text())
