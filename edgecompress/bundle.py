@@ -42,7 +42,7 @@ Try it: edgecompress predict THIS_FOLDER "some text"
 """)
 
 
-def read_tokenizer(folder: Path, io: dict):
+def read_tokenizer(folder: Path, io):
     """The bundle's tokenizer (tokenizers.Tokenizer), truncating to the exported bound, no padding; refused when its
     ids do not fit the model's embedding table."""
     from tokenizers import Tokenizer
@@ -53,13 +53,13 @@ def read_tokenizer(folder: Path, io: dict):
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own exception types
         raise UserInputError(f"{path}: not a tokenizer file ({str(e)[:120]}); re-export the bundle") from None
-    size, vocab = tok.get_vocab_size(with_added_tokens=True), int(io["vocab_size"])
+    size, vocab = tok.get_vocab_size(with_added_tokens=True), io.vocab_size
     if size > vocab:
         raise UserInputError(f"{path}: the tokenizer has {size} tokens but the model's embedding table has {vocab}: "
                              f"they do not belong together (a tokenizer from before vocabulary trimming?); use the "
                              f"bundle's own files")
     tok.no_padding()
-    tok.enable_truncation(int(io["max_seq_len"]))
+    tok.enable_truncation(io.max_seq_len)
     return tok
 
 
@@ -72,11 +72,11 @@ def read_labels(folder: Path, num_labels: int) -> list[str]:
     return [str(x) for x in labels] if len(labels) == num_labels else [str(i) for i in range(num_labels)]
 
 
-def samples(tok, texts: list[str], io: dict) -> list[dict]:
+def samples(tok, texts: list[str], io) -> list[dict]:
     """One batch-of-one sample per text, unpadded, with exactly the model's input names."""
     out = []
     for enc in tok.encode_batch(list(texts)):
         row = {"input_ids": [list(enc.ids)], "attention_mask": [list(enc.attention_mask)],
                "token_type_ids": [list(enc.type_ids)]}
-        out.append({n: row[n] for n in io["input_names"]})
+        out.append({n: row[n] for n in io.input_names})
     return out

@@ -73,6 +73,6 @@ def native_to_log() -> Iterator[None]:
     if _debug or _log_path is not None:
         yield
         return
-    from edgecompress.pipeline import home
-    with _fd2_to(home() / "logs" / "native.log"):
+    from edgecompress.paths import logs_dir
+    with _fd2_to(logs_dir() / "native.log"):
         yield

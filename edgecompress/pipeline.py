@@ -241,8 +241,7 @@ class Runner:
             torch.manual_seed(r.seed)
             model, tokenizer = load_artifact_model(parent), load_artifact_tokenizer(parent)
             exporter = EXPORTERS.get(fmt)(batch=r.bench.batch)
-            io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels,
-                        max_seq_len=r.export.max_seq_len, pad_token_id=tokenizer.pad_token_id or 0)
+            io = IOSpec.for_model(model, tokenizer, r.export.max_seq_len)
             t0 = time.perf_counter()
             with progress.status(f"exporting {label}"):
                 res = exporter.export(model, io, quant, self.calib_data(quant, tokenizer), tmp)
@@ -286,9 +285,8 @@ class Runner:
             with tempfile.TemporaryDirectory(prefix="edgecompress-texts-") as d:
                 (Path(d) / "texts.json").write_text(json.dumps(texts))
                 tok = exp.path / "tokenizer.json"
-                res = bench_file(exp.path / m["file"], exp.path / "io.json", m["runtime"], threads=b.threads,
-                                 warmup_runs=b.warmup_runs, runs=b.runs, batch=b.batch, seq_len=b.seq_len,
-                                 timeout_s=b.timeout_s, expected_json=exp.path / "expected.json",
+                res = bench_file(exp.path / m["file"], exp.path / "io.json", m["runtime"], b,
+                                 expected_json=exp.path / "expected.json",
                                  runner=self.plan.profile.runner_for(m["format"]),
                                  tokenizer_json=tok if tok.is_file() else None, texts_json=Path(d) / "texts.json")
             if not res.get("ok", False):

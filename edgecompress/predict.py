@@ -54,15 +54,16 @@ def predict_command(args) -> int:
     from edgecompress.artifact import open_export
     from edgecompress.bench.verify import predict_on_target
     from edgecompress.bundle import read_labels, read_tokenizer, samples
+    from edgecompress.export.base import IOSpec
     from edgecompress.transports.base import make_transport, parse_target
     if args.threads < 1:
         raise UserInputError("--threads must be >= 1")
     texts = _texts(args)
     exp = open_export(args.artifact)
     check_runner_option(exp.format, args.runner)
-    io = json.loads(exp.io_json.read_text())
+    io = IOSpec.read(exp.io_json)
     tok = read_tokenizer(exp.artifact.path, io)
-    labels = read_labels(exp.artifact.path, int(io["num_labels"]))
+    labels = read_labels(exp.artifact.path, io.num_labels)
     with make_transport(parse_target(args.target)) as t:
         res = predict_on_target(t, exp.model_file, exp.io_json, FORMATS[exp.format].runtime, samples(tok, texts, io),
                                 threads=args.threads, runner=args.runner or default_runner(exp.format))

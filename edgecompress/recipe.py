@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edgecompress.config import Cfg, first_error, read_yaml
+from edgecompress.device.protocol import BenchSettings
 from edgecompress.errors import UserInputError
 from edgecompress.formats import Format, Precision
 
@@ -270,13 +271,7 @@ class ExportCfg(Cfg):
         return self
 
 
-class BenchCfg(Cfg):
-    threads: int = Field(1, ge=1)
-    batch: int = Field(1, ge=1)
-    seq_len: int = Field(128, ge=1)
-    warmup_runs: int = Field(5, ge=0)
-    runs: int = Field(50, ge=1)
-    timeout_s: float = Field(600, gt=0)
+BenchCfg = BenchSettings  # the recipe's `bench:` section is the device-run contract itself
 
 
 class FitCfg(Cfg):

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from edgecompress.config import shown
+from edgecompress.device.protocol import BenchSettings
 from edgecompress.errors import EdgeCompressError, UserInputError
 from edgecompress.formats import FORMAT_NAMES, RUNNERS, check_runner_option
 
@@ -33,13 +35,14 @@ def register(sub) -> None:
     b.add_argument("--format", choices=FORMAT_NAMES, help="format of a bare model file")
     b.add_argument("--precision", default="fp32", help="precision of a bare model file (budget key FORMAT-PRECISION)")
     b.add_argument("--threads", type=int, help="default: the profile's threads for the format")
-    b.add_argument("--runs", type=int, default=50)
-    b.add_argument("--warmup-runs", type=int, default=5)
+    defaults = BenchSettings()
+    b.add_argument("--runs", type=int, help=f"default {defaults.runs}")
+    b.add_argument("--warmup-runs", type=int, help=f"default {defaults.warmup_runs}")
     b.add_argument("--min-time-s", type=float, default=0.0)
-    b.add_argument("--batch", type=int, default=1)
-    b.add_argument("--seq-len", type=int, default=128)
+    b.add_argument("--batch", type=int, help=f"default {defaults.batch}")
+    b.add_argument("--seq-len", type=int, help=f"default {defaults.seq_len}")
     b.add_argument("--cpu-list", help="pin the agent to these device CPUs, e.g. 4-7")
-    b.add_argument("--timeout-s", type=float, default=600, help="per file, on the device")
+    b.add_argument("--timeout-s", type=float, help=f"per file, on the device (default {defaults.timeout_s:g})")
     b.add_argument("--runner", choices=RUNNERS, help="native | python (default: the profile's per format; native "
                                                       "where the format has one)")
     b.add_argument("--out", type=Path, help="write results JSON here")
@@ -183,25 +186,20 @@ def _cmd_bench(args) -> int:
     from edgecompress.bench.harness import bench_fleet
     from edgecompress.profiles import load_profile
 
-    for name in ("runs", "batch", "seq_len"):
-        if getattr(args, name) < 1:
-            raise UserInputError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup_runs < 0 or (args.threads is not None and args.threads < 1):
-        raise UserInputError("--warmup-runs must be >= 0 and --threads >= 1")
-    if not args.timeout_s > 0 or args.min_time_s < 0:
-        raise UserInputError(f"--timeout-s must be > 0 and --min-time-s >= 0 (got {args.timeout_s:g}, {args.min_time_s:g})")
+    bench = settings_from_args(args)
+    if not args.min_time_s >= 0:
+        raise UserInputError(f"--min-time-s must be >= 0 (got {args.min_time_s:g})")
     profile = load_profile(args.profile)
     items = collect_items(args.path, profile, io=args.io, fmt=args.format, precision=args.precision,
                           threads=args.threads)
     for it in items:
-        _check_seq_len(it, args.seq_len)
+        _check_seq_len(it, bench.seq_len)
     if args.runner:
         items = [_with_runner(it, args.runner) for it in items]
     targets = _targets(args.target, profile)
-    settings = dict(warmup_runs=args.warmup_runs, runs=args.runs, batch=args.batch, seq_len=args.seq_len,
-                    timeout_s=args.timeout_s, min_time_s=args.min_time_s, cpu_list=args.cpu_list)
+    settings = {**bench.model_dump(exclude={"threads"}), "min_time_s": args.min_time_s, "cpu_list": args.cpu_list}
     t0 = time.time()
-    per_device = bench_fleet(items, targets, **settings)
+    per_device = bench_fleet(items, targets, bench, min_time_s=args.min_time_s, cpu_list=args.cpu_list)
     results = [r for rs in per_device.values() for r in rs]
     doc = {"schema": RESULTS_SCHEMA, "profile": profile.name,
            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
@@ -215,6 +213,21 @@ def _cmd_bench(args) -> int:
     return _verdict(doc, profile, args, quiet_table=args.json)
 
 
+def settings_from_args(args) -> BenchSettings:
+    """The bench flags as BenchSettings (unset ones keep its defaults); an out-of-bounds value is one line naming the
+    flag."""
+    from pydantic import ValidationError
+    given = {k: getattr(args, k, None) for k in BenchSettings.model_fields}
+    try:
+        return BenchSettings().but(**given)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-")
+        ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        bound = next((f"must be {ops[k]} {v:g}" for k, v in (err.get("ctx") or {}).items() if k in ops), None)
+        raise UserInputError(f"{flag} {bound or err['msg'].lower()} (got {shown(err.get('input'))})") from None
+
+
 def _with_runner(item, runner: str):
     from dataclasses import replace
     check_runner_option(item.meta["format"], runner)
@@ -222,8 +235,9 @@ def _with_runner(item, runner: str):
 
 
 def _check_seq_len(item, seq_len: int) -> None:
+    from edgecompress.export.base import IOSpec
     try:
-        bound = int(json.loads(Path(item.io_json).read_text())["max_seq_len"])
+        bound = IOSpec.read(item.io_json).max_seq_len
     except (OSError, ValueError, KeyError, TypeError):
         raise UserInputError(f"{item.io_json}: not a valid io.json (no max_seq_len); re-export the model") from None
     if seq_len > bound:

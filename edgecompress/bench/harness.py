@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from edgecompress.device.protocol import AgentRequest
+from edgecompress.device.protocol import AgentRequest, BenchSettings
 from edgecompress.device.run import run_agent
 from edgecompress.transports.base import Transport, make_transport
 
@@ -38,30 +38,30 @@ def onnx_sidecars(model_file: Path) -> list[Path]:
     return [p for p in found if p.is_file() and p.resolve().parent == folder]
 
 
-def bench_file(model_file: Path, io_json: Path, runtime: str, *, threads: int = 1, warmup_runs: int = 5,
-               runs: int = 50, batch: int = 1, seq_len: int = 128, transport: Optional[Transport] = None,
-               timeout_s: float = 600, expected_json: Optional[Path] = None, min_time_s: float = 0.0,
-               extra_files: Optional[Sequence[Path]] = None, inputs_json: Optional[Path] = None,
-               cpu_list: Optional[str] = None, runner: str = "python", tokenizer_json: Optional[Path] = None,
-               texts_json: Optional[Path] = None) -> dict:
+def bench_file(model_file: Path, io_json: Path, runtime: str, settings: Optional[BenchSettings] = None, *,
+               transport: Optional[Transport] = None, runner: str = "python", extra_files: Optional[Sequence[Path]] = None,
+               **request) -> dict:
     """Benchmark one model file on one device; returns the runner's dict (+ transport, wall_s) or a failure dict.
 
+    settings: how to measure (BenchSettings; keyword arguments named like its fields override it, e.g. runs=3).
     transport=None runs on this machine in a temp dir (cleaned up); a given transport is left open, so a caller
     benching several files on one device reuses its connection/workdir. extra_files=None finds ONNX sidecars.
     runner: "python" (the agent) or "native" (the format's C++ runner, where FORMATS says it has one).
-    tokenizer_json + texts_json: also time text -> label on those texts (the Python agent only).
+    request: the other AgentRequest fields (expected_json, inputs_json, cpu_list, min_time_s, tokenizer_json +
+    texts_json to also time text -> label; the Python agent only).
     """
     model_file = Path(model_file)
+    overrides = {k: request.pop(k) for k in list(request) if k in BenchSettings.model_fields}
+    settings = (settings or BenchSettings()).but(**overrides)
     sidecars = onnx_sidecars(model_file) if extra_files is None else [Path(p) for p in extra_files]
-    request = AgentRequest(model_file, Path(io_json), runtime, threads=threads, warmup_runs=warmup_runs, runs=runs,
-                           batch=batch, seq_len=seq_len, min_time_s=min_time_s, expected_json=expected_json,
-                           inputs_json=inputs_json, cpu_list=cpu_list, extra_files=tuple(sidecars),
-                           tokenizer_json=tokenizer_json if runner == "python" else None, texts_json=texts_json)
+    if runner != "python":  # native runners time the model; tokenization is the app's own code there
+        request["tokenizer_json"] = None
+    agent_request = AgentRequest(model_file, Path(io_json), runtime, settings, extra_files=tuple(sidecars), **request)
     with ExitStack() as stack:
         if transport is None:
             from edgecompress.transports.local import LocalTransport
             transport = stack.enter_context(LocalTransport())
-        return run_agent(transport, request, timeout_s, runner=runner)
+        return run_agent(transport, agent_request, settings.timeout_s, runner=runner)
 
 
 @dataclass(frozen=True)
@@ -78,13 +78,13 @@ class BenchItem:
     meta: dict = field(default_factory=dict)
 
 
-def bench_fleet(items: Sequence[BenchItem], targets: Mapping[str, object], max_workers: Optional[int] = None,
-                **settings) -> dict[str, list[dict]]:
+def bench_fleet(items: Sequence[BenchItem], targets: Mapping[str, object], settings: Optional[BenchSettings] = None,
+                max_workers: Optional[int] = None, **request) -> dict[str, list[dict]]:
     """Bench every item on every target; targets run concurrently, items on one target one after another.
 
     targets maps a device name to a Reach config (a transport is made per worker thread) or a zero-argument
     callable returning a Transport. One device at a time per board on purpose: two agents on one board would
-    measure each other. settings go to bench_file (threads, runs, warmup_runs, batch, seq_len, timeout_s, ...).
+    measure each other. settings and request go to bench_file (an item's threads override the settings').
     """
     def run_target(name: str, target) -> list[dict]:
         transport = target() if callable(target) else make_transport(target)
@@ -95,12 +95,10 @@ def bench_fleet(items: Sequence[BenchItem], targets: Mapping[str, object], max_w
                 if unreachable is not None:  # do not wait a connect timeout per item for a board that is down
                     r = dict(unreachable)
                 else:
-                    kw = dict(settings)
-                    if item.threads is not None:
-                        kw["threads"] = item.threads
-                    r = bench_file(item.model_file, item.io_json, item.runtime, transport=transport,
+                    r = bench_file(item.model_file, item.io_json, item.runtime,
+                                   (settings or BenchSettings()).but(threads=item.threads), transport=transport,
                                    expected_json=item.expected_json, extra_files=item.extra_files,
-                                   runner=item.runner, **kw)
+                                   runner=item.runner, **request)
                     if not r.get("ok") and r.get("stage") == "connect":
                         unreachable = r
                 out.append({"device": name, "artifact": item.key, **item.meta, **r})

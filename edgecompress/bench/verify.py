@@ -16,9 +16,10 @@ from typing import Optional
 import numpy as np
 
 from edgecompress.artifact import ExportFiles, open_export
-from edgecompress.device.protocol import AgentRequest, failure
+from edgecompress.device.protocol import AgentRequest, BenchSettings, failure
 from edgecompress.device.run import run_agent
 from edgecompress.errors import UserInputError
+from edgecompress.export.base import IOSpec
 from edgecompress.formats import FORMATS, RUNNERS, check_runner_option, default_runner
 
 
@@ -30,8 +31,8 @@ def predict_on_target(transport, model_file: Path, io_json: Path, runtime: str, 
     with tempfile.TemporaryDirectory(prefix="edgecompress-predict-") as tmp:
         inputs = Path(tmp) / "inputs.json"
         inputs.write_text(json.dumps(samples, separators=(",", ":")))
-        request = AgentRequest(Path(model_file), Path(io_json), runtime, threads=threads, warmup_runs=0, runs=1,
-                               inputs_json=inputs, predict=True)
+        once = BenchSettings(threads=threads, warmup_runs=0, runs=1, timeout_s=timeout_s)
+        request = AgentRequest(Path(model_file), Path(io_json), runtime, once, inputs_json=inputs, predict=True)
         res = run_agent(transport, request, timeout_s, runner=runner)
     if res.get("ok") and len(res.get("predictions") or []) != len(samples):
         return failure(f"the runner returned {len(res.get('predictions') or [])} predictions for {len(samples)} "
@@ -45,11 +46,11 @@ def label_agreement(a: list[int], b: list[int]) -> float:
     return sum(x == y for x, y in zip(a, b)) / len(a)
 
 
-def tokenized_samples(tokenizer, texts: list[str], io: dict) -> list[dict]:
+def tokenized_samples(tokenizer, texts: list[str], io: IOSpec) -> list[dict]:
     """One batch-of-one sample per text, unpadded (the true length: no [PAD] rows to emulate), truncated to the
     exported sequence bound."""
-    enc = tokenizer(list(texts), truncation=True, max_length=int(io["max_seq_len"]), padding=False)
-    return [{n: [list(enc[n][i]) if n in enc else [0] * len(enc["input_ids"][i])] for n in io["input_names"]}
+    enc = tokenizer(list(texts), truncation=True, max_length=io.max_seq_len, padding=False)
+    return [{n: [list(enc[n][i]) if n in enc else [0] * len(enc["input_ids"][i])] for n in io.input_names}
             for i in range(len(texts))]
 
 
@@ -83,7 +84,7 @@ def verify_labels(exp: ExportFiles, transport, *, threads: int = 1, limit: Optio
         raise UserInputError(f"{exp.artifact.path}: the model folder it was exported from is not beside it (its "
                              f"tokenizer made the ids the file expects); verify the export inside its store, e.g. "
                              f"runs/<recipe>/artifacts/{exp.key}")
-    io = json.loads(exp.io_json.read_text())
+    io = IOSpec.read(exp.io_json)
     test = load_splits(DataCfg())["test"]
     texts, gold = list(test.texts)[:limit], [int(x) for x in test.labels][:limit]
     samples = tokenized_samples(load_tokenizer(model_dir), texts, io)
@@ -97,7 +98,7 @@ def verify_labels(exp: ExportFiles, transport, *, threads: int = 1, limit: Optio
     preds = target["predictions"]
     host_logits = _host_logits(exp, samples, threads)
     host = [int(np.argmax(r)) for r in host_logits]
-    ref = _torch_labels(model_dir, samples, int(io["num_labels"]))
+    ref = _torch_labels(model_dir, samples, io.num_labels)
     return {"ok": True, "artifact_id": exp.artifact.id, "n": len(samples), "runtime": runtime,
             "runner": target.get("runner", "python"), "machine": target.get("machine"),
             "emulated": target.get("emulated"), "emulator": target.get("emulator"),

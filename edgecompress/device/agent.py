@@ -196,17 +196,23 @@ def expected_inputs(expected, io, batch, seq_len, seed):
 
 # ---------------------------------------------------------------- main
 
+# The measurement defaults, as edgecompress.device.protocol.BenchSettings declares them (this file runs alone on the
+# device, without the package; tests/device/test_bench_settings.py keeps the two, and the native runner, equal).
+RUN_DEFAULTS = {"threads": 1, "warmup_runs": 5, "runs": 50, "batch": 1, "seq_len": 128}
+
+
 def parse_args(argv):
+    d = RUN_DEFAULTS
     p = argparse.ArgumentParser(description="edgecompress on-device bench agent (prints one JSON line)")
     p.add_argument("--model", required=True)
     p.add_argument("--io", required=True, help="io.json written by the exporter beside the model")
     p.add_argument("--runtime", required=True, choices=RUNTIMES)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--warmup-runs", type=int, default=5)
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--threads", type=int, default=d["threads"])
+    p.add_argument("--warmup-runs", type=int, default=d["warmup_runs"])
+    p.add_argument("--runs", type=int, default=d["runs"])
     p.add_argument("--min-time-s", type=float, default=0.0, help="keep running past --runs until this much time")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=None, help="default: min(128, io.json max_seq_len)")
+    p.add_argument("--batch", type=int, default=d["batch"])
+    p.add_argument("--seq-len", type=int, default=None, help=f"default: min({d['seq_len']}, io.json max_seq_len)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inputs", help="JSON of real tokenized samples instead of random ids")
     p.add_argument("--expected", help="JSON with inputs (or seed+batch+seq_len) and reference logits")
@@ -286,7 +292,7 @@ def _end_to_end(args, io, prepare, run):
         return {"e2e_error": "the tokenizers library is not installed on this device (pip install tokenizers)"}
     tok = Tokenizer.from_file(args.tokenizer)
     tok.no_padding()
-    tok.enable_truncation(int(io.get("max_seq_len", 128)))
+    tok.enable_truncation(int(io.get("max_seq_len", RUN_DEFAULTS["seq_len"])))
     with open(args.texts, encoding="utf-8") as f:
         texts = [str(t) for t in json.load(f)]
     if not texts:
@@ -322,7 +328,7 @@ def bench(args):
     with open(args.io) as f:
         io = json.load(f)
     pinned = _pin(args.cpu_list)
-    seq_len = args.seq_len or min(128, int(io.get("max_seq_len", 128)))
+    seq_len = args.seq_len or min(RUN_DEFAULTS["seq_len"], int(io.get("max_seq_len", RUN_DEFAULTS["seq_len"])))
     if args.inputs:
         samples = read_samples(args.inputs, io)
         batch, seq_len = shape_of(samples[0])

@@ -81,8 +81,8 @@ def host_abi() -> str:
 
 
 def native_home() -> Path:
-    # The same root as the artifact store (pipeline.home()); not imported from there to keep this module light.
-    return Path(os.environ.get("EDGECOMPRESS_HOME", Path.home() / ".cache" / "edgecompress")) / "native"
+    from edgecompress.paths import native_dir
+    return native_dir()
 
 
 def sources_dir() -> Path:

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from pydantic import Field
+
+from edgecompress.config import Cfg
+
 AGENT_NAME = "agent.py"  # the Python agent; the host runs `python3 agent.py ARGS` in the run directory
 AGENT_FILES = (AGENT_NAME, "agent_runtimes.py")  # what the Python agent needs beside it on the device
 
@@ -27,17 +31,30 @@ def agent_path(name: str = AGENT_NAME) -> Path:
     return Path(str(importlib.resources.files("edgecompress") / "device" / name))
 
 
+class BenchSettings(Cfg):
+    """How one file is measured on a device: the recipe's `bench:` section, the `bench` command's flags, the fit
+    search and every runner read these defaults and bounds from here (the runners' own argument defaults are
+    checked against them by tests/device/test_bench_settings.py). The bounds keep a typo from sizing hours of work
+    on a device."""
+    threads: int = Field(1, ge=1, le=256)
+    batch: int = Field(1, ge=1, le=1024)
+    seq_len: int = Field(128, ge=1, le=8192, description="tokens per row of the random inputs")
+    warmup_runs: int = Field(5, ge=0, le=10_000)
+    runs: int = Field(50, ge=1, le=100_000)
+    timeout_s: float = Field(600, gt=0, le=86_400, description="for the whole run on the device")
+
+    def but(self, **changes) -> "BenchSettings":
+        """These settings with some changed, validated again (None leaves a setting as it is)."""
+        return BenchSettings(**{**self.model_dump(), **{k: v for k, v in changes.items() if v is not None}})
+
+
 @dataclass(frozen=True)
 class AgentRequest:
     """One measurement (or prediction) of one model file: what to push and which arguments to pass."""
     model_file: Path
     io_json: Path
     runtime: str
-    threads: int = 1
-    warmup_runs: int = 5
-    runs: int = 50
-    batch: int = 1
-    seq_len: int = 128
+    bench: BenchSettings = BenchSettings()
     min_time_s: float = 0.0
     expected_json: Optional[Path] = None
     inputs_json: Optional[Path] = None
@@ -64,9 +81,10 @@ class AgentRequest:
     def argv(self) -> list[str]:
         """The runner's arguments. Every value follows its flag as a separate word and names a file the host
         chose, so no user-supplied text can become an option of its own."""
+        b = self.bench
         args = ["--model", Path(self.model_file).name, "--io", "io.json", "--runtime", self.runtime,
-                "--threads", str(self.threads), "--warmup-runs", str(self.warmup_runs), "--runs", str(self.runs),
-                "--batch", str(self.batch), "--seq-len", str(self.seq_len), "--min-time-s", str(self.min_time_s)]
+                "--threads", str(b.threads), "--warmup-runs", str(b.warmup_runs), "--runs", str(b.runs),
+                "--batch", str(b.batch), "--seq-len", str(b.seq_len), "--min-time-s", str(self.min_time_s)]
         for p in self.extra_files:
             args += ["--extra-file", Path(p).name]
         if self.expected_json is not None:

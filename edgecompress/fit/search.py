@@ -104,14 +104,12 @@ class FitSearch:
             from edgecompress.compress.vocab import trim_embeddings
             keep, tokenizer = self.kept(c.min_count)
             trim_embeddings(student, keep, tokenizer.pad_token_id)
-        io = IOSpec(vocab_size=student.config.vocab_size, num_labels=student.config.num_labels,
-                    max_seq_len=self.recipe.export.max_seq_len, pad_token_id=tokenizer.pad_token_id or 0)
+        io = IOSpec.for_model(student, tokenizer, self.recipe.export.max_seq_len)
         quant = self.runner.quant_for("int8")
         res = EXPORTERS.get(c.format)(batch=b.batch).export(student, io, quant,
                                                             self.runner.calib_data(quant, tokenizer), tmp)
-        r = bench_file(res.file, res.file.parent / "io.json", FORMATS[c.format].runtime, transport=self.transport,
-                       threads=b.threads, warmup_runs=b.warmup_runs, runs=b.runs, batch=b.batch, seq_len=b.seq_len,
-                       timeout_s=b.timeout_s, runner=runner)
+        r = bench_file(res.file, res.file.parent / "io.json", FORMATS[c.format].runtime, b, transport=self.transport,
+                       runner=runner)
         res.file.unlink()  # the measurement is the artifact, not the untrained file
         if not r.get("ok"):
             raise RuntimeFailure(f"measuring {c.name} on {self.target} failed: {r.get('error')}")
@@ -208,9 +206,8 @@ class FitSearch:
         exp = Path(exp_row["export_path"])
         b = recipe.bench
         m = bench_file(exp / json.loads((exp / "manifest.json").read_text())["metrics"]["file"], exp / "io.json",
-                       FORMATS[c.format].runtime, transport=self.transport, threads=b.threads,
-                       warmup_runs=b.warmup_runs, runs=b.runs, batch=b.batch, seq_len=b.seq_len,
-                       timeout_s=b.timeout_s, runner=self.runner.plan.profile.runner_for(c.format))
+                       FORMATS[c.format].runtime, b, transport=self.transport,
+                       runner=self.runner.plan.profile.runner_for(c.format))
         if not m.get("ok"):
             raise RuntimeFailure(f"measuring the trained {c.name} on {self.target} failed: {m.get('error')}")
         final = {k: m.get(k) for k in ("p50_ms", "p90_ms", "load_ms", "peak_rss_mb", "file_mb")}

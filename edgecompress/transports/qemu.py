@@ -32,7 +32,6 @@ from edgecompress.transports.base import ExecResult, Transport, run_local
 from edgecompress.transports.local import copy_into, copy_out_of
 
 KIND = "qemu-arm64"
-DEFAULT_ROOTFS = "~/.cache/edgecompress/qemu-arm64-rootfs"
 STAMP = ".edgecompress-rootfs-stamp"
 LAUNCHER = ".edgecompress-python"
 
@@ -44,13 +43,14 @@ def build_script() -> Path:
                     / "build_rootfs.sh"))
 
 
-def build_command() -> str:
-    return f"sudo bash {build_script()}"
+def build_command(reach: Optional["QemuReach"] = None) -> str:
+    # The folder is passed explicitly: sudo drops EDGECOMPRESS_HOME and HOME would become root's.
+    return f"sudo bash {build_script()} {shlex.quote(str(rootfs_path(reach)))}"
 
 
 class QemuReach(Cfg):
     kind: Literal["qemu-arm64"] = KIND
-    rootfs: Optional[str] = Field(None, description=f"default: $EDGECOMPRESS_QEMU_ROOTFS or {DEFAULT_ROOTFS}")
+    rootfs: Optional[str] = Field(None, description="default: $EDGECOMPRESS_QEMU_ROOTFS or $EDGECOMPRESS_HOME/qemu-arm64-rootfs")
     # Cortex-A72 = Raspberry Pi 4: ARMv8.0 NEON, no sdot/udot, so onnxruntime takes its plain u8s8 NEON kernels as
     # on the board. qemu's default "max" CPU has dot-product and i8mm: other kernels, other rounding.
     cpu: str = Field("cortex-a72", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
@@ -71,8 +71,9 @@ class QemuReach(Cfg):
 
 
 def rootfs_path(reach: Optional[QemuReach] = None) -> Path:
-    raw = (reach.rootfs if reach is not None else None) or os.environ.get("EDGECOMPRESS_QEMU_ROOTFS") or DEFAULT_ROOTFS
-    return Path(raw).expanduser()
+    from edgecompress.paths import qemu_rootfs_dir
+    raw = (reach.rootfs if reach is not None else None) or os.environ.get("EDGECOMPRESS_QEMU_ROOTFS")
+    return Path(raw).expanduser() if raw else qemu_rootfs_dir()
 
 
 def rootfs_problem(reach: Optional[QemuReach] = None) -> Optional[str]:
@@ -80,7 +81,7 @@ def rootfs_problem(reach: Optional[QemuReach] = None) -> Optional[str]:
     reach = reach or QemuReach()
     root = rootfs_path(reach)
     if not (root / STAMP).is_file():
-        return f"qemu-arm64 rootfs not built at {root}: run `{build_command()}` (about a minute, see docs/qemu-arm64.md)"
+        return f"qemu-arm64 rootfs not built at {root}: run `{build_command(reach)}` (about a minute, see docs/qemu-arm64.md)"
     if shutil.which(reach.qemu) is None:
         return f"{reach.qemu} not found: apt-get install qemu-user-static"
     return None

@@ -142,7 +142,7 @@ Inputs choose_inputs(const Args& a, const IoSpec& io) {
     in.batch = in.samples[0][0].rows, in.seq_len = in.samples[0][0].cols;
     in.label = "samples";
   } else {
-    long seq = a.seq_len > 0 ? a.seq_len : std::min(128L, io.max_seq_len);
+    long seq = a.seq_len > 0 ? a.seq_len : std::min(kDefaultSeqLen, io.max_seq_len);
     in.samples.push_back(random_inputs(io, a.batch, seq, a.seed));
     in.batch = a.batch, in.seq_len = seq;
     in.label = "random(seed=" + std::to_string(a.seed) + ",rng=splitmix64)";

@@ -48,17 +48,22 @@ struct UsageError : std::runtime_error {  // bad arguments, exit 2 (argparse's c
   using std::runtime_error::runtime_error;
 };
 
+// The measurement defaults, as edgecompress.device.protocol.BenchSettings declares them
+// (tests/device/test_bench_settings.py keeps them equal).
+constexpr int kDefaultThreads = 1, kDefaultWarmupRuns = 5;
+constexpr long kDefaultRuns = 50, kDefaultBatch = 1, kDefaultSeqLen = 128;
+
 struct Args {
   std::string model, io, runtime, inputs, expected, cpu_list;
-  int threads = 1, warmup_runs = 5;
-  long runs = 50, batch = 1, seq_len = 0, seed = 0;  // seq_len 0: min(128, io.json max_seq_len)
+  int threads = kDefaultThreads, warmup_runs = kDefaultWarmupRuns;
+  long runs = kDefaultRuns, batch = kDefaultBatch, seq_len = 0, seed = 0;  // seq_len 0: min(kDefaultSeqLen, io.json max_seq_len)
   double min_time_s = 0.0;
   bool predict = false;
   std::vector<std::string> extra_files;
 };
 
 struct IoSpec {
-  long vocab_size = 0, max_seq_len = 128;
+  long vocab_size = 0, max_seq_len = kDefaultSeqLen;
   std::vector<std::string> input_names;
   std::string input_dtype = "int64";
 };

@@ -2,7 +2,7 @@
 # Build (once) and cache an arm64 Debian bookworm root filesystem that the `qemu-arm64` target runs the bench
 # agent in, emulated by qemu-user (qemu-aarch64-static) on an x86_64 host.
 #
-#   targets/qemu-arm64/build_rootfs.sh [ROOTFS_DIR]      # default ~/.cache/edgecompress/qemu-arm64-rootfs
+#   targets/qemu-arm64/build_rootfs.sh [ROOTFS_DIR]      # default $EDGECOMPRESS_HOME/qemu-arm64-rootfs
 #
 # Why this shape:
 # - Bookworm = Raspberry Pi OS 64-bit's base, so python3 is 3.11 like on a Pi.
@@ -16,7 +16,7 @@
 # Needs: root (debootstrap), debootstrap, qemu-user-static, dpkg-deb, network to deb.debian.org and PyPI.
 set -euo pipefail
 
-ROOTFS="${1:-${EDGECOMPRESS_QEMU_ROOTFS:-$HOME/.cache/edgecompress/qemu-arm64-rootfs}}"
+ROOTFS="${1:-${EDGECOMPRESS_QEMU_ROOTFS:-${EDGECOMPRESS_HOME:-$HOME/.cache/edgecompress}/qemu-arm64-rootfs}}"
 SUITE="${SUITE:-bookworm}"
 MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 PYVER=3.11                      # bookworm's python3

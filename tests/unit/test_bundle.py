@@ -5,6 +5,7 @@ import pytest
 
 from edgecompress.bundle import read_labels, read_tokenizer, samples
 from edgecompress.errors import UserInputError
+from edgecompress.export.base import IOSpec
 
 
 @pytest.fixture(scope="module")
@@ -18,12 +19,12 @@ def bundle_dir(tmp_path_factory, minilm_tokenizer):
 def test_tokenizer_bigger_than_the_embedding_table_is_refused(bundle_dir):
     # execute / assert: e.g. the original tokenizer beside a vocabulary-trimmed model
     with pytest.raises(UserInputError, match="30522 tokens but the model's embedding table has 5000"):
-        read_tokenizer(bundle_dir, {"vocab_size": 5000, "max_seq_len": 16})
+        read_tokenizer(bundle_dir, IOSpec(vocab_size=5000, num_labels=2, max_seq_len=16))
 
 
 def test_samples_are_truncated_to_the_bound_with_the_models_input_names(bundle_dir, minilm_tokenizer):
     # setup
-    io = {"vocab_size": 30522, "max_seq_len": 8, "input_names": ["input_ids", "attention_mask"]}
+    io = IOSpec(vocab_size=30522, num_labels=2, max_seq_len=8)
     tok = read_tokenizer(bundle_dir, io)
     # execute
     (s,) = samples(tok, ["a long sentence that certainly has more than eight word pieces in it"], io)
