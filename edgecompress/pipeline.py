@@ -225,7 +225,7 @@ class Runner:
         return CalibData(
             inputs=lambda: (b[0] for b in rows("train", q.calibration.batch_size, True, n_cal)),
             train=(lambda: rows("train", q.qat.batch_size, True, q.qat.max_train_samples)) if q.qat else None,
-            validation=lambda: [(b[0], b[1]) for b in rows("validation", 32, False)])
+            validation=lambda: [(b[0], b[1]) for b in rows("validation", 32, False)], kd=r.kd)
 
     def export(self, fmt: str, precision: str, parent: Artifact, label: str) -> Artifact:
         from edgecompress.export.base import IOSpec, file_mb, read_io_beside
@@ -303,7 +303,7 @@ class Runner:
         r = self.recipe
         self._data_id = fingerprint(r.data)
         self.splits = load_splits(r.data)
-        return StageContext(self.splits, r.data.max_seq_len, r.seed)
+        return StageContext(self.splits, r.data.max_seq_len, r.seed, kd=r.kd)
 
     # -- whole run -----------------------------------------------------------------------------------------
     def run(self) -> dict:

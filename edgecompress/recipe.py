@@ -112,6 +112,13 @@ KD_ALPHA = 0.5
 KD_TEMPERATURE = 2.0
 
 
+class KDLoss(Cfg):
+    """The KD loss's weights. The distill stage's are the recipe's: recovery after pruning or trimming and QAT train
+    on the same loss the student was distilled with (a recipe without a distill stage uses the defaults)."""
+    alpha: float = Field(KD_ALPHA, ge=0, le=1)
+    temperature: float = Field(KD_TEMPERATURE, gt=0)
+
+
 class DistillCfg(Cfg):
     kind: Literal["distill"] = "distill"
     student: StudentCfg = StudentCfg()
@@ -326,6 +333,11 @@ class Recipe(Cfg):
     profile: str = "host"
     fit: Optional[FitCfg] = Field(None, description="search space of `edgecompress fit` (None: its defaults)")
 
+    @property
+    def kd(self) -> KDLoss:
+        d = next((s for s in self.stages if s.kind == "distill"), None)
+        return KDLoss(alpha=d.alpha, temperature=d.temperature) if d is not None else KDLoss()
+
     @model_validator(mode="after")
     def _order(self) -> "Recipe":
         kinds = [s.kind for s in self.stages]
@@ -334,6 +346,10 @@ class Recipe(Cfg):
                              "one's work would be thrown away: keep one distill stage")
         if "distill" in kinds and kinds.index("distill") != 0:
             raise ValueError("distill must be the first stage: it builds the student the other stages compress")
+        if self.data.max_seq_len > self.export.max_seq_len:
+            raise ValueError(f"data.max_seq_len {self.data.max_seq_len} exceeds export.max_seq_len "
+                             f"{self.export.max_seq_len}: training and calibration rows would be longer than the "
+                             f"exported file accepts; raise export.max_seq_len or lower data.max_seq_len")
         if self.bench.seq_len > self.export.max_seq_len:
             raise ValueError(f"bench.seq_len {self.bench.seq_len} exceeds export.max_seq_len {self.export.max_seq_len}")
         return self

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from edgecompress.data import Split, batches
+from edgecompress.recipe import KDLoss
 from edgecompress.registry import STAGES
 
 
@@ -20,6 +21,7 @@ class StageContext:
     splits: dict[str, Split]
     max_seq_len: int
     seed: int = 0
+    kd: KDLoss = KDLoss()  # the recipe's KD loss (Recipe.kd): recovery trains on what distillation used
 
     def batches(self, tokenizer, split: str, batch_size: int, *, shuffle: bool, epoch: int = 0,
                 subset: Optional[int] = None):

@@ -1,8 +1,8 @@
 """Knowledge distillation from a teacher's logits: the loss every stage shares (distill, recovery after pruning or
 vocabulary trimming, QAT) and the recovery fine-tune the compressing stages run after they cut.
 
-L = a*CE(labels) + (1-a)*T^2*KL(softmax(t/T) || softmax(s/T)); the defaults a, T are recipe.KD_ALPHA and
-recipe.KD_TEMPERATURE, the same numbers DistillCfg defaults to, so recovery trains on the distill stage's loss.
+L = a*CE(labels) + (1-a)*T^2*KL(softmax(t/T) || softmax(s/T)); recovery takes a and T from the stage context
+(ctx.kd: the recipe's distill stage), so it trains on the loss the student was distilled with.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optional[Teacher], description: str,
             masks: Optional[list[tuple[torch.nn.Parameter, torch.Tensor]]] = None) -> dict:
-    """Fine-tune a compressed model in place under distillation from `teacher` (logit KD + CE at the KD defaults),
+    """Fine-tune a compressed model in place under distillation from `teacher` (logit KD + CE with ctx.kd's weights),
     through the shared training loop; returns what it measured. `masks` (param, keep) are held: gradient hooks zero
     the gradients of pruned weights, and with zero gradients AdamW's moments and decoupled weight decay leave them
     at zero.
@@ -49,7 +49,8 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
         if teacher_logits is None:
             loss = F.cross_entropy(logits, labels)
             return loss, {"ce": float(loss.detach())}
-        return kd_loss(logits, teacher_logits[torch.from_numpy(np.asarray(idx))], labels, KD_ALPHA, KD_TEMPERATURE)
+        return kd_loss(logits, teacher_logits[torch.from_numpy(np.asarray(idx))], labels, ctx.kd.alpha,
+                       ctx.kd.temperature)
 
     hooks = [p.register_hook(lambda g, keep=keep: g * keep) for p, keep in (masks or [])]
     try:

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from edgecompress.export.quant.calibration import CalibData, input_batches, rebatch
+from edgecompress.recipe import KDLoss
 
 
 def labelled(calib, rows: int, batch_size: int = 32) -> list[tuple[dict, Optional[np.ndarray]]]:
@@ -47,8 +48,9 @@ def prepare_torch(model, quant, calib, embeddings_default: bool) -> tuple[object
     if quant.qat is not None:
         from edgecompress.export.quant.qat import qat_finetune
         batches = train_rows(calib, quant.qat.max_train_samples, quant.qat.batch_size)
+        kd = getattr(calib, "kd", None) or KDLoss()
         model, res = qat_finetune(model, batches, quant.qat, static=quant.activations == "static",
-                                  per_channel=quant.per_channel)
+                                  per_channel=quant.per_channel, alpha=kd.alpha, temperature=kd.temperature)
         notes.append(f"QAT: {len(batches)} batches x {quant.qat.epochs} epoch(s) of fake-quant fine-tuning under "
                      f"distillation from the fp32 model ({quant.activations} activations simulated)")
         details["qat"] = {"batches": len(batches), "seconds": round(res.seconds, 1),

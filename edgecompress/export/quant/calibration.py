@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
+from edgecompress.recipe import KDLoss
+
 Batch = dict[str, np.ndarray]
 Labelled = tuple[Batch, np.ndarray]
 
@@ -28,6 +30,7 @@ class CalibData:
     inputs: Callable[[], Iterable[Batch]]                      # a fresh iterator of input batches per call
     train: Optional[Callable[[], list]] = None                  # -> [(inputs, labels, row_idx)] for QAT
     validation: Optional[Callable[[], list[Labelled]]] = None   # -> [(inputs, labels)] for fallback
+    kd: KDLoss = KDLoss()                                       # QAT's loss: the recipe's distillation weights
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self.inputs())
