@@ -30,10 +30,9 @@ E2E_TEXTS = 64  # test sentences timed text -> label beside the model-only laten
 def export_config(r: Recipe, fmt: str, precision: str, quant, labels: list[str]) -> dict:
     """What the exported file depends on, and nothing else: the verification and bench settings are their own
     steps' configs, so changing them never re-exports (or re-lowers a .pte)."""
-    from edgecompress.registry import EXPORTERS
     cfg = {"format": fmt, "precision": precision, "quantize": quant.model_dump() if quant else None,
            "max_seq_len": r.export.max_seq_len, "seed": r.seed, "labels": list(labels),
-           "exporter_revision": EXPORTERS.get(fmt).revision}
+           "exporter_revision": FORMATS[fmt].revision}
     if FORMATS[fmt].fixed_batch:  # the file bakes in the largest batch it accepts
         cfg["batch"] = r.bench.batch
     return cfg

@@ -14,10 +14,15 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edgecompress.config import Cfg, first_error, parse_yaml, read_yaml, shown
 from edgecompress.errors import UserInputError
-from edgecompress.formats import FORMAT_NAMES, FORMATS, PRECISIONS, Format, Runner, Runtime, default_runner
+from edgecompress.formats import FORMATS, PRECISIONS, Format, Runner, Runtime, default_runner
 from edgecompress.transports.base import AdbReach, LocalReach, Reach, SshReach
 
-BUDGET_KEY_PATTERN = rf"^(default|({'|'.join(FORMAT_NAMES)})(-({'|'.join(PRECISIONS)}))?)$"
+
+
+def budget_key_ok(key: str) -> bool:
+    """'default', a format, or FORMAT-PRECISION (the formats as declared when the profile is read)."""
+    fmt, _, precision = key.partition("-")
+    return key == "default" or (fmt in FORMATS and (not precision or precision in PRECISIONS))
 
 
 class Cores(Cfg):
@@ -30,7 +35,7 @@ class Cores(Cfg):
 
 
 class RuntimeCfg(Cfg):
-    runtime: Runtime
+    runtime: Optional[Runtime] = Field(None, description="the format's own runtime (formats.py); may be left out")
     threads: int = Field(1, ge=1)
     runner: Optional[Runner] = Field(None, description="native | python; default: native where the format has one")
 
@@ -77,9 +82,8 @@ class DeviceProfile(Cfg):
     @field_validator("budgets")
     @classmethod
     def _budget_keys(cls, v: dict[str, Budget]) -> dict[str, Budget]:
-        import re
         for k in v:
-            if not re.match(BUDGET_KEY_PATTERN, k):
+            if not budget_key_ok(k):
                 raise ValueError(f"budget key {k!r} must be 'default' or FORMAT-PRECISION like 'onnx-int8'")
         return v
 
@@ -87,7 +91,7 @@ class DeviceProfile(Cfg):
     def _runtimes_match(self) -> "DeviceProfile":
         for fmt, rc in self.runtimes.items():
             # The runtime that can open each format is the table's; a profile naming another is a typo.
-            if rc.runtime != FORMATS[fmt].runtime:
+            if rc.runtime is not None and rc.runtime != FORMATS[fmt].runtime:
                 raise ValueError(f"runtimes.{fmt}: {rc.runtime} cannot run .{fmt}; use {FORMATS[fmt].runtime}")
             if rc.runner == "native" and not FORMATS[fmt].native_runner:
                 raise ValueError(f"runtimes.{fmt}.runner: .{fmt} has no native runner; use runner: python")

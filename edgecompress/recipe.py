@@ -7,14 +7,15 @@ so that validating a recipe never imports torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal, Optional
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from edgecompress.config import Cfg, first_error, read_yaml
 from edgecompress.device.protocol import BenchSettings
 from edgecompress.errors import UserInputError
 from edgecompress.formats import Format, Precision
+from edgecompress.registry import STAGES, parse_stage, stage
 
 PACKAGED_TEACHER = "packaged:all-MiniLM-L6-v2"
 PACKAGED_DATA = "packaged:vader"
@@ -119,7 +120,13 @@ class KDLoss(Cfg):
     temperature: float = Field(KD_TEMPERATURE, gt=0)
 
 
-class DistillCfg(Cfg):
+class StageConfig(Cfg):
+    """What every stage config has: its kind (the name of its row in registry.STAGES)."""
+    kind: str
+
+
+@stage("edgecompress.compress.distill", starts_from_teacher=True)
+class DistillCfg(StageConfig):
     kind: Literal["distill"] = "distill"
     student: StudentCfg = StudentCfg()
     alpha: float = Field(KD_ALPHA, ge=0, le=1, description="weight of CE on labels; 1-alpha goes to the KD term")
@@ -133,7 +140,8 @@ class DistillCfg(Cfg):
     train: TrainCfg = TrainCfg(epochs=2, learning_rate=2e-4, batch_size=32)
 
 
-class PruneCfg(Cfg):
+@stage("edgecompress.compress.prune")
+class PruneCfg(StageConfig):
     """Unstructured pruning: weights set to zero, matrices keep their size (prune_structured cuts them)."""
     kind: Literal["prune"] = "prune"
     method: Literal["magnitude", "threshold", "taylor"] = "magnitude"
@@ -152,7 +160,8 @@ class PruneCfg(Cfg):
         return self
 
 
-class StructuredPruneCfg(Cfg):
+@stage("edgecompress.compress.structured")
+class StructuredPruneCfg(StageConfig):
     """Heads and FFN neurons ranked by importance and cut out of the matrices (config updated, files smaller)."""
     kind: Literal["prune_structured"] = "prune_structured"
     heads_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of all attention heads removed")
@@ -163,7 +172,8 @@ class StructuredPruneCfg(Cfg):
     recovery: Optional[TrainCfg] = None
 
 
-class VocabTrimCfg(Cfg):
+@stage("edgecompress.compress.vocab")
+class VocabTrimCfg(StageConfig):
     """Keep only tokens seen in the corpus (+ special tokens); remap the embedding table and ship a tokenizer
     that maps to the new ids (unseen tokens -> [UNK])."""
     kind: Literal["trim_vocab"] = "trim_vocab"
@@ -174,8 +184,9 @@ class VocabTrimCfg(Cfg):
     recovery: Optional[TrainCfg] = Field(None, description="fine-tune under distillation from the teacher after trimming")
 
 
-StageCfg = Annotated[Union[DistillCfg, PruneCfg, StructuredPruneCfg, VocabTrimCfg], Field(discriminator="kind")]
-STAGE_KINDS = ("distill", "prune", "prune_structured", "trim_vocab")
+# A recipe stage: validated as the config class of its kind's row, so a stage declared anywhere (before the recipe
+# is read) is accepted without an edit here; SerializeAsAny dumps the kind's own fields.
+StageCfg = Annotated[SerializeAsAny[StageConfig], BeforeValidator(parse_stage)]
 
 
 class CalibrationCfg(Cfg):
@@ -340,12 +351,14 @@ class Recipe(Cfg):
 
     @model_validator(mode="after")
     def _order(self) -> "Recipe":
-        kinds = [s.kind for s in self.stages]
-        if kinds.count("distill") > 1:
-            raise ValueError("stages: distill appears twice; it builds a new student from the teacher, so the first "
-                             "one's work would be thrown away: keep one distill stage")
-        if "distill" in kinds and kinds.index("distill") != 0:
-            raise ValueError("distill must be the first stage: it builds the student the other stages compress")
+        for i, s in enumerate(self.stages):
+            if not STAGES.row(s.kind).starts_from_teacher:
+                continue
+            if any(t.kind == s.kind for t in self.stages[:i]):
+                raise ValueError(f"stages: {s.kind} appears twice; it builds a new student from the teacher, so the "
+                                 f"first one's work would be thrown away: keep one {s.kind} stage")
+            if i != 0:
+                raise ValueError(f"{s.kind} must be the first stage: it builds the student the other stages compress")
         if self.data.max_seq_len > self.export.max_seq_len:
             raise ValueError(f"data.max_seq_len {self.data.max_seq_len} exceeds export.max_seq_len "
                              f"{self.export.max_seq_len}: training and calibration rows would be longer than the "
@@ -366,7 +379,7 @@ def parse_recipe(data: object, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise UserInputError(first_error(e, source, " (see edgecompress/recipes/default.yaml)", STAGE_KINDS)) from None
+        raise UserInputError(first_error(e, source, " (see edgecompress/recipes/default.yaml)")) from None
 
 
 def _relative_to(folder: Path, value: object) -> object:

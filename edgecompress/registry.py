@@ -1,32 +1,60 @@
-"""One registry mechanism for stages, exporters and transports.
+"""The one registry: every component kind (stage, format, transport, task) is a table of rows, one row per
+component, declared once.
 
-A component registers under a name (the string used in recipes and on the command line). The recipe and profile
-schemas only admit known names (formats come from edgecompress/formats.py), so a typo fails there, with its path.
+A row is a small frozen object: the component's name (the string recipes, profiles and target URLs use), the
+config class or facts the schemas need, and the module that implements it. The recipe and profile schemas, `plan`,
+the target parser and the step graph read the rows; the implementing module is imported on first use of that name
+only, so `plan` stays fast (no onnxruntime/executorch import) and one broken optional toolchain cannot take down the
+others. Adding a component is its row plus its module: nothing else names it.
+
+Rows are declared where their facts live: a stage by decorating its config class with `@stage(...)` (recipe.py; the
+config type is the key, as in torchao), a format by a `FormatSpec` row (formats.py), a transport by a
+`TransportSpec` row beside its reach config (transports/base.py), a task by a `TaskSpec` (tasks.py).
 """
 from __future__ import annotations
 
 import importlib
 import threading
-from typing import Callable, Generic, TypeVar
-
-from edgecompress.formats import FORMATS
+from types import MappingProxyType
+from dataclasses import dataclass
+from typing import Callable, Generic, Optional, TypeVar
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """name -> component. Each name maps to the module that registers it, imported on first lookup of that
-    name only: `plan` stays fast (no onnxruntime/executorch import) and one broken optional toolchain cannot
-    take down the others."""
+    """name -> row (declared facts) and name -> implementation (registered by the row's module on import)."""
 
-    def __init__(self, kind: str, modules: dict[str, str]):
+    def __init__(self, kind: str):
         self.kind = kind
+        self._rows: dict[str, object] = {}
+        self.table = MappingProxyType(self._rows)  # name -> row, read-only and live
         self._items: dict[str, T] = {}
-        self._modules = dict(modules)
         self._lock = threading.Lock()  # fleets look transports up from several threads at once
 
+    def declare(self, row):
+        """Add a row (anything with .name and .module); a second, different row under one name is a bug."""
+        old = self._rows.get(row.name)
+        if old is not None and old != row:
+            raise ValueError(f"{self.kind} {row.name!r} declared twice")
+        self._rows[row.name] = row
+        return row
+
+    def row(self, name: str):
+        if name not in self._rows:  # schemas only admit declared names: reaching this is a bug, not bad input
+            raise LookupError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        return self._rows[name]
+
+    def rows(self) -> list:
+        return list(self._rows.values())
+
+    def names(self) -> list[str]:
+        return list(self._rows)
+
     def register(self, name: str) -> Callable[[T], T]:
+        """Decorator for the implementation of a declared row (used by the row's module)."""
         def deco(obj: T) -> T:
+            self.row(name)
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._items[name] = obj
@@ -34,22 +62,57 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        row = self.row(name)
         with self._lock:
-            if name not in self._items and name in self._modules:
-                importlib.import_module(self._modules[name])
-        if name not in self._items:  # schemas only admit known names: reaching this is a bug, not bad input
-            raise LookupError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+            if name not in self._items:
+                importlib.import_module(row.module)
+        if name not in self._items:
+            raise LookupError(f"{row.module} does not register {self.kind} {name!r}")
         return self._items[name]
 
-    def names(self) -> list[str]:
-        return sorted(set(self._modules) | set(self._items))
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A compression stage: its recipe `kind`, its config class, the module that registers its function.
+
+    starts_from_teacher: the stage builds a new model out of the teacher's (distillation), so it must come first and
+    at most once, and the runner hands it the teacher's model and tokenizer instead of its parent's."""
+    name: str
+    config: type
+    module: str
+    starts_from_teacher: bool = False
 
 
-STAGES: Registry = Registry("stage", {
-    "distill": "edgecompress.compress.distill",
-    "prune": "edgecompress.compress.prune", "prune_structured": "edgecompress.compress.structured",
-    "trim_vocab": "edgecompress.compress.vocab"})
-EXPORTERS: Registry = Registry("exporter", {name: f.exporter for name, f in FORMATS.items()})
-TRANSPORTS: Registry = Registry("transport", {
-    "local": "edgecompress.transports.local", "ssh": "edgecompress.transports.ssh", "adb": "edgecompress.transports.adb",
-    "qemu-arm64": "edgecompress.transports.qemu"})
+STAGES: Registry = Registry("stage")
+EXPORTERS: Registry = Registry("format")
+TRANSPORTS: Registry = Registry("transport")
+TASKS: Registry = Registry("task")
+
+
+def stage(module: str, *, starts_from_teacher: bool = False) -> Callable[[type], type]:
+    """Declare a stage on its config class: the class's `kind` default is the stage's name."""
+    def deco(cfg: type) -> type:
+        name = cfg.model_fields["kind"].default
+        STAGES.declare(StageSpec(name, cfg, module, starts_from_teacher))
+        return cfg
+    return deco
+
+
+def parse_stage(item):
+    """One entry of a recipe's `stages:` list -> the config of its kind (pydantic validates the fields)."""
+    if not isinstance(item, dict):
+        if any(isinstance(item, r.config) for r in STAGES.rows()):
+            return item
+        raise ValueError(f"each stage is a mapping with a kind ({', '.join(STAGES.names())})")
+    kind = item.get("kind")
+    if kind not in STAGES.names():
+        raise ValueError(f"unknown stage kind {kind!r}; known: {', '.join(STAGES.names())}")
+    return STAGES.row(kind).config.model_validate(item)
+
+
+def stage_spec(kind: str) -> StageSpec:
+    return STAGES.row(kind)
+
+
+def find_stage(stages, kind: str) -> Optional[object]:
+    return next((s for s in stages if s.kind == kind), None)

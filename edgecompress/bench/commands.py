@@ -120,7 +120,8 @@ def _verified_accuracy(exp) -> Optional[float]:
 def _runtime(profile, fmt: str) -> str:
     if fmt not in profile.runtimes:
         raise UserInputError(f"profile {profile.name} has no runtime for .{fmt}; it runs: {', '.join(profile.runtimes)}")
-    return profile.runtimes[fmt].runtime
+    from edgecompress.formats import FORMATS
+    return FORMATS[fmt].runtime
 
 
 def collect_items(path: Path, profile, *, io: Optional[Path] = None, fmt: Optional[str] = None,

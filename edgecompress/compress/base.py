@@ -60,9 +60,10 @@ class Stage:
         return self.run(model, tokenizer, cfg, ctx, teacher)
 
 
-def register_stage(name: str, *, starts_from_teacher: bool = False):
-    """Register the decorated function in STAGES as a Stage; the function itself is returned unchanged."""
+def register_stage(name: str):
+    """Register the decorated function as the implementation of the declared stage `name` (its row in STAGES says
+    what the caller must know, e.g. starts_from_teacher); the function itself is returned unchanged."""
     def deco(fn: Callable[..., StageResult]) -> Callable[..., StageResult]:
-        STAGES.register(name)(Stage(name, fn, starts_from_teacher))
+        STAGES.register(name)(Stage(name, fn, STAGES.row(name).starts_from_teacher))
         return fn
     return deco

@@ -125,7 +125,7 @@ def build_student(teacher, cfg: DistillCfg):
     return student_from_teacher_layers(teacher, cfg.student.from_teacher_layers)
 
 
-@register_stage("distill", starts_from_teacher=True)
+@register_stage("distill")
 def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optional[Teacher] = None) -> StageResult:
     """A new student built from `model` (the teacher's: this stage starts from the teacher) and trained against
     teacher.model. Distill is the recipe's first stage, so `tokenizer` is the teacher's and one batch feeds both."""

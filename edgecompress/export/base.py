@@ -4,9 +4,10 @@ The IO spec is the contract with the device: the on-device agent (edgecompress/d
 the model, to build inputs of the right names, dtype and length. Every exporter writes it (IO_FILE) beside its model
 file, and every loader reads it from there, so the host checks the same sequence limit the device will hit.
 
-Registration: exporter *classes* are registered (``@EXPORTERS.register("onnx")`` on the class); callers
-instantiate them the same way for every format: ``EXPORTERS.get(fmt)(batch=N)``, N the largest batch the file must
-accept (only formats with FormatSpec.fixed_batch use it). Constructing one is free.
+Registration: an exporter *class* implements a declared format row (``@exporter("onnx")`` on the class; its name,
+suffix, runtime and revision are the row's); callers instantiate them the same way for every format:
+``EXPORTERS.get(fmt)(batch=N)``, N the largest batch the file must accept (only formats with FormatSpec.fixed_batch
+use it). Constructing one is free.
 """
 from __future__ import annotations
 
@@ -126,10 +127,7 @@ class Exporter(ABC):
     its toolchain uses; the other stays the identity. Format identity (suffix, runtime, pip extra) is read from
     edgecompress.formats.FORMATS[name]: a class declares only `name`.
     """
-    name: ClassVar[str]
-    # Bumped when the exporter writes different files for the same inputs: it is part of the export's artifact id,
-    # so a cached file from an older exporter is never reused.
-    revision: ClassVar[int] = 1
+    name: ClassVar[str]  # set by @exporter from the format row
     # When the intent leaves quantize.embeddings unset, whether codebook clustering includes the embedding table.
     embeddings_default: ClassVar[bool] = False
 
@@ -145,6 +143,10 @@ class Exporter(ABC):
     @property
     def spec(self) -> FormatSpec:
         return FORMATS[self.name]
+
+    @property
+    def revision(self) -> int:
+        return self.spec.revision
 
     @property
     def suffix(self) -> str:
@@ -234,6 +236,16 @@ def logits_module(model):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
 
     return LogitsOnly(model).eval()
+
+
+def exporter(name: str):
+    """Class decorator: this Exporter subclass writes and loads the declared format `name` (formats.FORMATS)."""
+    from edgecompress.registry import EXPORTERS
+
+    def deco(cls):
+        cls.name = name
+        return EXPORTERS.register(name)(cls)
+    return deco
 
 
 def write_io(io: IOSpec, out_dir: Path) -> Path:

@@ -29,9 +29,8 @@ from typing import Optional
 import numpy as np
 
 from edgecompress.errors import RuntimeFailure
-from edgecompress.export.base import ExportJob, Exporter, InferFn, IOSpec, check_inputs, read_io_beside, write_io
+from edgecompress.export.base import ExportJob, Exporter, exporter, InferFn, IOSpec, check_inputs, read_io_beside, write_io
 from edgecompress.export.quant import fallback, flavour_text
-from edgecompress.registry import EXPORTERS
 
 OPSET = 18  # >= 17 has LayerNormalization as one op; 18 is what the dynamo exporter emits natively
 # Upper bound for the exported batch axis. ONNX keeps it symbolic ("batch"), so this only bounds torch.export's
@@ -39,9 +38,8 @@ OPSET = 18  # >= 17 has LayerNormalization as one op; 18 is what the dynamo expo
 _MAX_BATCH = 4096
 
 
-@EXPORTERS.register("onnx")
+@exporter("onnx")
 class OnnxExporter(Exporter):
-    name = "onnx"
     embeddings_default = True  # quantize_dynamic quantizes the Gather (embedding table) unless told otherwise
 
     def describe(self, io: IOSpec, quant) -> tuple[list[str], dict]:

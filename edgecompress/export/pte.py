@@ -50,11 +50,10 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress.errors import RuntimeFailure
-from edgecompress.export.base import (ExportJob, Exporter, InferFn, IOSpec, check_inputs, logits_module,
+from edgecompress.export.base import (ExportJob, Exporter, exporter, InferFn, IOSpec, check_inputs, logits_module,
                                       read_io_beside)
 from edgecompress.export.quant import fallback
 from edgecompress.export.quant.embedding import quantize_word_embeddings
-from edgecompress.registry import EXPORTERS
 
 _CALIB_BATCHES = 4  # dynamic quant learns nothing from data; a few forwards only exercise the observers
 
@@ -67,13 +66,8 @@ def _tracing():
         yield
 
 
-@EXPORTERS.register("pte")
+@exporter("pte")
 class PteExporter(Exporter):
-    name = "pte"
-    # Bumped when the same intent writes a different file, so a cached export is not reused (the pipeline keys
-    # export ids on it). 2: eager attention, no-op expands dropped, 8-bit word table by default.
-    revision = 2
-
     def dynamic_shapes(self, io: IOSpec):
         import torch
 

@@ -28,22 +28,16 @@ from typing import Optional
 
 import numpy as np
 
-from edgecompress.export.base import ExportJob, Exporter, InferFn, IOSpec, check_inputs, logits_module, read_io_beside
+from edgecompress.export.base import ExportJob, Exporter, exporter, InferFn, IOSpec, check_inputs, logits_module, read_io_beside
 from edgecompress.export.quant import fallback
-from edgecompress.registry import EXPORTERS
 
 
 def _is_xnnpack_missing(err: BaseException) -> bool:
     return "XNNPACK is not enabled" in str(err) or "USE_XNNPACK" in str(err)
 
 
-@EXPORTERS.register("ptl")
+@exporter("ptl")
 class PtlExporter(Exporter):
-    name = "ptl"
-    # Bumped when the same intent writes a different file, so a cached export is not reused (the pipeline keys
-    # export ids on it). 2: 8-bit word table by default.
-    revision = 2
-
     def describe(self, io: IOSpec, quant) -> tuple[list[str], dict]:
         notes, details = super().describe(io, quant)
         details["trace_shape"] = [io.example_batch, io.example_seq_len]

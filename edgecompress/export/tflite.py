@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress.errors import RuntimeFailure, UserInputError
-from edgecompress.export.base import ExportJob, Exporter, InferFn, IOSpec, check_inputs, read_io_beside
-from edgecompress.registry import EXPORTERS
+from edgecompress.export.base import ExportJob, Exporter, exporter, InferFn, IOSpec, check_inputs, read_io_beside
 
 
 @contextmanager
@@ -107,10 +106,9 @@ def quantize_tflite(fp32: bytes, quant) -> bytes:
     return bytes(out)
 
 
-@EXPORTERS.register("tflite")
+@exporter("tflite")
 class TfliteExporter(Exporter):
     # self.batch is the signature's batch. 1 fits the phone/Pi case (one sentence per call); larger batches are looped.
-    name = "tflite"
 
     def file_io(self, io: IOSpec) -> IOSpec:
         return dataclasses.replace(io, input_dtype="int32", static_shape=(self.batch, io.max_seq_len), pad_to_max=True)

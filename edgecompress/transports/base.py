@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from edgecompress.config import Cfg, first_error, shown
 from edgecompress.errors import UserInputError
+from edgecompress.registry import TRANSPORTS
 
 
 def no_option(value: Optional[str]) -> Optional[str]:
@@ -66,6 +67,18 @@ class AdbReach(Cfg):
 
 
 Reach = Annotated[Union[LocalReach, SshReach, AdbReach], Field(discriminator="kind")]
+
+
+@dataclass(frozen=True)
+class TransportSpec:
+    """A transport: its kind (the target URL's scheme), the module that registers its Transport class."""
+    name: str
+    module: str
+
+
+for _spec in (TransportSpec("local", "edgecompress.transports.local"), TransportSpec("ssh", "edgecompress.transports.ssh"),
+              TransportSpec("adb", "edgecompress.transports.adb"), TransportSpec("qemu-arm64", "edgecompress.transports.qemu")):
+    TRANSPORTS.declare(_spec)
 
 
 @dataclass(frozen=True)
@@ -163,8 +176,7 @@ class Transport(ABC):
 
 
 def make_transport(reach) -> Transport:
-    from edgecompress.registry import TRANSPORTS  # maps each kind to its module, imported on first use
-    return TRANSPORTS.get(reach.kind)(reach)
+    return TRANSPORTS.get(reach.kind)(reach)  # the kind's module is imported on first use
 
 
 _QUERY_FIELDS = {"ssh": {"key", "known_hosts", "workdir", "python", "connect_timeout_s"},

@@ -6,21 +6,24 @@ import typing
 
 import pytest
 
-from edgecompress.formats import FORMAT_NAMES, FORMATS, RUNTIMES
+from edgecompress.formats import FORMAT_NAMES, FORMATS
 from edgecompress.recipe import ExportCfg, parse_recipe
 from edgecompress.errors import UserInputError
 
 
 def test_recipe_and_profile_schemas_admit_exactly_the_table():
     # setup
-    from edgecompress.profiles import DeviceProfile
-    fmt_type = typing.get_args(ExportCfg.model_fields["formats"].annotation)[0]
-    runtimes_type = DeviceProfile.model_fields["runtimes"].annotation
-    # assert
-    assert set(typing.get_args(fmt_type)) == set(FORMAT_NAMES)
-    assert set(typing.get_args(typing.get_args(runtimes_type)[0])) == set(FORMAT_NAMES)
-    with pytest.raises(UserInputError, match="export.formats"):
+    from edgecompress.profiles import parse_profile
+    board = {"name": "b", "arch": "aarch64", "os": "linux", "cores": {"big": 4}, "memory_mb": 1024}
+    # execute
+    recipe = parse_recipe({"export": {"formats": list(FORMAT_NAMES)}})
+    profile = parse_profile({**board, "runtimes": {f: {} for f in FORMAT_NAMES}}, "p")
+    # assert: every row is admitted, with the runtime the row names; anything else is refused
+    assert recipe.export.formats == list(FORMAT_NAMES) and set(profile.runtimes) == set(FORMAT_NAMES)
+    with pytest.raises(UserInputError, match="export.formats.*unknown format 'mlmodel'"):
         parse_recipe({"export": {"formats": ["mlmodel"]}})
+    with pytest.raises(UserInputError, match="unknown format 'mlmodel'"):
+        parse_profile({**board, "runtimes": {"mlmodel": {}}}, "p")
 
 
 def test_registry_and_agent_cover_every_row():
@@ -32,9 +35,10 @@ def test_registry_and_agent_cover_every_row():
     spec.loader.exec_module(mod)
     # assert: a new row without its exporter module or its on-device loader fails here
     assert set(EXPORTERS.names()) == set(FORMAT_NAMES)
-    assert set(mod.LOADERS) == set(RUNTIMES) and set(mod.IMPORTS) == set(RUNTIMES)
+    runtimes = {f.runtime for f in FORMATS.values()}
+    assert set(mod.LOADERS) == runtimes and set(mod.IMPORTS) == runtimes
     for f in FORMATS.values():
-        assert importlib.util.find_spec(f.exporter) is not None, f.exporter
+        assert importlib.util.find_spec(f.module) is not None, f.module
 
 
 def test_profile_naming_the_wrong_runtime_for_a_format_is_refused():

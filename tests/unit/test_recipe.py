@@ -23,7 +23,10 @@ def test_default_yaml_equals_schema_defaults():
     ({"stages": [{"kind": "prune", "sparsity": 1.0}]}, "field 'stages[0].sparsity'"),
     ({"stages": [{"kind": "quantise"}]}, "stages[0]"),
     ({"export": {"formats": ["tfjs"]}}, "export.formats[0]"),
-    ({"export": {"max_seq_len": 48}, "bench": {"seq_len": 64}}, "bench.seq_len 64 exceeds export.max_seq_len 48"),
+    ({"data": {"max_seq_len": 48}, "export": {"max_seq_len": 48}, "bench": {"seq_len": 64}},
+     "bench.seq_len 64 exceeds export.max_seq_len 48"),
+    ({"data": {"max_seq_len": 256}, "export": {"max_seq_len": 128}},
+     "data.max_seq_len 256 exceeds export.max_seq_len 128"),
     ({"stages": [{"kind": "prune"}, {"kind": "distill"}]}, "distill must be the first stage"),
     (["not", "a", "mapping"], "must be a YAML mapping"),
 ])
