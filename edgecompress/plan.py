@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgecompress.errors import UserInputError
+from edgecompress.graph import Facts, Graph, run_graph
 from edgecompress.recipe import Recipe, load_recipe
 
 @dataclass
@@ -20,9 +21,21 @@ class Plan:
     num_labels: int
     split_sizes: dict[str, int]
     profile: Optional[object] = None  # profiles.DeviceProfile, loaded once here
-    steps: list[str] = field(default_factory=list)
+    graph: Optional[Graph] = None     # every step `run` executes, with its id
+    splits: dict = field(default_factory=dict, repr=False)  # read once here, used by the run's stages
     notes: list[str] = field(default_factory=list)
     fit_candidates: Optional[int] = None  # the size of the recipe's fit space, when it has one
+
+    @property
+    def steps(self) -> list[str]:
+        return [n.label for n in self.graph] if self.graph is not None else []
+
+
+def teacher_identity(teacher_dir: Path) -> dict:
+    """What the teacher step's id covers of the model folder: its weights' hash and its config."""
+    from edgecompress.artifact import sha256_file
+    return {"weights_sha256": sha256_file(teacher_dir / "model.safetensors")[:16],
+            "config": json.loads((teacher_dir / "config.json").read_text())}
 
 
 def _tokenizer_vocab_size(model_dir: Path) -> Optional[int]:
@@ -81,12 +94,10 @@ def make_plan(recipe: Recipe) -> Plan:
     check_formats(recipe, profile)
     if space:  # every candidate is exported int8 in each of the space's formats
         check_formats(recipe, profile, formats=space.formats, precisions=["int8"], field="fit.formats")
-    steps = (["teacher:finetune" if recipe.teacher.finetune else "teacher:load"] + [s.kind for s in recipe.stages]
-             + [f"export:{f}-{p}" for f in recipe.export.formats for p in recipe.export.precisions]
-             + ["export:teacher-onnx-fp32" if "onnx" in recipe.export.formats else None, "verify", "bench",
-                "report"])
+    from edgecompress.data import fingerprint
+    facts = Facts(teacher_identity(teacher_dir), fingerprint(recipe.data), n_labels, splits["train"].label_names)
     return Plan(recipe, teacher_dir, ddir, n_labels, {k: len(v) for k, v in splits.items()}, profile,
-                [s for s in steps if s], fit_candidates=len(cands) if cands is not None else None)
+                run_graph(recipe, profile, facts), splits, fit_candidates=len(cands) if cands is not None else None)
 
 
 def check_formats(recipe: Recipe, profile, formats=None, precisions=None, field: str = "export.formats") -> None:
@@ -126,16 +137,19 @@ def plan_command(recipe_path: Optional[Path], json_output: bool = False) -> int:
     plan = make_plan(load_recipe(recipe_path))
     summary = {"recipe": plan.recipe.name, "teacher": str(plan.teacher_dir), "data": str(plan.data_dir),
                "num_labels": plan.num_labels, "split_sizes": plan.split_sizes, "profile": plan.recipe.profile,
-               "steps": plan.steps}
+               "steps": [f"{n.label} ({n.step}-{n.id})" for n in plan.graph]}
     if plan.fit_candidates is not None:
         from edgecompress.fit.space import space_of
         summary["fit_candidates"] = {"count": plan.fit_candidates, "formats": list(space_of(plan.recipe).formats)}
     if json_output:
-        print(json.dumps(summary))
+        print(json.dumps({**summary, "steps": plan.steps, "graph": plan.graph.to_json()}))
     else:
         print(f"recipe {summary['recipe']}: OK")
         for k, v in summary.items():
-            if k != "recipe":
+            if k not in ("recipe", "steps"):
                 print(f"  {k}: {v}")
+        print("  steps (label, artifact):")
+        for line in summary["steps"]:
+            print(f"    {line}")
     sys.stdout.flush()
     return 0

@@ -16,6 +16,7 @@ from edgecompress.device.protocol import BenchSettings
 from edgecompress.errors import UserInputError
 from edgecompress.formats import Format, Precision
 from edgecompress.registry import STAGES, parse_stage, stage
+from edgecompress.tasks import Task
 
 PACKAGED_TEACHER = "packaged:all-MiniLM-L6-v2"
 PACKAGED_DATA = "packaged:vader"
@@ -334,6 +335,7 @@ class FitCfg(Cfg):
 
 class Recipe(Cfg):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    task: Task = Field("classification", description="what the student is trained to do (tasks.py)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="numpy and torch seeds must fit 32 bits")
     teacher: TeacherCfg = TeacherCfg()
     data: DataCfg = DataCfg()

@@ -244,7 +244,7 @@ def main(argv=None) -> None:
     from edgecompress.compress.train import predict_logits
     from edgecompress.data import EVAL_BATCH, load_splits
     from edgecompress.modeling import count_params, load_tokenizer
-    from edgecompress.pipeline import home
+    from edgecompress.paths import home
     from edgecompress.recipe import DataCfg
 
     torch.set_num_threads(args.threads)

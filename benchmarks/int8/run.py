@@ -87,7 +87,7 @@ def load_bench() -> Bench:
     from edgecompress.export.base import IOSpec
     from edgecompress.export.quant.calibration import CalibData
     from edgecompress.modeling import load_tokenizer
-    from edgecompress.pipeline import home
+    from edgecompress.paths import home
     from edgecompress.recipe import DataCfg
 
     student_dir = latest_student(home() / "store")

@@ -59,7 +59,8 @@ def _setup(args):
 
 def fit_command(args) -> int:
     from edgecompress.noise import to_log
-    from edgecompress.pipeline import Runner, home
+    from edgecompress.paths import home
+    from edgecompress.pipeline import Runner
     from edgecompress.transports.base import make_transport
     progress.set_quiet(args.quiet)
     plan, space, budgets, reach, n = _setup(args)

@@ -42,6 +42,7 @@ def probe_order(cands: list[Candidate], probe: int) -> list[Candidate]:
 class FitSearch:
     def __init__(self, runner, space, budgets: dict[str, float], transport, target: str, remeasure: bool = False):
         self.runner, self.space, self.budgets = runner, space, budgets
+        self.session, self.graph = runner.session, runner.plan.graph  # fit's nodes hang under the run's teacher
         self.remeasure = remeasure  # latency is of the device now: a busy or changed device wants fresh numbers
         self.transport, self.target = transport, target
         self.recipe = runner.recipe
@@ -51,10 +52,10 @@ class FitSearch:
     # -- setup ---------------------------------------------------------------------------------------------
     def prepare(self):
         """The data, the (cached) teacher and its tokenizer; the candidates of the space."""
-        from edgecompress.pipeline import load_artifact_model, load_artifact_tokenizer
-        self.ctx = self.runner.load_data()
-        self.teacher_art = self.runner.teacher(self.ctx)
-        self.teacher = load_artifact_model(self.teacher_art)
+        from edgecompress.steps import load_artifact_tokenizer
+        self.ctx = self.session.ctx
+        self.teacher_art = self.session.artifact("teacher")
+        self.teacher = self.session.load_model(self.teacher_art)
         self.tokenizer = load_artifact_tokenizer(self.teacher_art)
         self.out.teacher_accuracy = self.teacher_art.metrics.get("test_accuracy")
         from edgecompress.families import family_of
@@ -83,14 +84,17 @@ class FitSearch:
         b, profile = self.recipe.bench, self.runner.plan.profile
         runner = profile.runner_for(c.format)
         config = {"candidate": c.to_json(), "bench": b.model_dump(), "target": self.target, "runner": runner,
-                  "quantize": self.runner.quant_for("int8").model_dump()}
+                  "quantize": self.session.quant_for("int8").model_dump()}
 
         def build(tmp: Path) -> None:
             metrics = self._build_and_bench(c, tmp, runner)
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        art = self.runner.step("fit-measure", config, [self.teacher_art.id], build, label=f"fit-{c.name}",
-                               force=self.remeasure)
-        return art.metrics
+        return self._execute(f"fit-{c.name}", "fit-measure", config, build, force=self.remeasure).metrics
+
+    def _execute(self, label: str, step: str, config: dict, build, force: bool = False):
+        """A fit node under the teacher, added to the run's graph and executed by its engine (cached, locked)."""
+        node = self.graph[label] if label in self.graph else self.graph.add(label, step, config, ("teacher",))
+        return self.session.engine.execute(node, build, force=force)
 
     def _build_and_bench(self, c: Candidate, tmp: Path, runner: str) -> dict:
         from edgecompress.bench.harness import bench_file
@@ -105,9 +109,9 @@ class FitSearch:
             keep, tokenizer = self.kept(c.min_count)
             trim_embeddings(student, keep, tokenizer.pad_token_id)
         io = IOSpec.for_model(student, tokenizer, self.recipe.export.max_seq_len)
-        quant = self.runner.quant_for("int8")
+        quant = self.session.quant_for("int8")
         res = EXPORTERS.get(c.format)(batch=b.batch).export(student, io, quant,
-                                                            self.runner.calib_data(quant, tokenizer), tmp)
+                                                            self.session.calib_data(quant, tokenizer), tmp)
         r = bench_file(res.file, res.file.parent / "io.json", FORMATS[c.format].runtime, b, transport=self.transport,
                        runner=runner)
         res.file.unlink()  # the measurement is the artifact, not the untrained file
@@ -187,8 +191,8 @@ class FitSearch:
             torch.manual_seed(self.recipe.seed)
             res = distill(self.teacher, self.tokenizer, cfg, self.ctx, Teacher(self.teacher, self.tokenizer))
             (tmp / "metrics.json").write_text(json.dumps({"val_accuracy": res.metrics["val_accuracy"]}))
-        art = self.runner.step("fit-proxy", {"candidate": c.arch(), "distill": cfg.model_dump()},
-                               [self.teacher_art.id], build, label=f"fit-proxy-{c.name}")
+        art = self._execute(f"fit-proxy-{c.name}", "fit-proxy", {"candidate": c.arch(), "distill": cfg.model_dump()},
+                            build)
         return art.metrics["val_accuracy"]
 
     # -- phase 3: train the top k with the recipe's protocol, measure again ------------------------------------

@@ -124,3 +124,22 @@ def test_every_export_is_a_bundle_that_predicts_without_torch(tiny_run, fmt):
     labels = json.loads((bundle / "labels.json").read_text())["labels"]
     assert len(rows) == 2 and all(r["label"] in labels and 0 < r["score"] <= 1 for r in rows)
     assert "edgecompress predict" in (bundle / "README.txt").read_text()
+
+
+def test_plan_prints_the_graph_that_run_executes(tiny_run):
+    # setup
+    tmp_path, recipe_path, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # execute
+    plan = subprocess.run([sys.executable, "-m", "edgecompress", "plan", str(recipe_path), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    # assert: the same nodes, in the same order, with the same ids and parents, as the run's steps
+    assert plan.returncode == 0, plan.stderr
+    graph = json.loads(plan.stdout)["graph"]
+    lineage = json.loads((tmp_path / "runs" / "tiny" / "report.json").read_text())["lineage"]
+    assert [(n["label"], n["step"], n["id"]) for n in graph] == [(s["label"], s["step"], s["id"]) for s in lineage]
+    by_label = {n["label"]: n for n in graph}
+    for n in graph:
+        assert [by_label[p]["id"] for p in n["parents"]] == next(s["parents"] for s in lineage if s["id"] == n["id"])
+    for s in lineage:
+        assert (tmp_path / "home" / "store" / f"{s['step']}-{s['id']}" / "manifest.json").is_file()

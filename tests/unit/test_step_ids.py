@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from edgecompress.artifact import artifact_id
-from edgecompress.pipeline import bench_config, export_config, verify_config
+from edgecompress.graph import bench_config, export_config, verify_config
 from edgecompress.profiles import load_profile
 from edgecompress.recipe import parse_recipe
 

@@ -1,0 +1,27 @@
+"""The classification task: a *ForSequenceClassification model, labels from the data, accuracy as the metric."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecompress.registry import TASKS
+
+
+@TASKS.register("classification")
+class Classification:
+    @staticmethod
+    def load_teacher(path: Path, num_labels: int):
+        """A *ForSequenceClassification from a local folder; a headless encoder gets a fresh head."""
+        from edgecompress.modeling import load_classifier
+        return load_classifier(path, num_labels)
+
+    @staticmethod
+    def load_artifact_model(path: Path):
+        """A model a step saved (its head is already trained)."""
+        from transformers import AutoModelForSequenceClassification
+        return AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True,
+                                                                  use_safetensors=True).eval()
+
+    @staticmethod
+    def evaluate(model, batches) -> float:
+        from edgecompress.compress.train import accuracy
+        return accuracy(model, batches)
