@@ -84,7 +84,7 @@ def make_plan(recipe: Recipe) -> Plan:
         if s.kind == "distill":
             from edgecompress.modeling import check_layer_map
             check_layer_map(s, cfg)  # student layers/width and the teacher->student match map
-    from edgecompress.fit.space import candidates, space_of
+    from edgecompress.fitspace import candidates, space_of
     space = space_of(recipe) if recipe.fit is not None else None
     cands = candidates(space, cfg) if space else None  # every width/depth of the space can be sliced from this teacher
     from edgecompress.compress.structured import check_plan as check_pruning  # no torch: heads/neurons left
@@ -139,7 +139,7 @@ def plan_command(recipe_path: Optional[Path], json_output: bool = False) -> int:
                "num_labels": plan.num_labels, "split_sizes": plan.split_sizes, "profile": plan.recipe.profile,
                "steps": [f"{n.label} ({n.step}-{n.id})" for n in plan.graph]}
     if plan.fit_candidates is not None:
-        from edgecompress.fit.space import space_of
+        from edgecompress.fitspace import space_of
         summary["fit_candidates"] = {"count": plan.fit_candidates, "formats": list(space_of(plan.recipe).formats)}
     if json_output:
         print(json.dumps({**summary, "steps": plan.steps, "graph": plan.graph.to_json()}))

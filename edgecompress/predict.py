@@ -54,7 +54,7 @@ def predict_command(args) -> int:
     from edgecompress.artifact import open_export
     from edgecompress.bench.verify import predict_on_target
     from edgecompress.bundle import read_labels, read_tokenizer, samples
-    from edgecompress.export.base import IOSpec
+    from edgecompress.export.iospec import IOSpec
     from edgecompress.transports.base import make_transport, parse_target
     if args.threads < 1:
         raise UserInputError("--threads must be >= 1")

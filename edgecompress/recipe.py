@@ -1,34 +1,28 @@
 """The recipe schema: everything a run does, as data.
 
 Frozen pydantic models with extra="forbid", so a typo in a YAML key fails at load time with the field's
-path, before any work starts. Closed sets are Literals. Stage configs live here (not in the stage modules)
-so that validating a recipe never imports torch.
+path, before any work starts. Closed sets are Literals. Stage configs live in stage_configs.py (re-exported here),
+not in the stage modules, so that validating a recipe never imports torch.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Literal, Optional
 
-from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edgecompress.config import Cfg, first_error, read_yaml
 from edgecompress.device.protocol import BenchSettings
 from edgecompress.errors import UserInputError
 from edgecompress.formats import Format, Precision
-from edgecompress.registry import STAGES, parse_stage, stage
+from edgecompress.registry import STAGES
+from edgecompress.stage_configs import (DEFAULT_STUDENT_ARCH, KD_ALPHA, KD_TEMPERATURE, DistillCfg, KDLoss,  # noqa: F401 - re-exported
+                                        MatchCfg, PruneCfg, StageCfg, StageConfig, StructuredPruneCfg, StudentArchCfg,
+                                        StudentCfg, TrainCfg, VocabTrimCfg)
 from edgecompress.tasks import Task
 
 PACKAGED_TEACHER = "packaged:all-MiniLM-L6-v2"
 PACKAGED_DATA = "packaged:vader"
-
-
-class TrainCfg(Cfg):
-    epochs: float = Field(1.0, gt=0)
-    learning_rate: float = Field(5e-5, gt=0)
-    batch_size: int = Field(32, ge=1)
-    max_train_samples: Optional[int] = Field(None, ge=1, description="None = the whole train split")
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
 
 
 class TeacherCfg(Cfg):
@@ -43,151 +37,6 @@ class DataCfg(Cfg):
     label_column: str = "label"
     domain_column: Optional[str] = "domain"
     max_seq_len: int = Field(128, ge=8, le=4096, description="tokens; longer texts are truncated in training")
-
-
-class StudentArchCfg(Cfg):
-    """A student built from a config (narrower/shallower than the teacher). None fields follow the teacher: the
-    width copies the teacher's; with a narrower width, heads keep the teacher's head size and the FFN keeps the
-    teacher's width ratio (modeling.student_from_config)."""
-    num_hidden_layers: int = Field(3, ge=1)
-    hidden_size: Optional[int] = Field(None, ge=8)
-    num_attention_heads: Optional[int] = Field(None, ge=1)
-    intermediate_size: Optional[int] = Field(None, ge=1)
-    # How to initialise: "teacher_layers" copies/slices teacher weights where shapes allow (layers picked by
-    # init_from_teacher_layers, evenly spaced when None), "random" uses the config's initializer_range.
-    init: Literal["teacher_layers", "random"] = "teacher_layers"
-    init_from_teacher_layers: Optional[list[int]] = None
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> "StudentArchCfg":
-        if self.hidden_size and self.num_attention_heads and self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
-        return self
-
-
-# The default student: 4 layers, width 256 (8 heads of 32), FFN 768, sliced from the teacher. On the
-# default data it keeps 98.7% of the teacher at 3.46x lower fp32 ONNX latency (benchmarks/distill_frontier).
-DEFAULT_STUDENT_ARCH = {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 768}
-
-
-class StudentCfg(Cfg):
-    # DistilBERT-style: initialise a shallower student from chosen teacher layers, same width ...
-    from_teacher_layers: Optional[list[int]] = Field(None, min_length=1)
-    # ... or a student from a config. Exactly one of the two is set; neither means DEFAULT_STUDENT_ARCH.
-    config: Optional[StudentArchCfg] = None
-
-    @field_validator("from_teacher_layers")
-    @classmethod
-    def _distinct(cls, v: Optional[list[int]]) -> Optional[list[int]]:
-        if v is not None and (len(set(v)) != len(v) or any(i < 0 for i in v)):
-            raise ValueError("layers must be distinct non-negative teacher layer indices")
-        return v
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_of(cls, data):
-        if isinstance(data, dict) and data.get("config") is None and data.get("from_teacher_layers") is None:
-            data = {**data, "config": DEFAULT_STUDENT_ARCH}
-        return data
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "StudentCfg":
-        if (self.from_teacher_layers is None) == (self.config is None):
-            raise ValueError("set exactly one of student.from_teacher_layers or student.config")
-        return self
-
-
-class MatchCfg(Cfg):
-    """One intermediate match teacher -> student (TextBrewer's intermediate_matches).
-
-    Layer indices: hidden/attention count transformer layers from 0; for feature "hidden", layer -1 means the
-    embedding output (so embedding matching is {feature: hidden, teacher_layer: -1, student_layer: -1})."""
-    teacher_layer: int = Field(ge=-1)
-    student_layer: int = Field(ge=-1)
-    feature: Literal["hidden", "attention"]
-    loss: Literal["mse", "kl", "cosine"] = "mse"
-    weight: float = Field(1.0, ge=0)
-
-
-# The KD loss's defaults, shared by distill, recovery after pruning/trimming, and QAT (which distils from fp32).
-KD_ALPHA = 0.5
-KD_TEMPERATURE = 2.0
-
-
-class KDLoss(Cfg):
-    """The KD loss's weights. The distill stage's are the recipe's: recovery after pruning or trimming and QAT train
-    on the same loss the student was distilled with (a recipe without a distill stage uses the defaults)."""
-    alpha: float = Field(KD_ALPHA, ge=0, le=1)
-    temperature: float = Field(KD_TEMPERATURE, gt=0)
-
-
-class StageConfig(Cfg):
-    """What every stage config has: its kind (the name of its row in registry.STAGES)."""
-    kind: str
-
-
-@stage("edgecompress.compress.distill", starts_from_teacher=True)
-class DistillCfg(StageConfig):
-    kind: Literal["distill"] = "distill"
-    student: StudentCfg = StudentCfg()
-    alpha: float = Field(KD_ALPHA, ge=0, le=1, description="weight of CE on labels; 1-alpha goes to the KD term")
-    temperature: float = Field(KD_TEMPERATURE, gt=0)
-    matches: list[MatchCfg] = Field(default_factory=list, description="intermediate-layer matches; empty = logit KD only")
-    # "joint": all terms from the start; "two_phase": intermediate terms alone for intermediate_epochs, then logits.
-    schedule: Literal["joint", "two_phase"] = "joint"
-    intermediate_epochs: float = Field(1.0, gt=0)
-    early_stopping_patience: Optional[int] = Field(None, ge=1, description="epochs without val-accuracy gain before stopping")
-    # 2e-4: the sliced narrow default student reached 96.9% of the teacher at 1e-4 and 98.7% at 2e-4.
-    train: TrainCfg = TrainCfg(epochs=2, learning_rate=2e-4, batch_size=32)
-
-
-@stage("edgecompress.compress.prune")
-class PruneCfg(StageConfig):
-    """Unstructured pruning: weights set to zero, matrices keep their size (prune_structured cuts them)."""
-    kind: Literal["prune"] = "prune"
-    method: Literal["magnitude", "threshold", "taylor"] = "magnitude"
-    scope: Literal["global", "per_layer"] = "global"
-    sparsity: float = Field(0.3, ge=0, lt=1, description="fraction of encoder Linear weights set to zero")
-    threshold: Optional[float] = Field(None, gt=0, description="method threshold: zero every |w| < threshold")
-    schedule: Literal["one_shot", "gradual"] = "one_shot"
-    steps: int = Field(1, ge=1, description="gradual: pruning steps, cubic sparsity ramp (Zhu & Gupta 2017)")
-    calibration_batches: int = Field(8, ge=1, description="taylor: batches that accumulate |w * dL/dw|")
-    recovery: Optional[TrainCfg] = Field(None, description="fine-tune under distillation from the teacher after pruning")
-
-    @model_validator(mode="after")
-    def _threshold_given(self) -> "PruneCfg":
-        if (self.method == "threshold") != (self.threshold is not None):
-            raise ValueError("method threshold needs threshold: <float>, and threshold is only valid with method threshold")
-        return self
-
-
-@stage("edgecompress.compress.structured")
-class StructuredPruneCfg(StageConfig):
-    """Heads and FFN neurons ranked by importance and cut out of the matrices (config updated, files smaller)."""
-    kind: Literal["prune_structured"] = "prune_structured"
-    heads_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of all attention heads removed")
-    ffn_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of FFN intermediate neurons removed")
-    min_heads_per_layer: int = Field(1, ge=1)
-    importance: Literal["taylor", "magnitude"] = "taylor"
-    calibration_batches: int = Field(8, ge=1)
-    recovery: Optional[TrainCfg] = None
-
-
-@stage("edgecompress.compress.vocab")
-class VocabTrimCfg(StageConfig):
-    """Keep only tokens seen in the corpus (+ special tokens); remap the embedding table and ship a tokenizer
-    that maps to the new ids (unseen tokens -> [UNK])."""
-    kind: Literal["trim_vocab"] = "trim_vocab"
-    corpus_splits: list[Literal["train", "validation", "test"]] = Field(["train"], min_length=1)
-    min_count: int = Field(1, ge=1)
-    # A word that needed a dropped piece is re-segmented or becomes [UNK]; a short KD fine-tune on the trimmed
-    # ids teaches the model those new segmentations (the teacher keeps reading the full vocabulary).
-    recovery: Optional[TrainCfg] = Field(None, description="fine-tune under distillation from the teacher after trimming")
-
-
-# A recipe stage: validated as the config class of its kind's row, so a stage declared anywhere (before the recipe
-# is read) is accepted without an edit here; SerializeAsAny dumps the kind's own fields.
-StageCfg = Annotated[SerializeAsAny[StageConfig], BeforeValidator(parse_stage)]
 
 
 class CalibrationCfg(Cfg):

@@ -148,7 +148,7 @@ def build_stage(s: Session, node: Step) -> Build:
 
 def build_export(s: Session, node: Step) -> Build:
     from edgecompress.bundle import write_bundle
-    from edgecompress.export.base import IOSpec, file_mb, read_io_beside
+    from edgecompress.export.iospec import IOSpec, file_mb, read_io_beside
     from edgecompress.registry import EXPORTERS
     from edgecompress.verification import write_expected
     r = s.recipe
@@ -178,7 +178,7 @@ def build_export(s: Session, node: Step) -> Build:
 
 
 def build_verify(s: Session, node: Step) -> Build:
-    from edgecompress.export.base import read_io_beside
+    from edgecompress.export.iospec import read_io_beside
     from edgecompress.registry import EXPORTERS
     from edgecompress.verification import verify_file
     r = s.recipe

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from edgecompress.fit.search import FitSearch, recipe_for, search_plan
     from edgecompress.pipeline import Runner
     from edgecompress.plan import make_plan
-    from edgecompress.fit.space import space_of
+    from edgecompress.fitspace import space_of
     from edgecompress.recipe import load_recipe
     recipe = load_recipe(args.recipe)
     space = space_of(recipe)

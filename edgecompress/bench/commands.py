@@ -236,7 +236,7 @@ def _with_runner(item, runner: str):
 
 
 def _check_seq_len(item, seq_len: int) -> None:
-    from edgecompress.export.base import IOSpec
+    from edgecompress.export.iospec import IOSpec
     try:
         bound = IOSpec.read(item.io_json).max_seq_len
     except (OSError, ValueError, KeyError, TypeError):

@@ -19,7 +19,7 @@ from edgecompress.artifact import ExportFiles, open_export
 from edgecompress.device.protocol import AgentRequest, BenchSettings, failure
 from edgecompress.device.run import run_agent
 from edgecompress.errors import UserInputError
-from edgecompress.export.base import IOSpec
+from edgecompress.export.iospec import IOSpec
 from edgecompress.formats import FORMATS, RUNNERS, check_runner_option, default_runner
 
 

@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from edgecompress.export.base import InferFn, IOSpec
+from edgecompress.export.iospec import InferFn, IOSpec
 
 DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((1, 17), (3, 41))
 

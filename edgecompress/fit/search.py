@@ -16,7 +16,7 @@ from typing import Optional
 from edgecompress import progress
 from edgecompress.errors import RuntimeFailure
 from edgecompress.fit.cost import CostModel
-from edgecompress.fit.space import Candidate, at_least, candidates, clearly_misses, judged, misses
+from edgecompress.fitspace import Candidate, at_least, candidates, clearly_misses, judged, misses
 from edgecompress.formats import FORMATS
 
 
@@ -98,7 +98,7 @@ class FitSearch:
 
     def _build_and_bench(self, c: Candidate, tmp: Path, runner: str) -> dict:
         from edgecompress.bench.harness import bench_file
-        from edgecompress.export.base import IOSpec
+        from edgecompress.export.iospec import IOSpec
         from edgecompress.recipe import StudentArchCfg
         from edgecompress.registry import EXPORTERS
         from edgecompress.modeling import student_from_config

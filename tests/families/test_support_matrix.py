@@ -11,7 +11,7 @@ import pytest
 
 from edgecompress.families import FAMILIES, FAMILY_NAMES
 from edgecompress.formats import FORMAT_NAMES, FORMATS, PRECISIONS
-from edgecompress.recipe import STAGE_KINDS
+from edgecompress.registry import STAGES as STAGE_ROWS
 from tests.families.zoo import FAMILIES as ZOO_FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def test_the_matrix_covers_every_stage_kind_family_and_refusal(sm):
     cells = sm.plan_matrix()
     reasons = {r for c in cells for r in c.reasons}
     # assert: a new stage kind, family or refusal row cannot be left out of the matrix
-    assert {cfg.kind for _, cfg in sm.STAGES} == set(STAGE_KINDS)
+    assert {cfg.kind for _, cfg in sm.STAGES} == set(STAGE_ROWS.names())
     assert set(ZOO_FAMILIES) == set(FAMILY_NAMES), "--run needs a tiny zoo model of every family"
     for fam in FAMILIES.values():
         for r in fam.refuses:

@@ -13,7 +13,8 @@ from hypothesis import given, settings, strategies as st
 
 from edgecompress.errors import UserInputError
 from edgecompress.fit.cost import CostModel
-from edgecompress.fit.space import Candidate, candidates, misses, parse_budgets
+from edgecompress.fit.command import parse_budgets
+from edgecompress.fitspace import Candidate, candidates, misses
 from edgecompress.fit.search import probe_order
 from edgecompress.recipe import FitCfg
 
@@ -278,7 +279,7 @@ def test_a_trimmed_candidate_is_measured_in_a_format_that_calibrates(tiny_fit):
 
 def test_the_space_searches_the_formats_the_recipe_exports_unless_told():
     # setup
-    from edgecompress.fit.space import space_of
+    from edgecompress.fitspace import space_of
     from edgecompress.recipe import parse_recipe
     exports = parse_recipe({"export": {"formats": ["onnx", "pte"]}})
     told = parse_recipe({"export": {"formats": ["onnx", "pte"]}, "fit": {"formats": ["pte"]}})
