@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from edgecompress.noise import set_debug
+    from edgecompress.logs import set_debug
     set_debug(args.debug)
     try:
         return int(args.func(args) or 0)

@@ -5,7 +5,7 @@ can rebuild per-layer head counts, and what its config.json calls layers/width/h
 Torch-free on purpose, like formats.py: `plan` reads it to refuse a family or a stage x family it cannot run
 (check_family) before any work, and every stage reaches into a model only through a row of this table (paths are
 resolved with getattr, so nothing here imports torch). Adding a family is one `Family` row here plus a tiny model of
-it in tests/families/zoo.py; the contract test then runs every stage and the ONNX export on it.
+it in edgecompress/zoo.py; the contract test then runs every stage and the ONNX export on it.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class LayerPaths:
 
 
 @dataclass(frozen=True)
-class Refusal:
+class FamilyRefusal:
     """A stage kind ("prune_structured") or an export ("export:<format>-<precision>") this family cannot run, and
     why (one line with the fix). field: the stage config field that triggers it when truthy (None: always)."""
     what: str
@@ -74,7 +74,7 @@ class Family:
     positions_from_pad: bool = False
     # Layer tensors some layers lack (ModernBERT's first layer has no attention norm: the embedding norm precedes it).
     optional_layer_tensors: tuple[str, ...] = ()
-    refuses: tuple[Refusal, ...] = field(default_factory=tuple)
+    refuses: tuple[FamilyRefusal, ...] = field(default_factory=tuple)
 
     # -- config.json (a dict) or a transformers config ----------------------------------------------------------
     def dims(self, cfg) -> dict:
@@ -169,14 +169,14 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            "embeddings.word_embeddings", "embeddings.position_embeddings", "classifier", ("LayerNorm.weight",),
            "Unigram", ("tokenizer.json", "spm.model"), prune_heads=False,
            follow_hidden=("pooler_hidden_size", "embedding_size"), embedding_width="embedding_size",
-           refuses=(Refusal("prune_structured", _NO_HEAD_CUT.format(
+           refuses=(FamilyRefusal("prune_structured", _NO_HEAD_CUT.format(
                why="DeBERTa has no prune_heads and its config has one head count for every layer"), "heads_fraction"),)),
     Family("modernbert", "model", "layers",
            LayerPaths(qkv=("attn.Wqkv",), attn_out="attn.Wo", ffn_in="mlp.Wi", ffn_out="mlp.Wo", attention="attn",
                       heads_attr="num_heads", head_size_attr="head_dim", all_head_attr="all_head_size", ffn_glu=True),
            "embeddings.tok_embeddings", None, "classifier", ("norm.weight",), "BPE", ("tokenizer.json",),
            prune_heads=False, optional_layer_tensors=("attn_norm.weight", "attn_norm.bias"),
-           refuses=(Refusal("prune_structured", _NO_HEAD_CUT.format(
+           refuses=(FamilyRefusal("prune_structured", _NO_HEAD_CUT.format(
                why="ModernBERT derives its head size from hidden_size / num_attention_heads and its output "
                    "projection is hidden_size wide, so a model with fewer heads cannot be rebuilt from config.json"),
                "heads_fraction"),)),

@@ -110,7 +110,7 @@ def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool =
                  f"export, verify and bench {', '.join(plan.graph.jobs())}")
     run_dir = Path(out_dir) / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    from edgecompress.noise import to_log
+    from edgecompress.logs import to_log
     with to_log(run_dir / "run.log", enabled=not debug):  # third-party warnings and C++ prints; --debug shows them
         report = Runner(plan, run_dir, rebench=rebench, debug=debug).run()
     if json_output:

@@ -9,7 +9,7 @@ from typing import Iterable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 _quiet = False
-_terminal = None  # where edgecompress's own messages go while third-party output is diverted (noise.to_log)
+_terminal = None  # where edgecompress's own messages go while third-party output is diverted (logs.to_log)
 
 
 def stream():

@@ -35,13 +35,13 @@ class Zoo:
     """One tiny model folder per family (saved as a user's would be), loaded fresh for every stage."""
 
     def __init__(self, root: Path):
-        from tests.families.zoo import corpus_texts
+        from edgecompress.zoo import corpus_texts
         self.root, self.dirs, self.texts = root, {}, corpus_texts()
 
     def load(self, family: str):
         from transformers import AutoModelForSequenceClassification
         from edgecompress.modeling import load_tokenizer
-        from tests.families.zoo import save_family_model
+        from edgecompress.zoo import save_family_model
         if family not in self.dirs:
             self.dirs[family] = save_family_model(family, self.root / family, self.texts)
         d = self.dirs[family]
@@ -111,7 +111,7 @@ def run_matrix(families, stages, formats, precisions, json_path: Optional[Path],
     import torch
     import transformers
     from edgecompress.compress.base import StageContext
-    from tests._models import small_vader
+    from edgecompress.zoo import small_vader
 
     torch.set_num_threads(1)
     res = {"cells": {}, "stages": {}}

@@ -20,21 +20,21 @@ def tiny_bert():
 def minilm_tokenizer():
     """The packaged MiniLM tokenizer, loaded from its local folder like the product does."""
     from edgecompress.modeling import load_tokenizer
-    from tests._models import minilm_dir
+    from edgecompress.zoo import minilm_dir
     return load_tokenizer(minilm_dir())
 
 
 @pytest.fixture
 def tiny_vocab_bert():
     """Tiny BERT over the real 30,522-token vocab; function-scoped because stages modify their model."""
-    from tests._models import tiny_bert_with_real_vocab
+    from edgecompress.zoo import tiny_bert_with_real_vocab
     return tiny_bert_with_real_vocab()
 
 
 @pytest.fixture(scope="session")
 def small_splits():
     """320 train / 96 validation / 96 test rows of the packaged VADER data, stratified."""
-    from tests._models import small_vader
+    from edgecompress.zoo import small_vader
     return small_vader()
 
 

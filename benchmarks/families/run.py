@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parents[1]))  # tests.families.zoo builds the models and tokenizers
+sys.path.insert(0, str(HERE.parents[1]))  # this checkout's package (edgecompress.zoo builds the models and tokenizers)
 SEQ, THREADS = 64, 1
 
 # (teacher size, student arch, rows, epochs): full = a few minutes per family on 2 cores; smoke = seconds.
@@ -72,7 +72,7 @@ def run_family(family: str, size: dict, splits: dict) -> dict:
     from edgecompress.modeling import count_params
     from edgecompress.recipe import DistillCfg, QuantSpec, StudentArchCfg, StudentCfg, TrainCfg
     from edgecompress.registry import EXPORTERS
-    from tests.families.zoo import make_model, make_tokenizer
+    from edgecompress.zoo import make_model, make_tokenizer
 
     torch.set_num_threads(2)
     row, t0 = {"family": family}, time.perf_counter()

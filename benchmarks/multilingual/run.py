@@ -155,7 +155,7 @@ def sweep(texts: list[str], english: list[int], seed: int) -> list[dict]:
     from edgecompress.export.base import IOSpec
     from edgecompress.recipe import QuantSpec
     from edgecompress.registry import EXPORTERS
-    from tests.families.zoo import make_model
+    from edgecompress.zoo import make_model
 
     rows = []
     for n in english:
@@ -247,7 +247,7 @@ def teacher_step(args: argparse.Namespace, tok, teacher_size: dict, ctx, res: di
     from edgecompress.compress.finetune import finetune
     from edgecompress.modeling import count_params
     from edgecompress.recipe import TrainCfg
-    from tests.families.zoo import make_model
+    from edgecompress.zoo import make_model
 
     t0 = time.perf_counter()
     teacher = make_model("xlm-roberta", tok, args.seed, hidden=teacher_size["hidden_size"],

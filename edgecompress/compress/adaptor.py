@@ -34,16 +34,8 @@ def adapt(model, inputs: dict, *, hidden: bool = False, attention: bool = False)
                    attention=out.attentions if attention else None)
 
 
-def layer_count(model) -> int:
-    return int(family_of(model).dims(model.config)["num_hidden_layers"])
-
-
 def hidden_width(model) -> int:
     return int(family_of(model).dims(model.config)["hidden_size"])
-
-
-def head_count(model) -> int:
-    return int(family_of(model).dims(model.config)["num_attention_heads"])
 
 
 def _attn_impl(model) -> Optional[str]:

@@ -218,7 +218,7 @@ class PteExporter(Exporter):
         # The Python runtime exposes no per-method thread setting; this is the shared XNNPACK/extension threadpool.
         # Resetting it pulls the pool from under every method loaded before (a later execute of those crashed the
         # process): only when the size must change.
-        from edgecompress.noise import native_to_log
+        from edgecompress.logs import native_to_log
         with native_to_log():
             if portable_lib._threadpool_get_thread_count() != threads:
                 portable_lib._unsafe_reset_threadpool(threads)

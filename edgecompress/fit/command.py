@@ -85,7 +85,7 @@ def _setup(args):
 
 
 def fit_command(args) -> int:
-    from edgecompress.noise import to_log
+    from edgecompress.logs import to_log
     from edgecompress.paths import home
     from edgecompress.pipeline import Runner
     from edgecompress.transports.base import make_transport

@@ -8,7 +8,7 @@ import pytest
 
 from edgecompress.artifact import Store
 from edgecompress.cli import main
-from tests._models import save_tiny_teacher
+from edgecompress.zoo import save_tiny_teacher
 
 
 def _export_in_store(tmp_path, fmt: str):

@@ -23,7 +23,7 @@ WORKER = textwrap.dedent("""
     from edgecompress.compress.distill import distill
     from edgecompress.modeling import load_tokenizer
     from edgecompress.recipe import DistillCfg, MatchCfg, StudentCfg, StudentArchCfg, TrainCfg
-    from tests._models import minilm_dir, small_vader, tiny_bert_with_real_vocab
+    from edgecompress.zoo import minilm_dir, small_vader, tiny_bert_with_real_vocab
     torch.set_num_threads(1)
     teacher = tiny_bert_with_real_vocab()
     tokenizer = load_tokenizer(minilm_dir())
@@ -72,7 +72,7 @@ def test_two_cpu_processes_end_with_identical_student_weights(tmp_path):
 
 def test_accelerate_launch_runs_the_pipeline_and_only_rank0_writes(tmp_path):
     # setup: a tiny teacher with its head (no fine-tune), one distill stage, fp32 ONNX only
-    from tests._models import save_tiny_teacher, write_small_vader
+    from edgecompress.zoo import save_tiny_teacher, write_small_vader
     recipe = {"name": "ddp",
               "teacher": {"source": str(save_tiny_teacher(tmp_path / "teacher")), "finetune": None},
               "data": {"source": str(write_small_vader(tmp_path / "data", 64, 16)), "max_seq_len": 32},

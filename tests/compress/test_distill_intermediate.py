@@ -95,7 +95,7 @@ def test_student_from_config_defaults_keep_head_size_and_ffn_ratio(tiny_vocab_be
 def taught(minilm_tokenizer, small_splits):
     """A tiny teacher that knows something (one fine-tuning epoch), built once; tests get a deep copy."""
     from edgecompress.compress.finetune import finetune
-    from tests._models import tiny_bert_with_real_vocab
+    from edgecompress.zoo import tiny_bert_with_real_vocab
     torch.manual_seed(0)
     ctx = StageContext(small_splits, 64, seed=0)
     return finetune(tiny_bert_with_real_vocab(), minilm_tokenizer, TrainCfg(epochs=1, learning_rate=1e-3, batch_size=16),
@@ -169,7 +169,7 @@ def test_wrong_layer_map_fails_in_plan(tmp_path, match, message):
     # setup: a 2-layer teacher, a 1-layer student
     from edgecompress.plan import make_plan
     from edgecompress.recipe import parse_recipe
-    from tests._models import save_tiny_teacher, write_small_vader
+    from edgecompress.zoo import save_tiny_teacher, write_small_vader
     recipe = parse_recipe({
         "teacher": {"source": str(save_tiny_teacher(tmp_path / "t")), "finetune": None},
         "data": {"source": str(write_small_vader(tmp_path / "d", 40, 12)), "max_seq_len": 64},
@@ -182,7 +182,7 @@ def test_wrong_layer_map_fails_in_plan(tmp_path, match, message):
 
 def test_three_class_distillation_runs(minilm_tokenizer, small_splits):
     # setup: 3 classes (nyt rows become class 2), a 3-label teacher and student
-    from tests._models import tiny_bert_with_real_vocab
+    from edgecompress.zoo import tiny_bert_with_real_vocab
 
     def three(s: Split) -> Split:
         y = np.where(np.array(s.domains) == "nyt", 2, s.labels)
@@ -216,7 +216,7 @@ def test_default_student_on_a_smaller_teacher_fails_in_plan_naming_the_field(tmp
     # setup: the tiny 2-layer, width-32 teacher with the recipe's default student (4 layers, width 256)
     from edgecompress.plan import make_plan
     from edgecompress.recipe import parse_recipe
-    from tests._models import save_tiny_teacher, write_small_vader
+    from edgecompress.zoo import save_tiny_teacher, write_small_vader
     recipe = parse_recipe({
         "teacher": {"source": str(save_tiny_teacher(tmp_path / "t")), "finetune": None},
         "data": {"source": str(write_small_vader(tmp_path / "d", 40, 12)), "max_seq_len": 64},

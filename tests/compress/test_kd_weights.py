@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgecompress.recipe import KDLoss, TrainCfg, parse_recipe
-from tests._models import save_tiny_teacher, write_small_vader
+from edgecompress.zoo import save_tiny_teacher, write_small_vader
 
 WEIGHTS = {"alpha": 0.9, "temperature": 4.0}
 

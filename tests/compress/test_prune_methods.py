@@ -83,7 +83,7 @@ def test_gradual_schedule_ramps_cubically_and_ends_exact(tiny_vocab_bert, minilm
 
 def test_recovery_distills_from_the_teacher_and_keeps_the_zeros(tiny_vocab_bert, minilm_tokenizer, small_splits):
     # setup: a different tiny model as teacher; recovery on 32 rows
-    from tests._models import tiny_bert_with_real_vocab
+    from edgecompress.zoo import tiny_bert_with_real_vocab
     ctx = StageContext(small_splits, 64)
     teacher = Teacher(tiny_bert_with_real_vocab(seed=1), minilm_tokenizer)
     before = {n: m.weight.detach().clone() for n, m in encoder_linears(tiny_vocab_bert)}

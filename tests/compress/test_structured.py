@@ -26,7 +26,7 @@ def _logits(model, inputs):
 @pytest.fixture(scope="module")
 def pruned(minilm_tokenizer, small_splits):
     """(original, pruned model, its metrics), built once for the module: the tests below only read them."""
-    from tests._models import tiny_bert_with_real_vocab
+    from edgecompress.zoo import tiny_bert_with_real_vocab
     model = tiny_bert_with_real_vocab()
     original = copy.deepcopy(model)
     ctx = StageContext(small_splits, 64)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from edgecompress.cli import main
-from tests._models import save_tiny_teacher, write_small_vader
+from edgecompress.zoo import save_tiny_teacher, write_small_vader
 
 
 @pytest.fixture(scope="module")

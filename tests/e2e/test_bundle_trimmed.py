@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from tests._models import save_tiny_teacher, write_small_vader
+from edgecompress.zoo import save_tiny_teacher, write_small_vader
 
 
 def test_trimmed_vocabulary_bundle_round_trip(tmp_path):
@@ -28,7 +28,7 @@ def test_trimmed_vocabulary_bundle_round_trip(tmp_path):
                           str(tmp_path / "runs"), "--quiet"], capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     arts = tmp_path / "runs" / "trimmed" / "artifacts"
-    texts = json.loads(json.dumps(__import__("tests._models", fromlist=["x"]).small_vader()["test"].texts[:40]))
+    texts = json.loads(json.dumps(__import__("edgecompress.zoo", fromlist=["x"]).small_vader()["test"].texts[:40]))
     (tmp_path / "texts.txt").write_text("\n".join(t.replace("\n", " ") for t in texts))
     # execute
     p = subprocess.run([sys.executable, "-m", "edgecompress", "predict", str(arts / "onnx-int8"), "--file",

@@ -9,7 +9,7 @@ import time
 
 import yaml
 
-from tests._models import save_tiny_teacher, write_small_vader
+from edgecompress.zoo import save_tiny_teacher, write_small_vader
 
 
 def _cmd(recipe, out):

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from tests._models import save_tiny_teacher, write_small_vader
+from edgecompress.zoo import save_tiny_teacher, write_small_vader
 
 
 def _recipe(tmp_path, formats):

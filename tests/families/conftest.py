@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.families.zoo import corpus_texts, save_family_model
+from edgecompress.zoo import corpus_texts, save_family_model
 
 
 class Zoo:
@@ -36,5 +36,5 @@ def zoo(tmp_path_factory):
 @pytest.fixture(scope="session")
 def family_splits():
     """160 train / 64 validation / 64 test rows: enough for every stage to train, score and measure."""
-    from tests._models import small_vader
+    from edgecompress.zoo import small_vader
     return small_vader(n_train=160, n_eval=64)

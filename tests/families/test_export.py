@@ -13,7 +13,7 @@ from edgecompress.export.base import IOSpec
 from edgecompress.export.parity import sqnr_db
 from edgecompress.recipe import DistillCfg, QuantSpec, StudentArchCfg, StudentCfg, TrainCfg, VocabTrimCfg
 from edgecompress.registry import EXPORTERS
-from tests.families.zoo import FAMILIES
+from edgecompress.zoo import FAMILIES
 
 MIN_LABEL_AGREEMENT = 0.9
 MIN_SQNR_DB = 15.0  # measured 34-54 dB on these students; 0 dB would mean unrelated logits

@@ -15,7 +15,7 @@ import yaml
 @pytest.mark.parametrize("family", ["roberta", "deberta-v2"])
 def test_run_a_non_bert_teacher_to_onnx_and_pte_int8(zoo, family, tmp_path):
     # setup: the zoo's folder is what save_pretrained() leaves, with a tokenizer of the family's kind
-    from tests._models import write_small_vader
+    from edgecompress.zoo import write_small_vader
     recipe = {"name": family, "teacher": {"source": str(zoo.folder(family)),
                                           "finetune": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 16}},
               "data": {"source": str(write_small_vader(tmp_path / "data", n_train=160, n_eval=64)),

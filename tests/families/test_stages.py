@@ -15,7 +15,7 @@ from edgecompress.families import attr, family_for, family_of
 from edgecompress.modeling import count_params, student_from_teacher_layers
 from edgecompress.recipe import (DistillCfg, MatchCfg, PruneCfg, StructuredPruneCfg, StudentArchCfg, StudentCfg,
                                  TrainCfg, VocabTrimCfg)
-from tests.families.zoo import FAMILIES
+from edgecompress.zoo import FAMILIES
 
 TRAIN = TrainCfg(epochs=1, learning_rate=1e-3, batch_size=16, max_train_samples=48)
 TEXTS = ["not bad at all", "worst movie ever, I want my money back!!", "a great day"]

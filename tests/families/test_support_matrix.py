@@ -12,7 +12,7 @@ import pytest
 from edgecompress.families import FAMILIES, FAMILY_NAMES
 from edgecompress.formats import FORMAT_NAMES, FORMATS, PRECISIONS
 from edgecompress.registry import STAGES as STAGE_ROWS
-from tests.families.zoo import FAMILIES as ZOO_FAMILIES
+from edgecompress.zoo import FAMILIES as ZOO_FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,7 +58,7 @@ def test_a_refusal_in_the_tables_shows_up_in_its_cells(sm, monkeypatch):
     import dataclasses
     from edgecompress import families
     bert = families.FAMILIES["bert"]
-    refusal = families.Refusal("export:onnx-int8", "made up for the test; export onnx at fp32")
+    refusal = families.FamilyRefusal("export:onnx-int8", "made up for the test; export onnx at fp32")
     monkeypatch.setitem(families.FAMILIES, "bert", dataclasses.replace(bert, refuses=bert.refuses + (refusal,)))
     # execute
     cells = [c for c in sm.plan_matrix() if c.family == "bert"]

@@ -13,7 +13,7 @@ from edgecompress.families import FAMILIES, attr, canonical, check_family, famil
 from edgecompress.model_dir import check_model_dir
 from edgecompress.modeling import SUPPORTED_MODEL_TYPES
 from edgecompress.recipe import PruneCfg, StructuredPruneCfg, VocabTrimCfg
-from tests.families.zoo import FAMILIES as ZOO
+from edgecompress.zoo import FAMILIES as ZOO
 
 SIZE = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 37}
 

@@ -124,7 +124,7 @@ def _fit(recipe, out, env, *budget, target="local"):
 
 @pytest.fixture(scope="module")
 def tiny_fit(tmp_path_factory):
-    from tests._models import save_tiny_teacher, write_small_vader
+    from edgecompress.zoo import save_tiny_teacher, write_small_vader
     d = tmp_path_factory.mktemp("fit")
     recipe = {"name": "tinyfit",
               "teacher": {"source": str(save_tiny_teacher(d / "teacher")),
@@ -298,8 +298,8 @@ def test_a_space_too_large_to_measure_is_refused_in_one_line():
 
 def test_fit_reads_a_teacher_whose_config_names_its_dimensions_its_own_way(tmp_path):
     # setup: DistilBERT names them dim / n_heads / n_layers; a budget nothing meets, so nothing is trained
-    from tests._models import write_small_vader
-    from tests.families.zoo import save_family_model
+    from edgecompress.zoo import write_small_vader
+    from edgecompress.zoo import save_family_model
     teacher = save_family_model("distilbert", tmp_path / "teacher", hidden=32, layers=2, heads=2, ffn=64)
     recipe = {"name": "fitdistil",
               "teacher": {"source": str(teacher), "finetune": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 16,

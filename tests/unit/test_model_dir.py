@@ -7,7 +7,7 @@ import pytest
 
 from edgecompress.errors import UserInputError
 from edgecompress.model_dir import check_model_dir
-from tests._models import save_tiny_teacher
+from edgecompress.zoo import save_tiny_teacher
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,14 @@
-"""Tiny random-initialised classifiers of every supported family, saved the way a user's model folder looks:
-save_pretrained() weights + config.json, and a tokenizer *of the family's kind* (WordPiece, byte-level BPE,
-SentencePiece Unigram) trained with the `tokenizers` library on the packaged VADER text.
-
-Shared by tests/families (session fixtures) and benchmarks/families (bigger configs, trained teachers).
+"""Tiny models for trying every stage and format in seconds: one per model family, built from a config with a
+tokenizer trained here on the packaged text (no downloads), a tiny BERT over the packaged MiniLM's real vocabulary,
+and small stratified slices of the packaged VADER data. The tests, the support matrix and the family benchmarks use
+them; nothing in a run does.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from edgecompress.data import load_splits
-from edgecompress.recipe import DataCfg
+from edgecompress.recipe import PACKAGED_TEACHER, DataCfg
 
 FAMILIES = ("bert", "distilbert", "roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert")
 VOCAB = 1200  # learned pieces per tokenizer: small enough that the tiny embedding is cheap, big enough for words
@@ -130,4 +129,45 @@ def save_family_model(family: str, dest: Path, texts: list[str] | None = None, s
     tok = make_tokenizer(family, texts if texts is not None else corpus_texts())
     make_model(family, tok, seed, **size).save_pretrained(str(dest), safe_serialization=True)
     tok.save_pretrained(str(dest))
+    return dest
+
+
+def minilm_dir() -> Path:
+    from edgecompress.model_dir import resolve_model_dir
+    return resolve_model_dir(PACKAGED_TEACHER)
+
+
+def tiny_bert_with_real_vocab(num_labels: int = 2, seed: int = 0):
+    """Tiny BERT (hidden 32, 2 layers) over MiniLM's real 30,522-token vocab, so the real tokenizer feeds it."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=37, max_position_embeddings=128, num_labels=num_labels)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def small_vader(n_train: int = 320, n_eval: int = 96):
+    s = load_splits(DataCfg())
+    return {"train": s["train"].subset(n_train), "validation": s["validation"].subset(n_eval),
+            "test": s["test"].subset(n_eval)}
+
+
+def write_small_vader(dest: Path, n_train: int = 320, n_eval: int = 96) -> Path:
+    import csv
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, split in small_vader(n_train, n_eval).items():
+        with open(dest / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label", "domain"])
+            for t, y, d in zip(split.texts, split.labels, split.domains):
+                w.writerow([t, int(y), d])
+    return dest
+
+
+def save_tiny_teacher(dest: Path, num_labels: int = 2) -> Path:
+    """A local teacher folder as a user would have it: save_pretrained() model + tokenizer."""
+    from edgecompress.modeling import load_tokenizer
+    tiny_bert_with_real_vocab(num_labels).save_pretrained(str(dest), safe_serialization=True)
+    load_tokenizer(minilm_dir()).save_pretrained(str(dest))
     return dest
