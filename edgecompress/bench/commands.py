@@ -255,7 +255,7 @@ def _cmd_check(args) -> int:
 
 def _verdict(doc: dict, profile, args, quiet_table: bool = False) -> int:
     from edgecompress.bench.budget import compare_baseline, evaluate_budgets, read_results
-    from edgecompress.bench.report import write_junit, write_markdown
+    from edgecompress.bench.budget_report import write_junit, write_markdown
 
     results = doc["results"]
     checks = evaluate_budgets(results, profile)

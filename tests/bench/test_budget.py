@@ -4,7 +4,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from edgecompress.bench.budget import check_budgets, check_result, compare_baseline, evaluate_budgets
-from edgecompress.bench.report import junit_xml, markdown_summary
+from edgecompress.bench.budget_report import junit_xml, markdown_summary
 from edgecompress.profiles import Budget, load_profile
 
 

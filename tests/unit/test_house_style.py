@@ -57,3 +57,21 @@ def test_imports_keep_the_layers_of_the_architecture_page():
                           timeout=300)
     # assert
     assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_every_module_has_a_layer_and_the_architecture_page_names_it():
+    # setup
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / ".importlinter")
+    layered = {m.strip() for line in cfg["importlinter:contract:layers"]["layers"].splitlines()
+               for m in line.split(":") if m.strip()}
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    # execute
+    top = {p.stem if p.is_file() else p.name for p in (ROOT / "edgecompress").iterdir()
+           if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    # assert: a module outside every layer would escape the contract
+    unlayered = {t for t in top if f"edgecompress.{t}" not in layered
+                 and not any(m.startswith(f"edgecompress.{t}.") for m in layered)}
+    assert unlayered == set()
+    assert {t for t in top if f"`{t}" not in page and f"{t}/" not in page and f"`{t}.py`" not in page} == set()
