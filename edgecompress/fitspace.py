@@ -100,14 +100,10 @@ def clearly_misses(measured: dict, budgets: dict[str, float], emulated: bool = F
     return bool(misses(measured, {k: v * (1 + CLEAR_MISS.get(k, 0.0)) for k, v in budgets.items()}, emulated))
 
 
-# Not judged on an emulated target: an emulated CPU's time is not the device's. Size and memory still are (bench's
-# EMULATION_SKEWED also skips peak RSS, which under qemu-user includes the emulator).
-EMULATED_UNJUDGED = ("p90_ms", "load_ms")
-
-
 def judged(budgets: dict[str, float], emulated: bool) -> set[str]:
-    """The budget keys a measurement on this target is judged against."""
-    return {k for k in budgets if not (emulated and k in EMULATED_UNJUDGED)}
+    """The budget keys a measurement on this target is judged against (bench's rule: profiles.EMULATION_SKEWED)."""
+    from edgecompress.profiles import EMULATION_SKEWED
+    return {k for k in budgets if not (emulated and k in EMULATION_SKEWED)}
 
 
 def misses(measured: dict, budgets: dict[str, float], emulated: bool = False) -> list[str]:

@@ -36,8 +36,10 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from edgecompress.paths import store_dir  # noqa: E402
+
 HERE = Path(__file__).parent
-STORE = Path(os.environ.get("EDGECOMPRESS_HOME", Path.home() / ".cache" / "edgecompress")) / "store"
+STORE = store_dir()
 
 
 def latest(step: str) -> Path:

@@ -13,7 +13,7 @@ from typing import Iterable, Literal, Mapping, Optional, Sequence
 
 from edgecompress.bench.stats import regression_pct
 from edgecompress.errors import UserInputError
-from edgecompress.profiles import Budget, DeviceProfile
+from edgecompress.profiles import EMULATION_SKEWED, Budget, DeviceProfile
 
 RESULTS_SCHEMA = "edgecompress.bench/1"
 # (result field, budget field); all lower-is-better.
@@ -21,9 +21,6 @@ BUDGET_METRICS: tuple[tuple[str, str], ...] = (("p90_ms", "p90_ms"), ("peak_rss_
                                               ("file_mb", "file_mb"), ("load_ms", "load_ms"),
                                               ("accuracy_drop", "max_accuracy_drop"))
 REGRESSION_METRICS = ("p90_ms", "peak_rss_mb", "file_mb", "load_ms")
-# Under qemu-user (the qemu-arm64 target) time runs 10-50x slow and RSS includes the emulator's JIT: these are not
-# device figures, so their budgets are reported as skipped; file size and accuracy still hold.
-EMULATION_SKEWED = ("p90_ms", "load_ms", "peak_rss_mb")
 
 
 @dataclass(frozen=True)

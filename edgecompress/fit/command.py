@@ -14,6 +14,7 @@ import yaml
 
 from edgecompress import progress
 from edgecompress.errors import UserInputError
+from edgecompress.profiles import EMULATION_SKEWED
 
 
 def parse_budgets(items: list[str]) -> dict[str, float]:
@@ -153,7 +154,7 @@ def _run(runner, space, budgets, transport, target: str, out_dir: Path, remeasur
                 if s.out.teacher_accuracy else "")
         doc.update(winner=row["name"], verdict=f"found {row['name']}: test accuracy {row['test_accuracy']:.4f}{kept}, "
                    + ", ".join(f"{k} {row.get('final_' + k):.3g}" for k in budgets if row.get("final_" + k) is not None)
-                   + (" (emulated target: latency budgets not judged)" if s.out.emulated else "")
+                   + (f" (emulated target: {', '.join(EMULATION_SKEWED)} not judged)" if s.out.emulated else "")
                    + f"; reproduce with: edgecompress run {out_dir / 'recipe.yaml'}")
     else:
         near = closest(rows, budgets)

@@ -6,6 +6,8 @@ import html
 import json
 from pathlib import Path
 
+from edgecompress.profiles import EMULATION_SKEWED
+
 COLS = ("name", "status", "gflops", "params", "p90_ms", "file_mb", "peak_rss_mb", "load_ms", "val_accuracy",
         "test_accuracy", "why")
 
@@ -65,7 +67,7 @@ def to_markdown(doc: dict) -> str:
     b = " ".join(f"{k}={v:g}" for k, v in doc["budgets"].items())
     lines = [f"# edgecompress fit: {doc['name']}", "",
              f"Budgets on {doc['target']} (profile {doc['profile']}): {b}."
-             + (" The target is emulated: latency budgets are not judged there, size and memory only."
+             + (f" The target is emulated: {', '.join(EMULATION_SKEWED)} are not judged there."
                 if doc.get("emulated") else ""), "",
              f"Result: **{doc['verdict']}**", "",
              "Phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in doc["phases_s"].items())

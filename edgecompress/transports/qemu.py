@@ -5,7 +5,7 @@ an artifact that agrees with torch on x86 can still disagree on a Pi. Until a bo
 runs the same bench agent on the arm64 wheels of the runtimes, emulated instruction by instruction.
 
 How it runs (docs/qemu-arm64.md has the long form):
-- The rootfs (targets/qemu-arm64/build_rootfs.sh, cached in ~/.cache/edgecompress/qemu-arm64-rootfs) holds an
+- The rootfs (targets/qemu-arm64/build_rootfs.sh, cached in $EDGECOMPRESS_HOME/qemu-arm64-rootfs) holds an
   arm64 python3 and the aarch64 wheels. The device workdir is a fresh directory under ROOTFS/tmp.
 - exec runs argv on the HOST with the workdir as cwd (the "device shell" is the host's sh: it only changes
   directory), and `self.python` is a launcher that starts ROOTFS's arm64 python under
