@@ -96,8 +96,7 @@ def load_bench() -> Bench:
     splits = load_splits(DataCfg())
     test_b = [(x, y) for x, y, _ in batches(tok, splits["test"], EVAL_BATCH, SEQ, shuffle=False, group_by_length=False)]
     labels = np.concatenate([y for _, y in test_b])
-    io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels, max_seq_len=SEQ,
-                pad_token_id=tok.pad_token_id or 0)
+    io = IOSpec.for_model(model, tok, SEQ)
     train_sub = splits["train"].subset(max(QAT_ROWS, CALIB_ROWS), seed=0)
     calib = CalibData(inputs=lambda: (x for x, _, _ in batches(tok, train_sub, 8, SEQ, shuffle=True, seed=1)),
                       train=lambda: batches(tok, train_sub, 16, 64, shuffle=True, seed=2),

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecompress.export.iospec import read_io_beside
+
 # (group, substrings of an op name, lower case); first match wins. ExecuTorch non-delegated ops appear as
 # native_call_<op>.out, XNNPACK's as its operator names ("Fully Connected (NC, QDU8, F32, QC8W) GEMM #1").
 GROUPS = (
@@ -63,7 +65,7 @@ def pte_profile(path: Path, runs: int, seq: int) -> dict:
     from executorch.runtime import Runtime
 
     portable_lib._unsafe_reset_threadpool(1)
-    vocab = json.loads((Path(path).parent / "io.json").read_text())["vocab_size"]
+    vocab = read_io_beside(Path(path)).vocab_size
     program = Runtime.get().load_program(Path(path), enable_etdump=True)
     method = program.load_method("forward")
     ids, mask = (torch.from_numpy(a) for a in _inputs(seq, vocab))
@@ -97,7 +99,7 @@ def onnx_profile(path: Path, runs: int, seq: int) -> dict:
         so.enable_profiling = True
         so.profile_file_prefix = f"{tmp}/ort"
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        vocab = json.loads((Path(path).parent / "io.json").read_text())["vocab_size"]
+        vocab = read_io_beside(Path(path)).vocab_size
         ids, mask = _inputs(seq, vocab)
         for _ in range(runs):
             sess.run(None, {"input_ids": ids, "attention_mask": mask})

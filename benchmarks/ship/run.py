@@ -74,8 +74,7 @@ def load_student(student: Path):
     with torch.no_grad():
         ref = np.concatenate([model(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.argmax(-1).numpy()
                               for x, _ in test_b])
-    io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels, max_seq_len=SEQ,
-                pad_token_id=tok.pad_token_id or 0)
+    io = IOSpec.for_model(model, tok, SEQ)
     return model, test_b, labels, ref, io
 
 

@@ -128,8 +128,7 @@ def load_student(a) -> tuple:
     test = splits["test"] if not a.test_rows else splits["test"].subset(a.test_rows, 0)
     test_b = [(x, y) for x, y, _ in batches(tok, test, 32, SEQ, shuffle=False, group_by_length=False)]
     labels = np.concatenate([y for _, y in test_b])
-    io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels, max_seq_len=SEQ,
-                pad_token_id=tok.pad_token_id or 0)
+    io = IOSpec.for_model(model, tok, SEQ)
     train = splits["train"]
     # What Pipeline.calib_data hands an exporter: shuffled train rows, calibration.batch_size (8) at a time.
     calib = CalibData(inputs=lambda: (x for x, _, _ in batches(tok, train.subset(a.calib_rows, 0), 8, SEQ,

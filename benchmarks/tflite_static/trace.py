@@ -41,8 +41,7 @@ def main() -> None:
     model = AutoModelForSequenceClassification.from_pretrained(a.student, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(a.student)
     sp = load_splits(DataCfg())
-    io = IOSpec(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels, max_seq_len=SEQ,
-                pad_token_id=tok.pad_token_id or 0)
+    io = IOSpec.for_model(model, tok, SEQ)
     rows_of = lambda split, n: CalibData(inputs=lambda: (x for x, _, _ in batches(  # noqa: E731
         tok, sp[split].subset(n, 0), 8, SEQ, shuffle=True, seed=0)))
     cal, _ = calibration_rows(rows_of("train", 128), io, 128)
