@@ -20,23 +20,57 @@ from edgecompress.config import Cfg, first_error, shown
 from edgecompress.errors import UserInputError
 
 
-def no_option(value: Optional[str]) -> Optional[str]:
-    """A value that lands on a command line (host, user, serial, path) must never read as an option there, and never
-    carry whitespace or control characters that a remote shell or ssh's own parser would split on."""
+# What a target field may hold. Anything else could mean something to a remote shell (`$`, backquote, `;`, quotes,
+# globs), to ssh's own parser and ProxyCommand's %h/%u expansion (whitespace, `%`, `@` in a user name), or look
+# like another character than it is (unicode). Each set is what real values of that field need and no more.
+NAME_CHARS = "letters, digits and . _ -"
+HOST_CHARS = "letters, digits and . _ - (an IPv6 literal: hex digits and :)"
+SERIAL_CHARS = "letters, digits and . _ - :"
+PATH_CHARS = "letters, digits and . _ - + / ~"
+_ALLOWED = {
+    "name": frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"),
+    "host": frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:"),
+    "serial": frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:"),
+    "path": frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+/~"),
+}
+_DESCRIBED = {"name": NAME_CHARS, "host": HOST_CHARS, "serial": SERIAL_CHARS, "path": PATH_CHARS}
+MAX_FIELD_CHARS = 1024
+
+
+def safe_field(value: Optional[str], kind: str = "path") -> Optional[str]:
+    """A value that lands on a command line or in a remote shell's string (host, user, serial, path): only the
+    characters its kind allows, never a leading '-' (it would be read as an option), never a '..' path step (a
+    path inside a rootfs or workdir must stay inside it). The ValueError names the first offending character."""
     if value is None:
         return value
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > MAX_FIELD_CHARS:
+        raise ValueError(f"is longer than {MAX_FIELD_CHARS} characters")
     if value.startswith("-"):
         raise ValueError("must not start with '-' (it would be read as a command-line option)")
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must not contain whitespace or control characters")
+    bad = next((c for c in value if c not in _ALLOWED[kind]), None)
+    if bad is not None:
+        raise ValueError(f"character {bad!r} is not allowed; use only {_DESCRIBED[kind]}")
+    if kind == "path" and ".." in value.split("/"):
+        raise ValueError("must not contain a '..' path step; give the path without it")
     return value
+
+
+def no_option(value: Optional[str]) -> Optional[str]:
+    """A path-like field (the strictest common rule); kept for callers that validate a single value."""
+    return safe_field(value, "path")
+
+
+def _fields(kind: str, *names: str):
+    return field_validator(*names)(classmethod(lambda cls, v: safe_field(v, kind)))
 
 
 class LocalReach(Cfg):
     kind: Literal["local"] = "local"
     python: Optional[str] = Field(None, description="interpreter for the agent; default: the one running edgecompress")
 
-    _safe = field_validator("python")(classmethod(lambda cls, v: no_option(v)))
+    _safe = _fields("path", "python")
 
 
 class SshReach(Cfg):
@@ -50,8 +84,9 @@ class SshReach(Cfg):
     python: str = "python3"
     connect_timeout_s: int = Field(10, ge=1)
 
-    _safe = field_validator("host", "user", "key", "known_hosts", "workdir", "python")(
-        classmethod(lambda cls, v: no_option(v)))
+    _host = _fields("host", "host")
+    _user = _fields("name", "user")
+    _paths = _fields("path", "key", "known_hosts", "workdir", "python")
 
 
 class AdbReach(Cfg):
@@ -62,7 +97,8 @@ class AdbReach(Cfg):
     python: str = "python3"
     adb: str = Field("adb", description="adb executable")
 
-    _safe = field_validator("serial", "workdir", "python", "adb")(classmethod(lambda cls, v: no_option(v)))
+    _serial = _fields("serial", "serial")
+    _paths = _fields("path", "workdir", "python", "adb")
 
 
 Reach = Annotated[Union[LocalReach, SshReach, AdbReach], Field(discriminator="kind")]
@@ -178,6 +214,12 @@ def parse_target(url: str, profile_reach=None):
     so `--target ssh://pi@10.0.0.7` reuses the rpi4 profile's settings for another board of the same kind.
     """
     url = url.strip()
+    # urllib silently drops tabs and newlines inside a URL; a target with any non-printable or non-ASCII
+    # character is refused whole instead of being read as some other target.
+    odd = next((c for c in url if not (c.isascii() and c.isprintable())), None)
+    if odd is not None:
+        raise UserInputError(f"target {shown(url)}: character {odd!r} is not allowed in a target URL; "
+                             f"type it in plain ASCII")
     if url == "qemu-arm64" or url.startswith("qemu-arm64?"):  # an emulated Pi CPU on this host (transports/qemu.py)
         from edgecompress.transports.qemu import parse_qemu_target
         return parse_qemu_target(url)
@@ -195,7 +237,8 @@ def parse_target(url: str, profile_reach=None):
     query = dict(urllib.parse.parse_qsl(parts.query))
     unknown = set(query) - _QUERY_FIELDS[kind]
     if unknown:
-        raise UserInputError(f"target {shown(url)}: unknown option(s) {sorted(unknown)}; known: {sorted(_QUERY_FIELDS[kind])}")
+        raise UserInputError(f"target {shown(url)}: unknown option(s) {shown(sorted(unknown))}; known: "
+                              f"{sorted(_QUERY_FIELDS[kind])}")
     fields = {**base, **query, "kind": kind}
     try:
         if kind == "ssh":

@@ -28,7 +28,7 @@ from pydantic import Field, field_validator
 
 from edgecompress.registry import TRANSPORTS
 from edgecompress.config import Cfg, first_error, shown
-from edgecompress.transports.base import ExecResult, Transport, run_local
+from edgecompress.transports.base import ExecResult, Transport, run_local, safe_field
 from edgecompress.transports.local import copy_into, copy_out_of
 
 KIND = "qemu-arm64"
@@ -53,15 +53,16 @@ class QemuReach(Cfg):
     rootfs: Optional[str] = Field(None, description=f"default: $EDGECOMPRESS_QEMU_ROOTFS or {DEFAULT_ROOTFS}")
     # Cortex-A72 = Raspberry Pi 4: ARMv8.0 NEON, no sdot/udot, so onnxruntime takes its plain u8s8 NEON kernels as
     # on the board. qemu's default "max" CPU has dot-product and i8mm: other kernels, other rounding.
-    cpu: str = Field("cortex-a72", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
-                     description="qemu -cpu model, e.g. cortex-a76 (Pi 5)")
+    cpu: str = Field("cortex-a72", description="qemu -cpu model, e.g. cortex-a76 (Pi 5)")
     qemu: str = Field("qemu-aarch64-static", description="the qemu-user binary")
     python: str = Field("/usr/bin/python3", description="interpreter path inside the rootfs")
 
+    _paths = field_validator("rootfs", "qemu", "python")(classmethod(lambda cls, v: safe_field(v, "path")))
 
     @field_validator("cpu")
     @classmethod
     def _not_max(cls, v: str) -> str:
+        safe_field(v, "name")
         # Measured: under "max" (SME enabled) the default int8 .pte gave sign-flipped logits while cortex-a53/a72/a76
         # and neoverse-n1 agreed with x86 within 0.004. A target that computes wrong answers must not be offered.
         if v in ("max", "host", "any"):
@@ -179,7 +180,8 @@ def parse_qemu_target(url: str) -> QemuReach:
     fields = dict(urllib.parse.parse_qsl(query))
     unknown = set(fields) - {"rootfs", "cpu", "qemu", "python"}
     if unknown:
-        raise UserInputError(f"target {url!r}: unknown option(s) {sorted(unknown)}; known: cpu, python, qemu, rootfs")
+        raise UserInputError(f"target {shown(url)}: unknown option(s) {shown(sorted(unknown))}; known: cpu, python, qemu, "
+                             f"rootfs")
     try:
         return QemuReach(**fields)
     except ValidationError as e:
