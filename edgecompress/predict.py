@@ -55,8 +55,8 @@ def predict_command(args) -> int:
     from edgecompress.bench.verify import predict_on_target
     from edgecompress.bundle import read_labels, read_tokenizer, samples
     from edgecompress.transports.base import make_transport, parse_target
-    if args.threads < 1:
-        raise UserInputError("--threads must be >= 1")
+    from edgecompress.limits import check_bounds
+    check_bounds({"threads": args.threads})
     texts = _texts(args)
     exp = open_export(args.artifact)
     check_runner_option(exp.format, args.runner)

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from edgecompress.config import Cfg, first_error, read_yaml
 from edgecompress.errors import UserInputError
 from edgecompress.formats import Format, Precision
+from edgecompress.limits import within_bounds
 
 PACKAGED_TEACHER = "packaged:all-MiniLM-L6-v2"
 PACKAGED_DATA = "packaged:vader"
@@ -277,6 +278,7 @@ class BenchCfg(Cfg):
     warmup_runs: int = Field(5, ge=0)
     runs: int = Field(50, ge=1)
     timeout_s: float = Field(600, gt=0)
+    _bounded = model_validator(mode="after")(lambda self: within_bounds(self))  # what a device can be asked to do
 
 
 class FitCfg(Cfg):

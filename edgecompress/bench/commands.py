@@ -183,13 +183,10 @@ def _cmd_bench(args) -> int:
     from edgecompress.bench.harness import bench_fleet
     from edgecompress.profiles import load_profile
 
-    for name in ("runs", "batch", "seq_len"):
-        if getattr(args, name) < 1:
-            raise UserInputError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup_runs < 0 or (args.threads is not None and args.threads < 1):
-        raise UserInputError("--warmup-runs must be >= 0 and --threads >= 1")
-    if not args.timeout_s > 0 or args.min_time_s < 0:
-        raise UserInputError(f"--timeout-s must be > 0 and --min-time-s >= 0 (got {args.timeout_s:g}, {args.min_time_s:g})")
+    from edgecompress.limits import check_bounds, check_cpu_list
+    check_bounds({name: getattr(args, name) for name in ("runs", "batch", "seq_len", "warmup_runs", "threads",
+                                                         "timeout_s", "min_time_s")})
+    check_cpu_list(args.cpu_list)
     profile = load_profile(args.profile)
     items = collect_items(args.path, profile, io=args.io, fmt=args.format, precision=args.precision,
                           threads=args.threads)

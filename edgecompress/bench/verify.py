@@ -131,8 +131,10 @@ def verify_command(args) -> int:
     from edgecompress.transports.base import make_transport, parse_target
     if args.limit is not None and args.limit < 1:
         raise UserInputError(f"--limit must be >= 1 (got {args.limit}); omit it to verify the whole test split")
-    if args.threads < 1 or args.timeout_s <= 0 or not 0 <= args.min_agreement <= 1:
-        raise UserInputError("--threads must be >= 1, --timeout-s > 0 and --min-agreement within [0, 1]")
+    from edgecompress.limits import check_bounds
+    check_bounds({"threads": args.threads, "timeout_s": args.timeout_s})
+    if not 0 <= args.min_agreement <= 1:
+        raise UserInputError("--min-agreement must be within [0, 1]")
     exp = open_export(args.artifact)
     check_runner_option(exp.format, args.runner)
     with make_transport(parse_target(args.target)) as t:

@@ -89,20 +89,29 @@ def peak_rss_mb():
     return round(rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0, 2)
 
 
+# The same bound as edgecompress/limits.py (this file runs on the device without the package): a CPU id
+# must fit sched_setaffinity's cpu_set_t, and a range is checked before a set of its members is built.
+CPU_SETSIZE = 1024
+
+
 def parse_cpu_list(text):
-    """'4-7,9' -> {4, 5, 6, 7, 9} (the taskset/cpuset syntax)."""
+    """'4-7,9' -> {4, 5, 6, 7, 9} (the taskset/cpuset syntax), every id below CPU_SETSIZE."""
+    if len(text) > 256:
+        raise AgentError("--cpu-list is longer than 256 characters")
     cpus = set()
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
-        if "-" in part:
-            a, b = part.split("-", 1)
-            cpus.update(range(int(a), int(b) + 1))
-        else:
-            cpus.add(int(part))
+        a, sep, b = part.partition("-")
+        if not a.isdigit() or (sep and not b.isdigit()) or not a.isascii() or not b.isascii():
+            raise AgentError(f"--cpu-list {text[:40]!r} is not a list like 4-7,9")
+        lo, hi = int(a), int(b) if sep else int(a)
+        if hi >= CPU_SETSIZE or lo > hi:
+            raise AgentError(f"--cpu-list {text[:40]!r}: {part} is not a range of CPU ids 0..{CPU_SETSIZE - 1}")
+        cpus.update(range(lo, hi + 1))
     if not cpus:
-        raise AgentError(f"--cpu-list {text!r} names no CPU")
+        raise AgentError(f"--cpu-list {text[:40]!r} names no CPU")
     return cpus
 
 
