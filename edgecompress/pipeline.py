@@ -265,7 +265,7 @@ class Runner:
 
         def build(tmp: Path) -> None:
             model, tokenizer = load_artifact_model(parent), load_artifact_tokenizer(parent)
-            file = exp.path / exp.metrics["file"]
+            file = exp.checked(exp.metrics["file"])
             infer = EXPORTERS.get(exp.metrics["format"])().load(file, threads=r.bench.threads)
             test = self.splits["test"].subset(r.export.max_test_samples, r.seed)
             with progress.status(f"verifying {label}"):
@@ -285,12 +285,12 @@ class Runner:
             texts = self.splits["test"].subset(E2E_TEXTS, self.recipe.seed).texts  # a fixed sample of real sentences
             with tempfile.TemporaryDirectory(prefix="edgecompress-texts-") as d:
                 (Path(d) / "texts.json").write_text(json.dumps(texts))
-                tok = exp.path / "tokenizer.json"
-                res = bench_file(exp.path / m["file"], exp.path / "io.json", m["runtime"], threads=b.threads,
+                tok = exp.checked("tokenizer.json", missing_ok=True)
+                res = bench_file(exp.checked(m["file"]), exp.checked("io.json"), m["runtime"], threads=b.threads,
                                  warmup_runs=b.warmup_runs, runs=b.runs, batch=b.batch, seq_len=b.seq_len,
-                                 timeout_s=b.timeout_s, expected_json=exp.path / "expected.json",
+                                 timeout_s=b.timeout_s, expected_json=exp.checked("expected.json", missing_ok=True),
                                  runner=self.plan.profile.runner_for(m["format"]),
-                                 tokenizer_json=tok if tok.is_file() else None, texts_json=Path(d) / "texts.json")
+                                 tokenizer_json=tok, texts_json=Path(d) / "texts.json")
             if not res.get("ok", False):
                 raise RuntimeFailure(f"benchmark of {label} failed: {res.get('error', 'no result')}")
             _write_metrics(tmp, res)

@@ -61,8 +61,8 @@ def predict_command(args) -> int:
     exp = open_export(args.artifact)
     check_runner_option(exp.format, args.runner)
     io = json.loads(exp.io_json.read_text())
-    tok = read_tokenizer(exp.artifact.path, io)
-    labels = read_labels(exp.artifact.path, int(io["num_labels"]))
+    tok = read_tokenizer(exp, io)
+    labels = read_labels(exp, int(io["num_labels"]))
     with make_transport(parse_target(args.target)) as t:
         res = predict_on_target(t, exp.model_file, exp.io_json, FORMATS[exp.format].runtime, samples(tok, texts, io),
                                 threads=args.threads, runner=args.runner or default_runner(exp.format))
