@@ -65,7 +65,7 @@ def test_bench_through_real_sshd_on_localhost(sshd, tiny_model):
     # assert
     assert r["ok"] is True, r
     assert r["transport"] == f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
-    assert r["p90_ms"] > 0 and r["seq_len"] == 32 and r["peak_rss_mb"] > 10
+    assert r["p90_ms"] > 0 and r["seq_len"] == 32 and 10 < r["peak_rss_mb"] < 4096
     assert remote_dir.startswith(sshd.workdir + "/edgecompress-")
     assert not os.path.exists(remote_dir)  # cleanup removed the mktemp dir on the "device"
 
