@@ -218,6 +218,15 @@ def open_export(path: Path) -> ExportFiles:
                        art.inside(expected) if expected else None)
 
 
+_held = threading.local()  # (store root, step, id) of every artifact lock this thread holds, whichever Store took it
+
+
+def _locks_held() -> set:
+    if not hasattr(_held, "keys"):
+        _held.keys = set()
+    return _held.keys
+
+
 @functools.lru_cache(maxsize=1)
 def host_tag() -> str:
     """This machine, for names of in-progress folders on a home that several nodes share: a pid means something
@@ -249,7 +258,6 @@ class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._held = threading.local()  # the (step, id) locks this thread holds
         for tmp in [*self.root.glob(".tmp-*"), *self.root.glob(".old-*")]:
             if _leftover_is_dead(tmp.name):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -267,7 +275,7 @@ class Store:
         art, problem = self._read(p)
         if problem is None:
             return art
-        if (step, aid) in self._locks_held():
+        if self._holds(step, aid):
             return self._quarantine(p)
         with self.lock(step, aid):
             if not (p / MANIFEST).is_file():
@@ -289,10 +297,8 @@ class Store:
             os.rename(p, p.with_name(f"{p.name}.corrupt-{int(time.time())}-{uuid.uuid4().hex[:6]}"))
         return None
 
-    def _locks_held(self) -> set:
-        if not hasattr(self._held, "keys"):
-            self._held.keys = set()
-        return self._held.keys
+    def _holds(self, step: str, aid: str) -> bool:
+        return (str(self.root.resolve()), step, aid) in _locks_held()
 
     @contextmanager
     def create(self, step: str, aid: str, config: Any, parents: list[str]) -> Iterator[Path]:
@@ -333,17 +339,17 @@ class Store:
         import fcntl
         locks = self.root / ".locks"
         locks.mkdir(exist_ok=True)
-        held = self._locks_held()
-        if (step, aid) in held:  # re-entered by the holder (get() inside a build): flock would wait on itself
+        key, held = (str(self.root.resolve()), step, aid), _locks_held()
+        if key in held:  # re-entered by the holder (get() inside a build): flock would wait on itself
             yield
             return
         with open(locks / f"{step}-{aid}.lock", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            held.add((step, aid))
+            held.add(key)
             try:
                 yield
             finally:
-                held.discard((step, aid))
+                held.discard(key)
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     @staticmethod

@@ -57,11 +57,6 @@ def safe_field(value: Optional[str], kind: str = "path") -> Optional[str]:
     return value
 
 
-def no_option(value: Optional[str]) -> Optional[str]:
-    """A path-like field (the strictest common rule); kept for callers that validate a single value."""
-    return safe_field(value, "path")
-
-
 def _fields(kind: str, *names: str):
     return field_validator(*names)(classmethod(lambda cls, v: safe_field(v, kind)))
 

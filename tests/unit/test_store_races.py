@@ -141,3 +141,25 @@ def test_a_writer_names_its_host_in_its_temporary_folder(tmp_path):
 
     # assert
     assert seen[0].startswith(f".tmp-{host_tag()}-{os.getpid()}-")
+
+
+def test_the_lock_holder_checks_a_corrupt_artifact_without_waiting_on_itself(tmp_path):
+    # setup: a build step holds the lock (as the pipeline does) and finds the artifact corrupt, via another Store
+    import threading
+    store = Store(tmp_path)
+    _write(store, 1)
+    (store.path_for("bench", "abc") / "result.json").write_text("x")
+    got = []
+
+    def step():
+        with store.lock("bench", "abc"):
+            got.append(Store(tmp_path).get("bench", "abc"))
+
+    # execute
+    t = threading.Thread(target=step, daemon=True)
+    t.start()
+    t.join(30)
+
+    # assert: no self-deadlock; moved aside once
+    assert not t.is_alive() and got == [None]
+    assert len([p for p in tmp_path.iterdir() if ".corrupt-" in p.name]) == 1
