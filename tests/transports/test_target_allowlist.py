@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import stat
 import sys
@@ -233,3 +234,24 @@ def test_adb_serial_with_shell_or_option_characters_is_refused(serial):
     # execute / assert
     with pytest.raises(UserInputError, match="field 'serial'"):
         parse_target("adb://" + _quote(serial))
+
+
+@pytest.mark.parametrize("reach,field,char", [
+    ({"kind": "ssh", "host": "h", "user": "a$(id)"}, "reach.user", "$"),
+    ({"kind": "ssh", "host": "h", "workdir": "/tmp/`id`"}, "reach.workdir", "`"),
+    ({"kind": "adb", "serial": "x;reboot"}, "reach.serial", ";"),
+    ({"kind": "local", "python": "python3\n"}, "reach.python", "\n"),
+])
+def test_a_profiles_reach_takes_the_same_allowlist(reach, field, char):
+    # setup
+    from edgecompress.profiles import parse_profile
+    data = {"name": "b", "arch": "aarch64", "os": "linux", "cores": {"big": 4}, "memory_mb": 1024,
+            "runtimes": {"onnx": {"runtime": "onnxruntime"}}, "reach": reach}
+
+    # execute
+    with pytest.raises(UserInputError) as e:
+        parse_profile(data, "profile b")
+
+    # assert
+    msg = str(e.value)
+    assert "\n" not in msg and re.search(rf"field 'reach\.(\w+\.)?{field.split('.')[1]}'", msg) and repr(char) in msg
