@@ -16,6 +16,7 @@ from edgecompress.config import shown
 from edgecompress.errors import UserInputError
 
 CPU_SETSIZE = 1024
+MAX_TARGETS = 64  # devices benched at once by one `bench`: each gets a thread and a connection
 MAX_CPU_LIST_CHARS = 256
 # name: (lowest, highest, lowest may be equal). The flag is --name with '-' for '_'.
 BOUNDS: dict[str, tuple[float, float, bool]] = {

@@ -165,8 +165,12 @@ def _is_export(manifest: Path) -> bool:
 
 def _targets(urls: list[str], profile) -> dict:
     from edgecompress.transports.base import parse_target
+    from edgecompress.limits import MAX_TARGETS
     if not urls:
         return {profile.name: profile.reach}
+    if len(urls) > MAX_TARGETS:
+        raise UserInputError(f"{len(urls)} --target values; at most {MAX_TARGETS} devices per bench (one thread and "
+                             f"connection each): split the fleet")
     reaches = [parse_target(u, profile.reach) for u in urls]
     if len(reaches) == 1:
         return {profile.name: reaches[0]}

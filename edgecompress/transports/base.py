@@ -77,7 +77,7 @@ class SshReach(Cfg):
     known_hosts: Optional[str] = Field(None, description="UserKnownHostsFile; host key checking stays on")
     workdir: str = Field("/tmp", description="parent of the per-run directory made with mktemp -d")
     python: str = "python3"
-    connect_timeout_s: int = Field(10, ge=1)
+    connect_timeout_s: int = Field(10, ge=1, le=600)
 
     _host = _fields("host", "host")
     _user = _fields("name", "user")

@@ -177,3 +177,21 @@ def test_generated_numbers_pass_only_within_their_bounds(name, value):
     # assert
     ok = value == value and (lo <= value <= hi) and (inclusive or value > lo)
     assert (problem is None) == ok and (problem is None or "\n" not in problem)
+
+
+def test_a_fleet_and_a_connect_timeout_are_bounded(tmp_path, capsys):
+    # setup
+    from edgecompress.transports.base import parse_target
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    (tmp_path / "io.json").write_text('{"max_seq_len": 128}')
+    targets = [a for i in range(65) for a in ("--target", f"ssh://pi@board{i}")]
+
+    # execute
+    code = main(["bench", str(model), "--profile", "host", "--io", str(tmp_path / "io.json"), "--format", "onnx",
+                 *targets])
+
+    # assert
+    assert code == 2 and "65 --target values; at most 64" in capsys.readouterr().err
+    with pytest.raises(UserInputError, match="connect_timeout_s"):
+        parse_target("ssh://pi@board?connect_timeout_s=99999999")
