@@ -227,6 +227,10 @@ def parse_target(url: str, profile_reach=None):
         raise UserInputError(f"target {shown(url)}: {e}; expected ssh://user@[ipv6]:port") from None
     if parts.scheme not in ("ssh", "adb", "local"):
         raise UserInputError(f"target {shown(url)}: expected local, ssh://user@host:port, adb://SERIAL or qemu-arm64")
+    if parts.fragment or parts.path not in ("", "/"):
+        extra = parts.path + (f"#{parts.fragment}" if parts.fragment else "")
+        raise UserInputError(f"target {shown(url)}: {shown(extra)} has no meaning in a target; options go after "
+                             f"'?', e.g. ssh://pi@host?workdir=/tmp")
     kind = parts.scheme
     base = profile_reach.model_dump() if profile_reach is not None and profile_reach.kind == kind else {}
     query = dict(urllib.parse.parse_qsl(parts.query))

@@ -69,6 +69,13 @@ def test_control_and_non_ascii_characters_are_refused_not_dropped(url):
     assert "\n" not in str(e.value) and "character" in str(e.value)
 
 
+@pytest.mark.parametrize("url", ["ssh://pi@host#$(touch x)", "ssh://pi@host/$(id)", "adb://emu/x"])
+def test_a_path_or_fragment_in_a_target_is_refused_not_ignored(url):
+    # execute / assert
+    with pytest.raises(UserInputError, match="has no meaning in a target"):
+        parse_target(url)
+
+
 @pytest.mark.parametrize("url", ["ssh://pi@raspberrypi.local", "ssh://admin@10.0.0.7:2222?workdir=/home/admin/w",
                                  "ssh://pi@[fe80::1]:22?key=~/.ssh/id_ed25519", "adb://192.168.1.5:5555",
                                  "adb://emulator-5554?python=/data/data/com.termux/files/usr/bin/python3",
