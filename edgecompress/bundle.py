@@ -42,13 +42,15 @@ Try it: edgecompress predict THIS_FOLDER "some text"
 """)
 
 
-def read_tokenizer(folder: Path, io):
+def read_tokenizer(bundle, io):
     """The bundle's tokenizer (tokenizers.Tokenizer), truncating to the exported bound, no padding; refused when its
-    ids do not fit the model's embedding table."""
+    ids do not fit the model's embedding table. `bundle` is the export's reader (artifact.ExportFiles): the file
+    comes through its `file(name)`, confined to the folder and hash-checked, never by a path joined here."""
     from tokenizers import Tokenizer
-    path = Path(folder) / TOKENIZER
-    if not path.is_file():
-        raise UserInputError(f"{folder}: no {TOKENIZER}; this export predates bundles: re-export it (edgecompress run)")
+    path = bundle.file(TOKENIZER)
+    if path is None:
+        raise UserInputError(f"{bundle.folder}: no {TOKENIZER}; this export predates bundles: re-export it "
+                             f"(edgecompress run)")
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own exception types
@@ -63,13 +65,16 @@ def read_tokenizer(folder: Path, io):
     return tok
 
 
-def read_labels(folder: Path, num_labels: int) -> list[str]:
-    path = Path(folder) / LABELS
+def read_labels(bundle, num_labels: int) -> list[str]:
+    """labels.json through the export's reader (see read_tokenizer); class numbers when it has none."""
+    path = bundle.file(LABELS)
     try:
-        labels = json.loads(path.read_text())["labels"]
+        labels = json.loads(path.read_text())["labels"] if path is not None else None
     except (OSError, ValueError, KeyError, TypeError):
+        labels = None
+    if not isinstance(labels, list) or len(labels) != num_labels:
         return [str(i) for i in range(num_labels)]
-    return [str(x) for x in labels] if len(labels) == num_labels else [str(i) for i in range(num_labels)]
+    return [str(x) for x in labels]
 
 
 def samples(tok, texts: list[str], io) -> list[dict]:

@@ -102,7 +102,7 @@ def clearly_misses(measured: dict, budgets: dict[str, float], emulated: bool = F
 
 def judged(budgets: dict[str, float], emulated: bool) -> set[str]:
     """The budget keys a measurement on this target is judged against (bench's rule: profiles.EMULATION_SKEWED)."""
-    from edgecompress.profiles import EMULATION_SKEWED
+    from edgecompress.device.protocol import EMULATION_SKEWED
     return {k for k in budgets if not (emulated and k in EMULATION_SKEWED)}
 
 

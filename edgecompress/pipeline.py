@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgecompress import progress
+from edgecompress.artifact import Artifact
 from edgecompress.engine import Engine, process_group
 from edgecompress.errors import EdgeCompressError, UserInputError
 from edgecompress.paths import home

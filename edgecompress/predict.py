@@ -55,15 +55,16 @@ def predict_command(args) -> int:
     from edgecompress.bench.verify import predict_on_target
     from edgecompress.bundle import read_labels, read_tokenizer, samples
     from edgecompress.export.iospec import IOSpec
-    from edgecompress.transports.base import make_transport, parse_target
-    if args.threads < 1:
-        raise UserInputError("--threads must be >= 1")
+    from edgecompress.transports.base import make_transport
+    from edgecompress.transports.targets import parse_target
+    from edgecompress.limits import check_bounds
+    check_bounds({"threads": args.threads})
     texts = _texts(args)
     exp = open_export(args.artifact)
     check_runner_option(exp.format, args.runner)
     io = IOSpec.read(exp.io_json)
-    tok = read_tokenizer(exp.artifact.path, io)
-    labels = read_labels(exp.artifact.path, io.num_labels)
+    tok = read_tokenizer(exp, io)
+    labels = read_labels(exp, io.num_labels)
     with make_transport(parse_target(args.target)) as t:
         res = predict_on_target(t, exp.model_file, exp.io_json, FORMATS[exp.format].runtime, samples(tok, texts, io),
                                 threads=args.threads, runner=args.runner or default_runner(exp.format))

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from edgecompress.config import Cfg, first_error, parse_yaml, read_yaml, shown
 from edgecompress.errors import UserInputError
 from edgecompress.formats import FORMATS, PRECISIONS, Format, Runner, Runtime, default_runner
-from edgecompress.transports.base import AdbReach, LocalReach, Reach, SshReach
+from edgecompress.transports.reach import AdbReach, LocalReach, Reach, SshReach
 
 
 
@@ -46,12 +46,6 @@ class Int8Flavour(Cfg):
     weight_type: Literal["s8", "u8"] = "s8"
     per_channel: bool = True
     reduce_range: bool = False
-
-
-# Under qemu-user (the qemu-arm64 target) time runs 10-50x slow and RSS includes the emulator's JIT: these are not
-# device figures, so `bench` reports their budgets as skipped and `fit` does not judge them; file size and accuracy
-# still hold.
-EMULATION_SKEWED = ("p90_ms", "load_ms", "peak_rss_mb")
 
 
 class Budget(Cfg):

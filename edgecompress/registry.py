@@ -25,8 +25,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """name -> row (declared facts) and name -> implementation (registered by the row's module on import)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, rows_module: str):
+        """rows_module declares the built-in rows; it is imported before the first lookup, so asking the registry
+        works whatever the caller imported before."""
         self.kind = kind
+        self._rows_module = rows_module
         self._rows: dict[str, object] = {}
         self.table = MappingProxyType(self._rows)  # name -> row, read-only and live
         self._items: dict[str, T] = {}
@@ -40,15 +43,23 @@ class Registry(Generic[T]):
         self._rows[row.name] = row
         return row
 
+    def _load_rows(self) -> None:
+        if self._rows_module is not None:
+            module, self._rows_module = self._rows_module, None
+            importlib.import_module(module)
+
     def row(self, name: str):
+        self._load_rows()
         if name not in self._rows:  # schemas only admit declared names: reaching this is a bug, not bad input
             raise LookupError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._rows[name]
 
     def rows(self) -> list:
+        self._load_rows()
         return list(self._rows.values())
 
     def names(self) -> list[str]:
+        self._load_rows()
         return list(self._rows)
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -83,10 +94,10 @@ class StageSpec:
     starts_from_teacher: bool = False
 
 
-STAGES: Registry = Registry("stage")
-EXPORTERS: Registry = Registry("format")
-TRANSPORTS: Registry = Registry("transport")
-TASKS: Registry = Registry("task")
+STAGES: Registry = Registry("stage", "edgecompress.stage_configs")
+EXPORTERS: Registry = Registry("format", "edgecompress.formats")
+TRANSPORTS: Registry = Registry("transport", "edgecompress.transports.reach")
+TASKS: Registry = Registry("task", "edgecompress.tasks")
 
 
 def stage(module: str, *, starts_from_teacher: bool = False) -> Callable[[type], type]:

@@ -186,7 +186,7 @@ def build_verify(s: Session, node: Step) -> Build:
 
     def build(tmp: Path) -> None:
         model, tokenizer = s.load_model(parent), load_artifact_tokenizer(parent)
-        file = exp.path / exp.metrics["file"]
+        file = exp.checked(exp.metrics["file"])
         infer = EXPORTERS.get(exp.metrics["format"])().load(file, threads=r.bench.threads)
         test = s.splits["test"].subset(r.export.max_test_samples, r.seed)
         with progress.status(f"verifying {node.job}"):
@@ -205,10 +205,10 @@ def build_bench(s: Session, node: Step) -> Build:
         texts = s.splits["test"].subset(E2E_TEXTS, s.recipe.seed).texts  # a fixed sample of real sentences
         with tempfile.TemporaryDirectory(prefix="edgecompress-texts-") as d:
             (Path(d) / "texts.json").write_text(json.dumps(texts))
-            tok = exp.path / "tokenizer.json"
-            res = bench_file(exp.path / m["file"], exp.path / "io.json", m["runtime"], s.recipe.bench,
-                             expected_json=exp.path / "expected.json", runner=node.config["runner"],
-                             tokenizer_json=tok if tok.is_file() else None, texts_json=Path(d) / "texts.json")
+            res = bench_file(exp.checked(m["file"]), exp.checked("io.json"), m["runtime"], s.recipe.bench,
+                             expected_json=exp.checked("expected.json", missing_ok=True), runner=node.config["runner"],
+                             tokenizer_json=exp.checked("tokenizer.json", missing_ok=True),
+                             texts_json=Path(d) / "texts.json")
         if not res.get("ok", False):
             raise RuntimeFailure(f"benchmark of {node.job} failed: {res.get('error', 'no result')}")
         write_metrics(tmp, res)

@@ -73,7 +73,8 @@ def interleaved(exp, repeats: int, runs: int) -> dict:
 
 def labels(exp, target: str, limit, runner: str = "native") -> dict:
     from edgecompress.bench.verify import verify_labels
-    from edgecompress.transports.base import make_transport, parse_target
+    from edgecompress.transports.base import make_transport
+    from edgecompress.transports.targets import parse_target
     t0 = time.perf_counter()
     with make_transport(parse_target(target)) as t:
         res = verify_labels(exp, t, limit=limit, runner=runner)

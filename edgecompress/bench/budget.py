@@ -13,7 +13,8 @@ from typing import Iterable, Literal, Mapping, Optional, Sequence
 
 from edgecompress.bench.stats import regression_pct
 from edgecompress.errors import UserInputError
-from edgecompress.profiles import EMULATION_SKEWED, Budget, DeviceProfile
+from edgecompress.device.protocol import EMULATION_SKEWED
+from edgecompress.profiles import Budget, DeviceProfile
 
 RESULTS_SCHEMA = "edgecompress.bench/1"
 # (result field, budget field); all lower-is-better.

@@ -168,9 +168,13 @@ def _is_export(manifest: Path) -> bool:
 # ---------------------------------------------------------------- bench / check
 
 def _targets(urls: list[str], profile) -> dict:
-    from edgecompress.transports.base import parse_target
+    from edgecompress.transports.targets import parse_target
+    from edgecompress.limits import MAX_TARGETS
     if not urls:
         return {profile.name: profile.reach}
+    if len(urls) > MAX_TARGETS:
+        raise UserInputError(f"{len(urls)} --target values; at most {MAX_TARGETS} devices per bench (one thread and "
+                             f"connection each): split the fleet")
     reaches = [parse_target(u, profile.reach) for u in urls]
     if len(reaches) == 1:
         return {profile.name: reaches[0]}
@@ -187,9 +191,11 @@ def _cmd_bench(args) -> int:
     from edgecompress.bench.harness import bench_fleet
     from edgecompress.profiles import load_profile
 
-    bench = settings_from_args(args)
-    if not args.min_time_s >= 0:
-        raise UserInputError(f"--min-time-s must be >= 0 (got {args.min_time_s:g})")
+    from edgecompress.limits import check_bounds, check_cpu_list
+    check_bounds({name: getattr(args, name) for name in ("runs", "batch", "seq_len", "warmup_runs", "threads",
+                                                         "timeout_s", "min_time_s")})
+    check_cpu_list(args.cpu_list)
+    bench = BenchSettings().but(**{k: getattr(args, k, None) for k in BenchSettings.model_fields})
     profile = load_profile(args.profile)
     items = collect_items(args.path, profile, io=args.io, fmt=args.format, precision=args.precision,
                           threads=args.threads)
@@ -212,21 +218,6 @@ def _cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(doc))
     return _verdict(doc, profile, args, quiet_table=args.json)
-
-
-def settings_from_args(args) -> BenchSettings:
-    """The bench flags as BenchSettings (unset ones keep its defaults); an out-of-bounds value is one line naming the
-    flag."""
-    from pydantic import ValidationError
-    given = {k: getattr(args, k, None) for k in BenchSettings.model_fields}
-    try:
-        return BenchSettings().but(**given)
-    except ValidationError as e:
-        err = e.errors()[0]
-        flag = "--" + str(err["loc"][0]).replace("_", "-")
-        ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-        bound = next((f"must be {ops[k]} {v:g}" for k, v in (err.get("ctx") or {}).items() if k in ops), None)
-        raise UserInputError(f"{flag} {bound or err['msg'].lower()} (got {shown(err.get('input'))})") from None
 
 
 def _with_runner(item, runner: str):

@@ -129,11 +129,14 @@ def register(sub) -> None:
 
 def verify_command(args) -> int:
     """One JSON object on stdout. Exit 0 when agreement >= --min-agreement, 1 below it, 3 when the target failed."""
-    from edgecompress.transports.base import make_transport, parse_target
+    from edgecompress.transports.base import make_transport
+    from edgecompress.transports.targets import parse_target
     if args.limit is not None and args.limit < 1:
         raise UserInputError(f"--limit must be >= 1 (got {args.limit}); omit it to verify the whole test split")
-    if args.threads < 1 or args.timeout_s <= 0 or not 0 <= args.min_agreement <= 1:
-        raise UserInputError("--threads must be >= 1, --timeout-s > 0 and --min-agreement within [0, 1]")
+    from edgecompress.limits import check_bounds
+    check_bounds({"threads": args.threads, "timeout_s": args.timeout_s})
+    if not 0 <= args.min_agreement <= 1:
+        raise UserInputError("--min-agreement must be within [0, 1]")
     exp = open_export(args.artifact)
     check_runner_option(exp.format, args.runner)
     with make_transport(parse_target(args.target)) as t:

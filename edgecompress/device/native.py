@@ -22,8 +22,10 @@ toolchain file. The whole build is the flags in `_compile_argv`.
 
 Cache: $EDGECOMPRESS_HOME/native (default ~/.cache/edgecompress/native)/<key>, key = executorch version x ABI x a
 hash of the sources and flags, so an edited runner or another wheel rebuilds and nothing else does. A build is made
-in a temporary folder and renamed into place, so a half-finished build is never reused. After a build only the
-two most recently used builds per ABI are kept (prune_builds).
+in a temporary folder and renamed into place, so a half-finished build is never reused. A cached build is used only
+while its folder holds exactly the files build.json lists, each matching its sha256 (CI caches this folder between
+jobs: an edited launcher must be rebuilt, not run); otherwise it is rebuilt, saying so in one line. After a build
+only the two most recently used builds per ABI are kept (prune_builds).
 """
 from __future__ import annotations
 
@@ -269,11 +271,17 @@ def build_runner(abi: Optional[str] = None) -> Path:
     cxx = compiler_for(a)  # checked before anything is downloaded
     final = native_home() / build_key(a, version)
     if (final / RECORD).is_file():
-        try:
-            os.utime(final / RECORD)  # last used: what prune_builds keeps
-        except OSError:
-            pass
-        return final
+        problem = bundle_problem(final)
+        if problem is None:
+            try:
+                os.utime(final / RECORD)  # last used: what prune_builds keeps
+            except OSError:
+                pass
+            return final
+        # CI caches this folder between jobs: an edited or truncated bundle is rebuilt, never pushed and run.
+        from edgecompress.progress import stream
+        print(f"native runner cache {final}: {problem}; rebuilding it", file=stream(), flush=True)
+        _discard(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".build-"))
     os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the bundle is pushed and read as a normal folder
@@ -287,6 +295,39 @@ def build_runner(abi: Optional[str] = None) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
     prune_builds(a.name)
     return final
+
+
+def bundle_problem(bundle: Path) -> Optional[str]:
+    """None when the bundle folder holds exactly the files its build.json lists, each matching its sha256; else a
+    one-phrase reason."""
+    try:
+        listed = json.loads((Path(bundle) / RECORD).read_text())["files"]
+        if not isinstance(listed, dict) or not listed:
+            return f"{RECORD} lists no files"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{RECORD} is unreadable"
+    present = {f.name for f in Path(bundle).iterdir() if f.name != RECORD}
+    extra, missing = sorted(present - set(listed)), sorted(set(listed) - present)
+    if extra or missing:
+        return f"{(extra or missing)[0]} is {'not listed in' if extra else 'missing, yet listed in'} {RECORD}"
+    for name, digest in sorted(listed.items()):
+        f = Path(bundle) / name
+        if f.is_symlink() or not f.is_file() or _sha256(f) != digest:
+            return f"{name} does not match its sha256 in {RECORD}"
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a bad build out of its key (atomically: a concurrent process sees it gone, not half-deleted), then delete
+    it. Another process may have discarded it already."""
+    aside = folder.with_name(f".bad-{os.getpid()}-{folder.name}")
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        if folder.exists():
+            raise
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def prune_builds(abi_name: str, keep: int = KEEP_BUILDS) -> list[Path]:
@@ -305,8 +346,9 @@ def build_record(bundle: Path) -> dict:
 
 
 def bundle_files(bundle: Path, dest: str = "native") -> list[tuple[Path, str]]:
-    """(local path, path on the device) of every file to push: the folder is pushed as is, under `dest`."""
-    return [(f, f"{dest}/{f.name}") for f in sorted(Path(bundle).iterdir()) if f.is_file() and f.name != RECORD]
+    """(local path, path on the device) of every file to push: the files build.json lists (build_runner checked
+    their hashes), under `dest`."""
+    return [(Path(bundle) / name, f"{dest}/{name}") for name in sorted(build_record(bundle)["files"])]
 
 
 def launch_argv(bundle: str, abi: Optional[str] = None, emulator: Sequence[str] = ()) -> list[str]:

@@ -14,6 +14,7 @@ import threading
 import time
 import weakref
 
+from edgecompress.limits import request_problem
 from edgecompress.device.protocol import AGENT_FILES, AGENT_NAME, AgentRequest, agent_path, failure, parse_output
 from edgecompress.errors import EdgeCompressError
 
@@ -59,6 +60,9 @@ def run_agent(transport, request: AgentRequest, timeout_s: float, runner: str = 
     the runner's dict (+ transport, push_s, wall_s) or a failure dict. The transport is left open: several files on
     one device share it (and its staged native bundle)."""
     t0 = time.perf_counter()
+    out_of_bounds = request_problem(request, timeout_s)
+    if out_of_bounds:
+        return failure(out_of_bounds, "prepare", transport.describe(), t0)
     run_dir = f"run{os.getpid()}-{next(_run_ids)}"
     if runner == "native":
         command, failed = _native_command(transport, t0)

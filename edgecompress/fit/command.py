@@ -14,7 +14,7 @@ import yaml
 
 from edgecompress import progress
 from edgecompress.errors import UserInputError
-from edgecompress.profiles import EMULATION_SKEWED
+from edgecompress.device.protocol import EMULATION_SKEWED
 
 
 def parse_budgets(items: list[str]) -> dict[str, float]:
@@ -67,7 +67,7 @@ def _setup(args):
     from edgecompress.fitspace import candidates, space_of
     from edgecompress.model_dir import check_model_dir, resolve_model_dir
     from edgecompress.recipe import load_recipe, parse_recipe
-    from edgecompress.transports.base import parse_target
+    from edgecompress.transports.targets import parse_target
     budgets = parse_budgets(args.budget)
     recipe = load_recipe(args.recipe)
     if args.profile:

@@ -6,7 +6,7 @@ import html
 import json
 from pathlib import Path
 
-from edgecompress.profiles import EMULATION_SKEWED
+from edgecompress.device.protocol import EMULATION_SKEWED
 
 COLS = ("name", "status", "gflops", "params", "p90_ms", "file_mb", "peak_rss_mb", "load_ms", "val_accuracy",
         "test_accuracy", "why")

@@ -198,6 +198,7 @@ class FitSearch:
     # -- phase 3: train the top k with the recipe's protocol, measure again ------------------------------------
     def train(self, row: dict, runs_dir: Path) -> dict:
         """Distil, compress and export the candidate with the full protocol; judge the file on the target."""
+        from edgecompress.artifact import open_export
         from edgecompress.bench.harness import bench_file
         from edgecompress.pipeline import Runner
         from edgecompress.plan import make_plan
@@ -208,9 +209,9 @@ class FitSearch:
         if exp_row is None:
             raise RuntimeFailure(f"training {c.name} produced no {c.format}-int8 export: {report['failures']}")
         exp = Path(exp_row["export_path"])
+        files = open_export(exp)  # confined to the folder and hash-checked, like every artifact file read
         b = recipe.bench
-        m = bench_file(exp / json.loads((exp / "manifest.json").read_text())["metrics"]["file"], exp / "io.json",
-                       FORMATS[c.format].runtime, b, transport=self.transport,
+        m = bench_file(files.model_file, files.io_json, FORMATS[c.format].runtime, b, transport=self.transport,
                        runner=self.runner.plan.profile.runner_for(c.format))
         if not m.get("ok"):
             raise RuntimeFailure(f"measuring the trained {c.name} on {self.target} failed: {m.get('error')}")

@@ -1,8 +1,6 @@
-"""Transports: host code that reaches a device (local, ssh, adb). Each returns failures as data (ExecResult).
+"""Transports: host code that reaches a device (local, ssh, adb, qemu-arm64). Each returns failures as data
+(ExecResult). reach.py says how a device is reached (configs and rows), targets.py reads a target URL, base.py is the
+interface every transport implements.
 
 The top-level `targets/` folder is the other side: what gets copied onto the device (the bench agent).
 """
-from edgecompress.transports.base import (AdbReach, ExecResult, LocalReach, Reach, SshReach, Transport,
-                                       make_transport, parse_target)
-
-__all__ = ["AdbReach", "ExecResult", "LocalReach", "Reach", "SshReach", "Transport", "make_transport", "parse_target"]

@@ -1,4 +1,5 @@
-"""What every transport shares: how a device is reached (config as data), ExecResult, the interface, the URL parser.
+"""What every transport shares: ExecResult and the interface (how a device is reached is reach.py, the target URL
+parser targets.py).
 
 A transport never raises on a non-zero exit, an unreachable host or a timeout: it returns an ExecResult that
 carries the device's returncode and stderr (TVM's RunnerResult idea), so a fleet run reports one broken Pi
@@ -8,77 +9,14 @@ from __future__ import annotations
 
 import subprocess
 import time
-import urllib.parse
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Optional
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel
 
-from edgecompress.config import Cfg, first_error, shown
-from edgecompress.errors import UserInputError
 from edgecompress.registry import TRANSPORTS
-
-
-def no_option(value: Optional[str]) -> Optional[str]:
-    """A value that lands on a command line (host, user, serial, path) must never read as an option there, and never
-    carry whitespace or control characters that a remote shell or ssh's own parser would split on."""
-    if value is None:
-        return value
-    if value.startswith("-"):
-        raise ValueError("must not start with '-' (it would be read as a command-line option)")
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must not contain whitespace or control characters")
-    return value
-
-
-class LocalReach(Cfg):
-    kind: Literal["local"] = "local"
-    python: Optional[str] = Field(None, description="interpreter for the agent; default: the one running edgecompress")
-
-    _safe = field_validator("python")(classmethod(lambda cls, v: no_option(v)))
-
-
-class SshReach(Cfg):
-    kind: Literal["ssh"] = "ssh"
-    host: str = Field(..., min_length=1)
-    user: Optional[str] = None
-    port: int = Field(22, ge=1, le=65535)
-    key: Optional[str] = Field(None, description="identity file (ssh -i); default: ssh's own choice / agent")
-    known_hosts: Optional[str] = Field(None, description="UserKnownHostsFile; host key checking stays on")
-    workdir: str = Field("/tmp", description="parent of the per-run directory made with mktemp -d")
-    python: str = "python3"
-    connect_timeout_s: int = Field(10, ge=1)
-
-    _safe = field_validator("host", "user", "key", "known_hosts", "workdir", "python")(
-        classmethod(lambda cls, v: no_option(v)))
-
-
-class AdbReach(Cfg):
-    kind: Literal["adb"] = "adb"
-    serial: Optional[str] = Field(None, description="adb -s SERIAL; None = the only attached device")
-    workdir: str = Field("/data/local/tmp", description="the one world-writable place on a stock phone")
-    # A stock Android has no Python: Termux's is the usual one (run as the shell user it needs a readable path).
-    python: str = "python3"
-    adb: str = Field("adb", description="adb executable")
-
-    _safe = field_validator("serial", "workdir", "python", "adb")(classmethod(lambda cls, v: no_option(v)))
-
-
-Reach = Annotated[Union[LocalReach, SshReach, AdbReach], Field(discriminator="kind")]
-
-
-@dataclass(frozen=True)
-class TransportSpec:
-    """A transport: its kind (the target URL's scheme), the module that registers its Transport class."""
-    name: str
-    module: str
-
-
-for _spec in (TransportSpec("local", "edgecompress.transports.local"), TransportSpec("ssh", "edgecompress.transports.ssh"),
-              TransportSpec("adb", "edgecompress.transports.adb"), TransportSpec("qemu-arm64", "edgecompress.transports.qemu")):
-    TRANSPORTS.declare(_spec)
 
 
 @dataclass(frozen=True)
@@ -177,54 +115,3 @@ class Transport(ABC):
 
 def make_transport(reach) -> Transport:
     return TRANSPORTS.get(reach.kind)(reach)  # the kind's module is imported on first use
-
-
-_QUERY_FIELDS = {"ssh": {"key", "known_hosts", "workdir", "python", "connect_timeout_s"},
-                 "adb": {"workdir", "python", "adb"}, "local": {"python"}}
-
-
-def parse_target(url: str, profile_reach=None):
-    """`local` | `ssh://[user@]host[:port][?key=..&known_hosts=..&python=..&workdir=..]` | `adb://[SERIAL][?...]`.
-
-    Fields the URL leaves out come from the profile's reach when it is of the same kind (key, workdir, python),
-    so `--target ssh://pi@10.0.0.7` reuses the rpi4 profile's settings for another board of the same kind.
-    """
-    url = url.strip()
-    if url == "qemu-arm64" or url.startswith("qemu-arm64?"):  # an emulated Pi CPU on this host (transports/qemu.py)
-        from edgecompress.transports.qemu import parse_qemu_target
-        return parse_qemu_target(url)
-    if url == "local":
-        base = profile_reach.model_dump() if isinstance(profile_reach, LocalReach) else {}
-        return LocalReach(**base)
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as e:  # a malformed IPv6 literal ("ssh://u@[::1")
-        raise UserInputError(f"target {shown(url)}: {e}; expected ssh://user@[ipv6]:port") from None
-    if parts.scheme not in ("ssh", "adb", "local"):
-        raise UserInputError(f"target {shown(url)}: expected local, ssh://user@host:port, adb://SERIAL or qemu-arm64")
-    kind = parts.scheme
-    base = profile_reach.model_dump() if profile_reach is not None and profile_reach.kind == kind else {}
-    query = dict(urllib.parse.parse_qsl(parts.query))
-    unknown = set(query) - _QUERY_FIELDS[kind]
-    if unknown:
-        raise UserInputError(f"target {shown(url)}: unknown option(s) {sorted(unknown)}; known: {sorted(_QUERY_FIELDS[kind])}")
-    fields = {**base, **query, "kind": kind}
-    try:
-        if kind == "ssh":
-            if not parts.hostname:
-                raise UserInputError(f"target {shown(url)}: no host; expected ssh://user@host:port")
-            fields["host"] = parts.hostname
-            if parts.username:
-                fields["user"] = urllib.parse.unquote(parts.username)
-            if parts.port:
-                fields["port"] = parts.port
-            return SshReach(**fields)
-        if kind == "adb":
-            if parts.netloc:
-                fields["serial"] = urllib.parse.unquote(parts.netloc)
-            return AdbReach(**fields)
-        return LocalReach(**fields)
-    except ValidationError as e:
-        raise UserInputError(first_error(e, f"target {shown(url)}")) from None
-    except ValueError as e:  # urllib: port out of range / not a number
-        raise UserInputError(f"target {shown(url)}: {e}") from None

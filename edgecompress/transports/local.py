@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from edgecompress.registry import TRANSPORTS
-from edgecompress.transports.base import ExecResult, LocalReach, Transport, run_local
+from edgecompress.transports.base import ExecResult, Transport, run_local
+from edgecompress.transports.reach import LocalReach
 
 
 def copy_into(workdir: str, local_path: Path, remote_rel: str) -> ExecResult:

@@ -25,7 +25,7 @@ def _free_port() -> int:
 @contextmanager
 def loopback_sshd(d: Path) -> Iterator["SshReach"]:  # noqa: F821 - imported lazily below
     """Start sshd with everything under folder d; yield an SshReach for the current user; stop it on exit."""
-    from edgecompress.transports.base import SshReach
+    from edgecompress.transports.reach import SshReach
     if not SSHD.exists():
         raise FileNotFoundError(f"{SSHD} not installed (apt-get install openssh-server; see .ci/install-system-deps)")
     d = Path(d)

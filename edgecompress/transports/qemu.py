@@ -22,13 +22,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal, Optional
-
-from pydantic import Field, field_validator
+from typing import Optional
 
 from edgecompress.registry import TRANSPORTS
-from edgecompress.config import Cfg, first_error, shown
 from edgecompress.transports.base import ExecResult, Transport, run_local
+from edgecompress.transports.reach import QemuReach
 from edgecompress.transports.local import copy_into, copy_out_of
 
 KIND = "qemu-arm64"
@@ -46,28 +44,6 @@ def build_script() -> Path:
 def build_command(reach: Optional["QemuReach"] = None) -> str:
     # The folder is passed explicitly: sudo drops EDGECOMPRESS_HOME and HOME would become root's.
     return f"sudo bash {build_script()} {shlex.quote(str(rootfs_path(reach)))}"
-
-
-class QemuReach(Cfg):
-    kind: Literal["qemu-arm64"] = KIND
-    rootfs: Optional[str] = Field(None, description="default: $EDGECOMPRESS_QEMU_ROOTFS or $EDGECOMPRESS_HOME/qemu-arm64-rootfs")
-    # Cortex-A72 = Raspberry Pi 4: ARMv8.0 NEON, no sdot/udot, so onnxruntime takes its plain u8s8 NEON kernels as
-    # on the board. qemu's default "max" CPU has dot-product and i8mm: other kernels, other rounding.
-    cpu: str = Field("cortex-a72", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
-                     description="qemu -cpu model, e.g. cortex-a76 (Pi 5)")
-    qemu: str = Field("qemu-aarch64-static", description="the qemu-user binary")
-    python: str = Field("/usr/bin/python3", description="interpreter path inside the rootfs")
-
-
-    @field_validator("cpu")
-    @classmethod
-    def _not_max(cls, v: str) -> str:
-        # Measured: under "max" (SME enabled) the default int8 .pte gave sign-flipped logits while cortex-a53/a72/a76
-        # and neoverse-n1 agreed with x86 within 0.004. A target that computes wrong answers must not be offered.
-        if v in ("max", "host", "any"):
-            raise ValueError(f"cpu {v!r} emulates extensions (SME) that give wrong int8 results under qemu; use a "
-                             f"real core: cortex-a72 (Pi 4), cortex-a76 (Pi 5), cortex-a53 or neoverse-n1")
-        return v
 
 
 def rootfs_path(reach: Optional[QemuReach] = None) -> Path:
@@ -167,21 +143,3 @@ class QemuArm64Transport(Transport):
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-
-
-def parse_qemu_target(url: str) -> QemuReach:
-    """`qemu-arm64[?cpu=cortex-a76&rootfs=/path&qemu=...&python=...]` -> QemuReach (base.parse_target calls this)."""
-    import urllib.parse
-
-    from pydantic import ValidationError
-
-    from edgecompress.errors import UserInputError
-    _, _, query = url.partition("?")
-    fields = dict(urllib.parse.parse_qsl(query))
-    unknown = set(fields) - {"rootfs", "cpu", "qemu", "python"}
-    if unknown:
-        raise UserInputError(f"target {url!r}: unknown option(s) {sorted(unknown)}; known: cpu, python, qemu, rootfs")
-    try:
-        return QemuReach(**fields)
-    except ValidationError as e:
-        raise UserInputError(first_error(e, f"target {shown(url)}")) from None

@@ -9,7 +9,7 @@ import pytest
 
 from edgecompress.bench.harness import BenchItem, bench_fleet
 from edgecompress.cli import main
-from edgecompress.transports.base import LocalReach, SshReach
+from edgecompress.transports.reach import LocalReach, SshReach
 from tests._device import write_export_manifest
 
 

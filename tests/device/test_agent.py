@@ -30,7 +30,8 @@ def test_agent_on_tiny_onnx_reports_every_field(tiny_model):
     assert r["runtime"] == "onnxruntime" and r["transport"] == "local"
     assert r["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert r["file_mb"] == pytest.approx(model.stat().st_size / 2 ** 20, abs=1e-3)
-    assert r["peak_rss_mb"] > 10  # a Python process with onnxruntime loaded, in MiB (not kB, not bytes)
+    # a Python process with onnxruntime loaded is tens to hundreds of MiB: in kB it would read > 10,000
+    assert 10 < r["peak_rss_mb"] < 4096
 
 
 def test_agent_prints_exactly_one_json_line(tiny_model, tmp_path):

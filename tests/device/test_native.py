@@ -262,7 +262,8 @@ def test_run_agent_stages_the_arm64_bundle_on_the_emulated_target(tiny_pte, tmp_
         pytest.skip("qemu-user-static or g++-aarch64-linux-gnu not installed (see .ci/install-system-deps)")
     from edgecompress.bench.harness import bench_file
     from edgecompress.transports.base import make_transport
-    from edgecompress.transports.qemu import STAMP, QemuReach
+    from edgecompress.transports.qemu import STAMP
+    from edgecompress.transports.reach import QemuReach
     (tmp_path / "rootfs" / "tmp").mkdir(parents=True)
     (tmp_path / "rootfs" / STAMP).write_text("stand-in")
     model, io, _ = tiny_pte
@@ -272,3 +273,58 @@ def test_run_agent_stages_the_arm64_bundle_on_the_emulated_target(tiny_pte, tmp_
     # assert
     assert r["ok"], r
     assert r["runner"] == "native" and r["machine"] == "aarch64" and r["emulated"] is True
+
+
+# ---------------------------------------------------------------- a cached bundle is checked before it is used
+
+@pytest.fixture
+def fake_builds(tmp_path, monkeypatch):
+    """build_runner with a stand-in compile (two files and a launcher), counting builds, in a private cache."""
+    monkeypatch.setenv("EDGECOMPRESS_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "executorch_version", lambda: "9.9")
+    monkeypatch.setattr(native, "compiler_for", lambda abi: "g++")
+    builds = []
+
+    def compile_into(folder, abi, version):
+        builds.append(folder)
+        (folder / native.RUNNER).write_bytes(b"\x7fELF runner")
+        (folder / "libexecutorch.so").write_bytes(b"lib")
+        native._write_launcher(folder, abi)
+        return {"files": {f.name: native._sha256(f) for f in sorted(folder.iterdir())}}
+    monkeypatch.setattr(native, "_compile_into", compile_into)
+    return builds
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda b: (b / native.LAUNCHER).write_text("#!/bin/sh\ntouch /tmp/pwned\n"),   # an edited launcher
+    lambda b: (b / "libexecutorch.so").write_bytes(b""),                         # a truncated library
+    lambda b: (b / "libevil.so").write_bytes(b"x"),                              # a file nobody built
+    lambda b: (b / native.RUNNER).unlink(),                                      # a missing file
+    lambda b: (b / native.RECORD).write_text("{not json"),                       # an unreadable record
+])
+def test_a_tampered_cached_bundle_is_rebuilt_not_used(fake_builds, tamper, capsys):
+    # setup
+    first = native.build_runner()
+    good = native.build_record(first)["files"]
+    tamper(first)
+
+    # execute
+    again = native.build_runner()
+
+    # assert: rebuilt (said in one line), the new bundle matches its record, and only recorded files get pushed
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(fake_builds) == 2 and again == first
+    assert len(err) == 1 and "native runner cache" in err[0] and "rebuilding" in err[0]
+    assert native.bundle_problem(again) is None and native.build_record(again)["files"] == good
+    assert sorted(rel.split("/", 1)[1] for _, rel in native.bundle_files(again)) == sorted(good)
+
+
+def test_an_intact_cached_bundle_is_reused_silently(fake_builds, capsys):
+    # setup
+    first = native.build_runner()
+
+    # execute
+    again = native.build_runner()
+
+    # assert
+    assert again == first and len(fake_builds) == 1 and capsys.readouterr().err == ""

@@ -49,6 +49,25 @@ def test_agent_summary_matches_numpy(agent):
     assert s["mean_ms"] == pytest.approx(np.mean(values), abs=1e-4) and s["runs"] == 97
 
 
+def test_peak_rss_is_in_mib_from_either_source(agent, monkeypatch):
+    # setup: what the kernel says in kB, both ways
+    import builtins
+    import resource
+    hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+
+    # execute
+    from_proc = agent.peak_rss_mb()
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: (_ for _ in ()).throw(OSError("no /proc"))
+                        if str(p) == "/proc/self/status" else real_open(p, *a, **k))
+    from_rusage = agent.peak_rss_mb()
+    maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    # assert: MiB, not kB or bytes (a unit slip is a factor of 1024)
+    assert from_proc == pytest.approx(hwm_kb / 1024, rel=0.05)
+    assert from_rusage == pytest.approx(maxrss_kb / 1024, rel=0.05)
+
+
 def test_agent_cpu_list_parser(agent):
     # execute / assert
     assert agent.parse_cpu_list("4-7,9") == {4, 5, 6, 7, 9}

@@ -12,7 +12,8 @@ import pytest
 from edgecompress.bench.harness import bench_file
 from edgecompress.errors import UserInputError
 from edgecompress.transports.adb import AdbTransport
-from edgecompress.transports.base import AdbReach, LocalReach, SshReach, parse_target
+from edgecompress.transports.reach import AdbReach, LocalReach, SshReach
+from edgecompress.transports.targets import parse_target
 from edgecompress.transports.local import LocalTransport
 from edgecompress.transports.ssh import SshTransport
 from edgecompress.registry import TRANSPORTS
@@ -65,7 +66,7 @@ def test_bench_through_real_sshd_on_localhost(sshd, tiny_model):
     # assert
     assert r["ok"] is True, r
     assert r["transport"] == f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
-    assert r["p90_ms"] > 0 and r["seq_len"] == 32 and r["peak_rss_mb"] > 10
+    assert r["p90_ms"] > 0 and r["seq_len"] == 32 and 10 < r["peak_rss_mb"] < 4096
     assert remote_dir.startswith(sshd.workdir + "/edgecompress-")
     assert not os.path.exists(remote_dir)  # cleanup removed the mktemp dir on the "device"
 

@@ -10,10 +10,14 @@ from edgecompress.export.base import IOSpec
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory, minilm_tokenizer):
-    d = tmp_path_factory.mktemp("bundle")
-    minilm_tokenizer.backend_tokenizer.save(str(d / "tokenizer.json"))
-    (d / "labels.json").write_text('{"labels": ["neg", "pos"]}')
-    return d
+    from edgecompress.artifact import Store, open_export
+    store = Store(tmp_path_factory.mktemp("bundle"))
+    with store.create("export", "e0", {"format": "onnx", "precision": "fp32"}, []) as d:
+        (d / "model.onnx").write_bytes(b"x")
+        (d / "io.json").write_text("{}")
+        minilm_tokenizer.backend_tokenizer.save(str(d / "tokenizer.json"))
+        (d / "labels.json").write_text('{"labels": ["neg", "pos"]}')
+    return open_export(store.path_for("export", "e0"))  # bundle files are read through the export's reader
 
 
 def test_tokenizer_bigger_than_the_embedding_table_is_refused(bundle_dir):

@@ -37,7 +37,7 @@ def test_plan_accepts_fp32_only_exports_of_a_format_that_refuses_the_int8_intent
     # execute
     plan = make_plan(recipe)
     # assert
-    assert "export:ptl-fp32" in plan.steps
+    assert "ptl-fp32" in plan.steps and plan.graph["ptl-fp32"].step == "export"
 
 
 def test_profile_int8_flavour_that_makes_an_invalid_intent_is_refused(tmp_path):

@@ -63,7 +63,7 @@ def test_unknown_key_is_named(tmp_path):
         load_profile(f)
 
     # assert
-    assert "unknown key 'reach.ssh.hots'" in _one_line(e)
+    assert "unknown key 'reach.hots'" in _one_line(e)
 
 
 @pytest.mark.parametrize("body, fragment", [
