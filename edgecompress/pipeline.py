@@ -17,7 +17,7 @@ import numpy as np
 
 from edgecompress import progress
 from edgecompress.artifact import Artifact, Store, artifact_id, sha256_file
-from edgecompress.data import EVAL_BATCH, batches
+from edgecompress.data import batches
 from edgecompress.errors import EdgeCompressError, RuntimeFailure, UserInputError
 from edgecompress.formats import FORMATS
 from edgecompress.plan import Plan, make_plan
@@ -171,11 +171,12 @@ class Runner:
         r = self.recipe
         config = {"source": _teacher_identity(self.plan.teacher_dir), "finetune": r.teacher.finetune,
                   "data": self._data_id, "num_labels": self.plan.num_labels, "seed": r.seed,
-                  "max_seq_len": r.data.max_seq_len}
+                  "max_seq_len": r.data.max_seq_len, **ctx.placement.id_part()}
 
         def build(tmp: Path) -> None:
             import torch
             from edgecompress.modeling import load_tokenizer
+            progress.log(f"[teacher] on {ctx.placement}")
             torch.manual_seed(r.seed)
             model = load_classifier(self.plan.teacher_dir, self.plan.num_labels)
             tokenizer = load_tokenizer(self.plan.teacher_dir)
@@ -185,9 +186,9 @@ class Runner:
                 model, tokenizer, metrics = res.model, res.tokenizer, res.metrics
             else:
                 from edgecompress.compress.train import accuracy
-                metrics = {"test_accuracy": accuracy(model, ctx.batches(tokenizer, "test", EVAL_BATCH, shuffle=False))}
+                metrics = {"test_accuracy": accuracy(model, ctx.eval_batches(tokenizer, "test"), ctx.placement)}
             _save_model(model, tokenizer, tmp / "model")
-            _write_metrics(tmp, metrics)
+            _write_metrics(tmp, {**metrics, **ctx.placement.record()})
         return self.step("teacher", config, [], build)
 
     def stage(self, cfg, parent: Artifact, teacher, ctx, index: int) -> Artifact:
@@ -198,13 +199,15 @@ class Runner:
 
         def build(tmp: Path) -> None:
             import torch
+            progress.log(f"[{index + 1}-{cfg.kind}] on {ctx.placement}")
             torch.manual_seed(self.recipe.seed + index)
             model = teacher.model if stage.starts_from_teacher else load_artifact_model(parent)
             # Each artifact carries its own tokenizer: vocabulary trimming changes the ids downstream of it.
             res = stage(model, load_artifact_tokenizer(parent), cfg, ctx, teacher)
             _save_model(res.model, res.tokenizer, tmp / "model")
-            _write_metrics(tmp, res.metrics)
-        return self.step(cfg.kind, {"stage": cfg.model_dump(), "seed": self.recipe.seed, "index": index},
+            _write_metrics(tmp, {**res.metrics, **ctx.placement.record()})
+        return self.step(cfg.kind, {"stage": cfg.model_dump(), "seed": self.recipe.seed, "index": index,
+                                    **ctx.placement.id_part()},
                           [parent.id], build, label=f"{index + 1}-{cfg.kind}")
 
     def quant_for(self, precision: str):
@@ -225,7 +228,7 @@ class Runner:
         return CalibData(
             inputs=lambda: (b[0] for b in rows("train", q.calibration.batch_size, True, n_cal)),
             train=(lambda: rows("train", q.qat.batch_size, True, q.qat.max_train_samples)) if q.qat else None,
-            validation=lambda: [(b[0], b[1]) for b in rows("validation", 32, False)])
+            validation=lambda: [(b[0], b[1]) for b in rows("validation", 32, False)], placement=self.plan.placement)
 
     def export(self, fmt: str, precision: str, parent: Artifact, label: str) -> Artifact:
         from edgecompress.export.base import IOSpec, file_mb, read_io_beside
@@ -305,7 +308,7 @@ class Runner:
         r = self.recipe
         self._data_id = fingerprint(r.data)
         self.splits = load_splits(r.data)
-        return StageContext(self.splits, r.data.max_seq_len, r.seed)
+        return StageContext(self.splits, r.data.max_seq_len, r.seed, self.plan.placement)
 
     # -- whole run -----------------------------------------------------------------------------------------
     def run(self) -> dict:

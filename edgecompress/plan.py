@@ -23,6 +23,7 @@ class Plan:
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fit_candidates: Optional[int] = None  # the size of the recipe's fit space, when it has one
+    placement: Optional[object] = None  # compute.Placement: where every training runs, resolved once here
 
 
 def _tokenizer_vocab_size(model_dir: Path) -> Optional[int]:
@@ -85,8 +86,10 @@ def make_plan(recipe: Recipe) -> Plan:
              + [f"export:{f}-{p}" for f in recipe.export.formats for p in recipe.export.precisions]
              + ["export:teacher-onnx-fp32" if "onnx" in recipe.export.formats else None, "verify", "bench",
                 "report"])
+    from edgecompress.compute import resolve  # refuses cuda/mps where there is none; no torch on a CPU-only build
     return Plan(recipe, teacher_dir, ddir, n_labels, {k: len(v) for k, v in splits.items()}, profile,
-                [s for s in steps if s], fit_candidates=len(cands) if cands is not None else None)
+                [s for s in steps if s], fit_candidates=len(cands) if cands is not None else None,
+                placement=resolve(recipe.compute))
 
 
 def check_formats(recipe: Recipe, profile, formats=None, precisions=None, field: str = "export.formats") -> None:
@@ -126,7 +129,7 @@ def plan_command(recipe_path: Optional[Path], json_output: bool = False) -> int:
     plan = make_plan(load_recipe(recipe_path))
     summary = {"recipe": plan.recipe.name, "teacher": str(plan.teacher_dir), "data": str(plan.data_dir),
                "num_labels": plan.num_labels, "split_sizes": plan.split_sizes, "profile": plan.recipe.profile,
-               "steps": plan.steps}
+               "steps": plan.steps, "compute": plan.placement.record()}
     if plan.fit_candidates is not None:
         from edgecompress.fit.space import space_of
         summary["fit_candidates"] = {"count": plan.fit_candidates, "formats": list(space_of(plan.recipe).formats)}

@@ -48,7 +48,7 @@ def prepare_torch(model, quant, calib, embeddings_default: bool) -> tuple[object
         from edgecompress.export.quant.qat import qat_finetune
         batches = train_rows(calib, quant.qat.max_train_samples, quant.qat.batch_size)
         model, res = qat_finetune(model, batches, quant.qat, static=quant.activations == "static",
-                                  per_channel=quant.per_channel)
+                                  per_channel=quant.per_channel, placement=getattr(calib, "placement", None))
         notes.append(f"QAT: {len(batches)} batches x {quant.qat.epochs} epoch(s) of fake-quant fine-tuning under "
                      f"distillation from the fp32 model ({quant.activations} activations simulated)")
         details["qat"] = {"batches": len(batches), "seconds": round(res.seconds, 1),

@@ -28,6 +28,9 @@ class CalibData:
     inputs: Callable[[], Iterable[Batch]]                      # a fresh iterator of input batches per call
     train: Optional[Callable[[], list]] = None                  # -> [(inputs, labels, row_idx)] for QAT
     validation: Optional[Callable[[], list[Labelled]]] = None   # -> [(inputs, labels)] for fallback
+    # Where QAT trains (compute.Placement; None: the CPU). Calibration itself stays on the CPU: onnxruntime
+    # calibrates the ONNX file and PT2E the exported CPU graph, so no exporter can take it to an accelerator.
+    placement: Optional[object] = None
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self.inputs())
