@@ -46,3 +46,36 @@ def test_bench_batch_does_not_re_export_a_format_with_dynamic_batch():
     before, after = _ids({}, fmt="onnx"), _ids({"bench": {"batch": 2}}, fmt="onnx")
     # assert
     assert before["export"] == after["export"] and before["bench"] != after["bench"]
+
+
+def _training_configs(placement) -> list[dict]:
+    """The configs the runner hashes for the teacher and each stage of the default recipe, on `placement`."""
+    from pathlib import Path
+
+    from edgecompress.compress.base import StageContext
+    from edgecompress.pipeline import Runner
+    from edgecompress.plan import make_plan
+    plan = make_plan(parse_recipe({**BASE}))
+    runner = Runner(plan, Path("unused"))
+    seen: list[dict] = []
+    runner.step = lambda step, config, parents, build, label=None, force=False: seen.append(config)
+    runner._data_id = "data"
+    ctx = StageContext({}, 128, 0, placement)
+    runner.teacher(ctx)
+    for i, cfg in enumerate(plan.recipe.stages):
+        runner.stage(cfg, type("Parent", (), {"id": "parent"}), None, ctx, i)
+    return seen
+
+
+def test_the_device_stays_out_of_training_ids_and_a_reduced_precision_enters_them():
+    # setup
+    from edgecompress.compute import CPU, Placement
+    # execute
+    cpu = _training_configs(CPU)
+    gpu = _training_configs(Placement("cuda:0", "fp32", "NVIDIA H200"))
+    bf16 = _training_configs(Placement("cuda:0", "bf16", "NVIDIA H200"))
+    # assert: a CPU run hashes exactly the keys it always did (its ids are unchanged); a GPU in fp32 makes the same
+    # artifacts; bf16 training makes other ones
+    assert all("precision" not in c and "device" not in c for c in cpu)
+    assert [artifact_id("s", c, []) for c in cpu] == [artifact_id("s", c, []) for c in gpu]
+    assert all(c["precision"] == "bf16" for c in bf16) and len(bf16) == len(cpu) == 3
