@@ -172,6 +172,19 @@ def resolve(cfg: Optional[ComputeCfg] = None) -> Placement:
     return Placement(device, _resolve_precision(cfg.precision, device), name)
 
 
+def trainings(recipe, placement: Placement) -> dict:
+    """What `plan` prints: the placement, and the precision each training of the recipe will use (QAT is always fp32;
+    Taylor importance runs fp16 as fp32)."""
+    steps = {"teacher:finetune" if recipe.teacher.finetune else "teacher:load": placement.precision}
+    for s in recipe.stages:
+        taylor = getattr(s, "method", getattr(s, "importance", None)) == "taylor"
+        steps[s.kind] = "fp32" if taylor and placement.precision == "fp16" and not getattr(s, "recovery", None) \
+            else placement.precision
+    if recipe.quantize.qat is not None and "int8" in recipe.export.precisions:
+        steps["qat"] = "fp32"
+    return {**placement.record(), "trainings": steps}
+
+
 # -- torch side: one mover for models, one for batches ----------------------------------------------------------
 
 def device_of(model) -> str:

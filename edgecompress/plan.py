@@ -126,10 +126,11 @@ def check_formats(recipe: Recipe, profile, formats=None, precisions=None, field:
 
 
 def plan_command(recipe_path: Optional[Path], json_output: bool = False) -> int:
+    from edgecompress.compute import trainings
     plan = make_plan(load_recipe(recipe_path))
     summary = {"recipe": plan.recipe.name, "teacher": str(plan.teacher_dir), "data": str(plan.data_dir),
                "num_labels": plan.num_labels, "split_sizes": plan.split_sizes, "profile": plan.recipe.profile,
-               "steps": plan.steps, "compute": plan.placement.record()}
+               "steps": plan.steps, "compute": trainings(plan.recipe, plan.placement)}
     if plan.fit_candidates is not None:
         from edgecompress.fit.space import space_of
         summary["fit_candidates"] = {"count": plan.fit_candidates, "formats": list(space_of(plan.recipe).formats)}

@@ -134,7 +134,20 @@ def test_plan_says_where_the_trainings_run(capsys):
     # assert
     import json
     summary = json.loads(capsys.readouterr().out)
-    assert rc == 0 and summary["compute"] == {"device": "cpu", "precision": "fp32", "device_name": "cpu"}
+    assert rc == 0 and summary["compute"] == {"device": "cpu", "precision": "fp32", "device_name": "cpu",
+                                              "trainings": {"teacher:finetune": "fp32", "distill": "fp32",
+                                                            "prune": "fp32"}}
+
+
+def test_plan_names_the_precision_of_each_training_qat_in_fp32():
+    # setup
+    from edgecompress.compute import trainings
+    recipe = parse_recipe({"quantize": {"qat": {"epochs": 1}}, "stages": [
+        {"kind": "distill"}, {"kind": "prune", "method": "taylor", "sparsity": 0.3}]})
+    # execute
+    got = trainings(recipe, Placement("cuda:0", "fp16", "GPU"))
+    # assert: a Taylor prune without recovery only scores (in fp32); QAT learns int8 rounding in fp32
+    assert got["trainings"] == {"teacher:finetune": "fp16", "distill": "fp16", "prune": "fp32", "qat": "fp32"}
 
 
 def test_only_a_reduced_precision_enters_a_training_step_id():
