@@ -13,7 +13,8 @@ test passes and, for distill, the teacher-logits cache. Utilisation is sampled e
 (torch.cuda.utilization through pynvml, else nvidia-smi), absent on CPU/MPS.
 
 Reproduce (CPU here; 2 cores, 2 threads, OMP_WAIT_POLICY=PASSIVE):
-    python benchmarks/accelerator/run.py --device cpu --precision fp32 --max-train-samples 256 --out results_cpu
+    python benchmarks/accelerator/run.py --device cpu --precision fp32 --max-train-samples 256 \
+        --max-eval-samples 256 --threads 2 --out results_cpu
 On a lent GPU (see README.md: prepare here, then one call there):
     python benchmarks/accelerator/run.py --device cuda --precision fp32,bf16 --out results_gpu
 """
@@ -160,7 +161,7 @@ def run_one(kind: str, device: str, precision: str, args, splits, tdir: Path) ->
     tok = load_tokenizer(tdir)
     model = make_teacher(kind, tdir, num_labels(splits), recipe.seed)
     common = {"teacher": kind, "teacher_params": count_params(model), **placement.record(),
-              "max_train_samples": n, "threads": torch.get_num_threads()}
+              "max_train_samples": n, "eval_samples": len(splits["test"]), "threads": torch.get_num_threads()}
     rows = []
     label = f"{kind} {placement.device} {placement.precision}"
     print(f"[{label}] fine-tune teacher ({ft_cfg.max_train_samples} rows)", flush=True)
@@ -179,7 +180,8 @@ def run_one(kind: str, device: str, precision: str, args, splits, tdir: Path) ->
     return rows
 
 
-COLUMNS = ["teacher", "stage", "device", "precision", "device_name", "max_train_samples", "threads", "seconds",
+COLUMNS = ["teacher", "stage", "device", "precision", "device_name", "max_train_samples", "eval_samples", "threads",
+           "seconds",
            "train_seconds", "test_accuracy", "peak_accel_mem_mib", "util_max_pct", "util_mean_pct"]
 
 
@@ -200,6 +202,8 @@ def main() -> None:
     ap.add_argument("--teachers", default="minilm,base", help="comma list of minilm, base")
     ap.add_argument("--max-train-samples", type=int, default=None,
                     help="train rows per stage (teacher fine-tune at most 6000, the default recipe's; None: as shipped)")
+    ap.add_argument("--max-eval-samples", type=int, default=None,
+                    help="validation and test rows (None: all 1,586 each); every epoch validates on them")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--teacher-dir", default=None, help="MiniLM folder (default: packaged, else /tmp/teacher)")
     ap.add_argument("--out", default="results", help="writes <out>.json and <out>.md beside this file")
@@ -211,6 +215,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     splits = load_splits(DataCfg())
+    splits = {k: v if k == "train" else v.subset(args.max_eval_samples, 0) for k, v in splits.items()}
     tdir = teacher_dir(args.teacher_dir)
     env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
