@@ -188,10 +188,12 @@ def trainings(recipe, placement: Placement) -> dict:
 # -- torch side: one mover for models, one for batches ----------------------------------------------------------
 
 def device_of(model) -> str:
+    """The model's device as a Placement spells it (torch says "mps:0" for the one MPS device)."""
     try:
-        return str(next(model.parameters()).device)
+        dev = str(next(model.parameters()).device)
     except StopIteration:
         return "cpu"
+    return "mps" if dev.startswith("mps") else dev
 
 
 @contextlib.contextmanager

@@ -233,4 +233,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from edgecompress.errors import UserInputError
+    try:
+        main()
+    except UserInputError as e:  # e.g. --device cuda where there is none: one line, as the CLI says it
+        raise SystemExit(f"benchmarks/accelerator: {e}") from None
