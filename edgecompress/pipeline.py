@@ -372,7 +372,7 @@ def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool =
     for folder, what in ((Path(out_dir), "--out"), (home(), "EDGECOMPRESS_HOME")):
         _check_folder(folder, what)
     plan = make_plan(recipe)
-    progress.log(f"plan OK in {time.perf_counter() - t0:.2f} s: {' -> '.join(plan.steps)}")
+    progress.log(f"plan OK in {time.perf_counter() - t0:.2f} s: {' -> '.join(plan.steps)}; training on {plan.placement}")
     run_dir = Path(out_dir) / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
     from edgecompress.noise import to_log
