@@ -63,6 +63,38 @@ def test_a_cpu_batch_is_the_numpy_memory_itself_and_an_epoch_is_built_as_tensors
     assert isinstance(epoch[0][1], torch.Tensor) and isinstance(epoch[0][2], np.ndarray)
 
 
+def test_on_cuda_an_epoch_is_pinned_once_and_each_batch_is_copied_without_blocking(monkeypatch):
+    # setup: a CPU box cannot pin or copy to a GPU, so both are recorded instead
+    gpu = Placement("cuda:0", "bf16", "GPU")
+    pinned, copies = [], []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: True)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: copies.append((a, k)) or self)
+    batches = [({"input_ids": np.zeros((2, 3), dtype=np.int64), "attention_mask": np.ones((2, 3), dtype=np.int64)},
+                np.array([0, 1]), np.array([0, 1]))]
+    # execute
+    epoch = pin(batches, gpu)
+    inputs = place_batch(epoch[0][0], gpu)
+    # assert: inputs and labels pinned when the epoch is built; each copy to the GPU is asynchronous
+    assert len(pinned) == 3 and set(inputs) == {"input_ids", "attention_mask"}
+    assert copies == [(("cuda:0",), {"non_blocking": True})] * 2
+
+
+def test_autocast_follows_the_placement_and_fp32_is_no_autocast_at_all():
+    # setup
+    import contextlib
+    import warnings
+    from edgecompress.compute import autocast
+    # execute
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CUDA autocast built on a CPU-only torch warns that it is disabled
+        gpu = autocast(Placement("cuda:1", "fp16", "GPU"))
+    cpu = autocast(CPU)
+    # assert
+    assert (gpu.device, gpu.fast_dtype) == ("cuda", torch.float16)
+    assert isinstance(cpu, contextlib.nullcontext)
+
+
 def _watch(model, seen: list):
     """Record, for every forward of `model`, whether it ran under CPU autocast."""
     return model.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
