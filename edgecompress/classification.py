@@ -22,6 +22,6 @@ class Classification:
                                                                   use_safetensors=True).eval()
 
     @staticmethod
-    def evaluate(model, batches) -> float:
+    def evaluate(model, batches, placement=None) -> float:
         from edgecompress.compress.train import accuracy
-        return accuracy(model, batches)
+        return accuracy(model, batches) if placement is None else accuracy(model, batches, placement)

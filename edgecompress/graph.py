@@ -77,13 +77,14 @@ class Graph:
 
 
 # -- what each step's id covers -------------------------------------------------------------------------------------
-def teacher_config(r, source_identity: dict, data_id: str, num_labels: int) -> dict:
+def teacher_config(r, source_identity: dict, data_id: str, num_labels: int, placement=None) -> dict:
+    """placement (compute.Placement) adds what a training's id depends on: a reduced precision, never the device."""
     return {"source": source_identity, "finetune": r.teacher.finetune, "data": data_id, "num_labels": num_labels,
-            "seed": r.seed, "max_seq_len": r.data.max_seq_len}
+            "seed": r.seed, "max_seq_len": r.data.max_seq_len, **(placement.id_part() if placement else {})}
 
 
-def stage_config(r, cfg, index: int) -> dict:
-    return {"stage": cfg.model_dump(), "seed": r.seed, "index": index}
+def stage_config(r, cfg, index: int, placement=None) -> dict:
+    return {"stage": cfg.model_dump(), "seed": r.seed, "index": index, **(placement.id_part() if placement else {})}
 
 
 def export_config(r, fmt: str, precision: str, quant, labels: list[str]) -> dict:
@@ -125,13 +126,14 @@ class Facts:
     labels: list[str]
 
 
-def run_graph(r, profile, facts: Facts) -> Graph:
-    """teacher -> stages -> per (format, precision): export -> verify, bench; plus the fp32 teacher ONNX baseline."""
+def run_graph(r, profile, facts: Facts, placement=None) -> Graph:
+    """teacher -> stages -> per (format, precision): export -> verify, bench; plus the fp32 teacher ONNX baseline.
+    placement: where the trainings run (compute.Placement; None: the CPU in fp32)."""
     g = Graph()
-    g.add("teacher", "teacher", teacher_config(r, facts.teacher_identity, facts.data_id, facts.num_labels))
+    g.add("teacher", "teacher", teacher_config(r, facts.teacher_identity, facts.data_id, facts.num_labels, placement))
     student = "teacher"
     for i, cfg in enumerate(r.stages):
-        student = g.add(f"{i + 1}-{cfg.kind}", cfg.kind, stage_config(r, cfg, i), (student,), spec=cfg).label
+        student = g.add(f"{i + 1}-{cfg.kind}", cfg.kind, stage_config(r, cfg, i, placement), (student,), spec=cfg).label
     jobs = [(f, p, student, f"{f}-{p}") for f in r.export.formats for p in r.export.precisions]
     if "onnx" in r.export.formats:
         jobs.insert(0, ("onnx", "fp32", "teacher", BASELINE))

@@ -108,7 +108,7 @@ def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool =
     plan = make_plan(recipe)
     chain = [n.label for n in plan.graph if n.job is None]
     progress.log(f"plan OK in {time.perf_counter() - t0:.2f} s: {len(plan.graph)} steps: {' -> '.join(chain)}, then "
-                 f"export, verify and bench {', '.join(plan.graph.jobs())}")
+                 f"export, verify and bench {', '.join(plan.graph.jobs())}; training on {plan.placement}")
     run_dir = Path(out_dir) / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
     from edgecompress.logs import to_log

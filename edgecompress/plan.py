@@ -25,6 +25,7 @@ class Plan:
     splits: dict = field(default_factory=dict, repr=False)  # read once here, used by the run's stages
     notes: list[str] = field(default_factory=list)
     fit_candidates: Optional[int] = None  # the size of the recipe's fit space, when it has one
+    placement: Optional[object] = None  # compute.Placement: where every training runs, resolved once here
 
     @property
     def steps(self) -> list[str]:
@@ -94,10 +95,13 @@ def make_plan(recipe: Recipe) -> Plan:
     check_formats(recipe, profile)
     if space:  # every candidate is exported int8 in each of the space's formats
         check_formats(recipe, profile, formats=space.formats, precisions=["int8"], field="fit.formats")
+    from edgecompress.compute import resolve  # refuses cuda/mps where there is none; no torch on a CPU-only build
     from edgecompress.data import fingerprint
+    placement = resolve(recipe.compute)
     facts = Facts(teacher_identity(teacher_dir), fingerprint(recipe.data), n_labels, splits["train"].label_names)
     return Plan(recipe, teacher_dir, ddir, n_labels, {k: len(v) for k, v in splits.items()}, profile,
-                run_graph(recipe, profile, facts), splits, fit_candidates=len(cands) if cands is not None else None)
+                run_graph(recipe, profile, facts, placement), splits,
+                fit_candidates=len(cands) if cands is not None else None, placement=placement)
 
 
 def check_formats(recipe: Recipe, profile, formats=None, precisions=None, field: str = "export.formats") -> None:
@@ -134,10 +138,12 @@ def check_formats(recipe: Recipe, profile, formats=None, precisions=None, field:
 
 
 def plan_command(recipe_path: Optional[Path], json_output: bool = False) -> int:
+    from edgecompress.compute import trainings
     plan = make_plan(load_recipe(recipe_path))
     summary = {"recipe": plan.recipe.name, "teacher": str(plan.teacher_dir), "data": str(plan.data_dir),
                "num_labels": plan.num_labels, "split_sizes": plan.split_sizes, "profile": plan.recipe.profile,
-               "steps": [f"{n.label} ({n.step}-{n.id})" for n in plan.graph]}
+               "steps": [f"{n.label} ({n.step}-{n.id})" for n in plan.graph],
+               "compute": trainings(plan.recipe, plan.placement)}
     if plan.fit_candidates is not None:
         from edgecompress.fitspace import space_of
         summary["fit_candidates"] = {"count": plan.fit_candidates, "formats": list(space_of(plan.recipe).formats)}

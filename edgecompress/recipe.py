@@ -11,6 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edgecompress.compute import ComputeCfg
 from edgecompress.config import Cfg, first_error, read_yaml
 from edgecompress.device.protocol import BenchSettings
 from edgecompress.errors import UserInputError
@@ -194,6 +195,7 @@ class Recipe(Cfg):
     bench: BenchCfg = BenchCfg()
     profile: str = "host"
     fit: Optional[FitCfg] = Field(None, description="search space of `edgecompress fit` (None: its defaults)")
+    compute: ComputeCfg = Field(ComputeCfg(), description="device and precision of every training and model pass")
 
     @property
     def kd(self) -> KDLoss:

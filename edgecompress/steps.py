@@ -17,7 +17,7 @@ import numpy as np
 
 from edgecompress import progress
 from edgecompress.artifact import Artifact
-from edgecompress.data import EVAL_BATCH, batches
+from edgecompress.data import batches
 from edgecompress.engine import Build, Engine
 from edgecompress.errors import RuntimeFailure
 from edgecompress.formats import FORMATS
@@ -55,7 +55,9 @@ class Session:
         self.recipe = plan.recipe
         self.task = task_of(self.recipe)
         self.splits = plan.splits
-        self.ctx = StageContext(self.splits, self.recipe.data.max_seq_len, self.recipe.seed, kd=self.recipe.kd)
+        self.placement = plan.placement  # where every training and model pass runs (compute.py)
+        self.ctx = StageContext(self.splits, self.recipe.data.max_seq_len, self.recipe.seed, plan.placement,
+                                kd=self.recipe.kd)
         self.artifacts: dict[str, Artifact] = {}
         self._teacher = None
 
@@ -99,7 +101,8 @@ class Session:
         return CalibData(
             inputs=lambda: (b[0] for b in rows("train", q.calibration.batch_size, True, n_cal)),
             train=(lambda: rows("train", q.qat.batch_size, True, q.qat.max_train_samples)) if q.qat else None,
-            validation=lambda: [(b[0], b[1]) for b in rows("validation", 32, False)], kd=r.kd)
+            validation=lambda: [(b[0], b[1]) for b in rows("validation", 32, False)], kd=r.kd,
+            placement=self.placement)
 
     def quant_for(self, precision: str):
         return quant_for(self.recipe, self.plan.profile, precision)
@@ -112,6 +115,7 @@ def build_teacher(s: Session, node: Step) -> Build:
     def build(tmp: Path) -> None:
         import torch
         from edgecompress.modeling import load_tokenizer
+        progress.log(f"[{node.label}] on {s.placement}")
         torch.manual_seed(r.seed)
         model = s.task.load_teacher(s.plan.teacher_dir, s.plan.num_labels)
         tokenizer = load_tokenizer(s.plan.teacher_dir)
@@ -120,10 +124,9 @@ def build_teacher(s: Session, node: Step) -> Build:
             res = finetune(model, tokenizer, r.teacher.finetune, s.ctx)
             model, tokenizer, metrics = res.model, res.tokenizer, res.metrics
         else:
-            metrics = {"test_accuracy": s.task.evaluate(model, s.ctx.batches(tokenizer, "test", EVAL_BATCH,
-                                                                             shuffle=False))}
+            metrics = {"test_accuracy": s.task.evaluate(model, s.ctx.eval_batches(tokenizer, "test"), s.placement)}
         save_model(model, tokenizer, tmp / "model")
-        write_metrics(tmp, metrics)
+        write_metrics(tmp, {**metrics, **s.placement.record()})
     return build
 
 
@@ -136,13 +139,14 @@ def build_stage(s: Session, node: Step) -> Build:
 
     def build(tmp: Path) -> None:
         import torch
+        progress.log(f"[{node.label}] on {s.placement}")
         torch.manual_seed(s.recipe.seed + index)
         teacher = s.teacher()
         parent = s.artifacts[node.parents[0]]
         model = teacher.model if stage.starts_from_teacher else s.load_model(parent)
         res = stage(model, load_artifact_tokenizer(parent), cfg, s.ctx, teacher)
         save_model(res.model, res.tokenizer, tmp / "model")
-        write_metrics(tmp, res.metrics)
+        write_metrics(tmp, {**res.metrics, **s.placement.record()})
     return build
 
 

@@ -10,18 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from edgecompress.data import Split, batches
+from edgecompress.compute import CPU, Placement
+from edgecompress.data import Split, batches, encode
 from edgecompress.recipe import KDLoss
 from edgecompress.registry import STAGES
 
 
 @dataclass(frozen=True)
 class StageContext:
-    """The data side shared by every stage of a run; stages read it, never write it."""
+    """The data side shared by every stage of a run, and where its models run; stages read it, never write it."""
     splits: dict[str, Split]
     max_seq_len: int
     seed: int = 0
+    placement: Placement = CPU  # device + precision of every model-over-data pass (compute.py)
     kd: KDLoss = KDLoss()  # the recipe's KD loss (Recipe.kd): recovery trains on what distillation used
+    # Token ids per (tokenizer, split, subset): a split is tokenized once per run, not once per epoch and pass. The
+    # entry keeps its tokenizer alive, so the id() in the key cannot be reused by another tokenizer.
+    _encoded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def batches(self, tokenizer, split: str, batch_size: int, *, shuffle: bool, epoch: int = 0,
                 subset: Optional[int] = None):
@@ -29,7 +34,15 @@ class StageContext:
         because after vocabulary trimming the student and the teacher read different ids; the row index is the same
         for both, which is what links a student batch to the teacher's logits for those rows."""
         s = self.splits[split].subset(subset, self.seed)
-        return batches(tokenizer, s, batch_size, self.max_seq_len, shuffle=shuffle, seed=self.seed + epoch)
+        key = (id(tokenizer), split, subset)
+        if key not in self._encoded:
+            self._encoded[key] = (tokenizer, encode(tokenizer, s, self.max_seq_len))
+        return batches(tokenizer, s, batch_size, self.max_seq_len, shuffle=shuffle, seed=self.seed + epoch,
+                       encoded=self._encoded[key][1])
+
+    def eval_batches(self, tokenizer, split: str, subset: Optional[int] = None):
+        """Batches for a pass without gradients (accuracy, teacher logits): larger on an accelerator."""
+        return self.batches(tokenizer, split, self.placement.eval_batch, shuffle=False, subset=subset)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from edgecompress.compress.adaptor import Adapted, adapt, eager_attention, hidde
 from edgecompress.compress.base import StageContext, StageResult, Teacher, register_stage
 from edgecompress.compress.kd import kd_loss
 from edgecompress.compress.train import accuracy, is_distributed, predict_logits, train
-from edgecompress.data import EVAL_BATCH
+from edgecompress.compute import on_device
 from edgecompress.errors import UserInputError
 from edgecompress.families import canonical, family_of
 from edgecompress.modeling import check_layer_map, count_params, student_from_config, student_from_teacher_layers
@@ -151,7 +151,7 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
                "matches": [m.model_dump() for m in cfg.matches], "schedule": cfg.schedule,
                "distributed": is_distributed(),
                "student_config": family_of(student).dims(student.config),
-               "test_accuracy": accuracy(student, ctx.batches(tokenizer, "test", EVAL_BATCH, shuffle=False))}
+               "test_accuracy": accuracy(student, ctx.eval_batches(tokenizer, "test"), ctx.placement)}
     if init_report:
         metrics["student_init"] = {k: v for k, v in init_report.items() if k != "hidden_dims"}
     progress.log(f"  distilled student: {metrics['params']:,} params, test acc {metrics['test_accuracy']:.4f}")
@@ -161,15 +161,15 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
 def _train_phases(wrapper: Distiller, teacher, tokenizer, cfg: DistillCfg, ctx: StageContext) -> list:
     """Train the student inside `wrapper`; returns [(phase name, TrainResult)], the intermediate phase first."""
     subset = cfg.train.max_train_samples
-    val = ctx.batches(tokenizer, "validation", EVAL_BATCH, shuffle=False)
+    val = ctx.eval_batches(tokenizer, "validation")
     make = lambda e: ctx.batches(tokenizer, "train", cfg.train.batch_size, shuffle=True, epoch=e, subset=subset)  # noqa: E731
     cache: dict = {}
 
     def cached_teacher_logits():
         if "logits" not in cache:
             # Teacher logits for every train row, once, indexed by the row index every batch carries.
-            all_train = ctx.batches(tokenizer, "train", EVAL_BATCH, shuffle=False, subset=subset)
-            cache["logits"] = torch.from_numpy(predict_logits(teacher, all_train))
+            all_train = ctx.eval_batches(tokenizer, "train", subset)
+            cache["logits"] = torch.from_numpy(predict_logits(teacher, all_train, ctx.placement))
         return cache["logits"]
 
     def loss_fn_for(use_matches: bool, use_logits: bool):
@@ -193,16 +193,18 @@ def _train_phases(wrapper: Distiller, teacher, tokenizer, cfg: DistillCfg, ctx: 
     unused = bool(cfg.matches)
     student = wrapper.student
     phases = []
-    with eager_attention(teacher, student, enabled=wrapper.need_attention):
+    # The teacher is on the device for the whole training: intermediate matches run it on every batch.
+    with on_device(teacher, ctx.placement), eager_attention(teacher, student, enabled=wrapper.need_attention):
         if cfg.schedule == "two_phase":
             wrapper.use_matches = True
             p1 = cfg.train.model_copy(update={"epochs": cfg.intermediate_epochs})
             r1 = train(wrapper, make, loss_fn_for(True, False), p1, val, "distill (intermediate)", ctx.seed,
-                       select_best=False, find_unused_parameters=unused)
+                       select_best=False, find_unused_parameters=unused, placement=ctx.placement)
             phases.append(("intermediate", r1))
     wrapper.use_matches = cfg.schedule == "joint" and bool(cfg.matches)
-    with eager_attention(teacher, student, enabled=wrapper.use_matches and wrapper.need_attention):
+    with on_device(teacher, ctx.placement), \
+            eager_attention(teacher, student, enabled=wrapper.use_matches and wrapper.need_attention):
         res = train(wrapper, make, loss_fn_for(wrapper.use_matches, True), cfg.train, val, "distill student", ctx.seed,
-                    patience=cfg.early_stopping_patience, find_unused_parameters=unused)
+                    patience=cfg.early_stopping_patience, find_unused_parameters=unused, placement=ctx.placement)
     phases.append(("logits" if cfg.schedule == "two_phase" else "joint", res))
     return phases

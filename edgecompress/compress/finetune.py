@@ -9,12 +9,11 @@ import torch.nn.functional as F
 
 from edgecompress.compress.base import StageContext, StageResult
 from edgecompress.compress.train import accuracy, train
-from edgecompress.data import EVAL_BATCH
 from edgecompress.recipe import TrainCfg
 
 
 def finetune(model, tokenizer, cfg: TrainCfg, ctx: StageContext) -> StageResult:
-    val = ctx.batches(tokenizer, "validation", EVAL_BATCH, shuffle=False)
+    val = ctx.eval_batches(tokenizer, "validation")
 
     def loss_fn(m, inputs, labels, idx):
         loss = F.cross_entropy(m(**inputs).logits, labels)
@@ -22,7 +21,7 @@ def finetune(model, tokenizer, cfg: TrainCfg, ctx: StageContext) -> StageResult:
 
     res = train(model, lambda e: ctx.batches(tokenizer, "train", cfg.batch_size, shuffle=True, epoch=e,
                                              subset=cfg.max_train_samples),
-                loss_fn, cfg, val, "fine-tune teacher", ctx.seed)
+                loss_fn, cfg, val, "fine-tune teacher", ctx.seed, placement=ctx.placement)
     metrics = {"train_seconds": round(res.seconds, 1), "history": res.history, "val_accuracy": res.best_val_accuracy,
-               "test_accuracy": accuracy(model, ctx.batches(tokenizer, "test", EVAL_BATCH, shuffle=False))}
+               "test_accuracy": accuracy(model, ctx.eval_batches(tokenizer, "test"), ctx.placement)}
     return StageResult(model, tokenizer, metrics)

@@ -11,8 +11,11 @@ structured.py, which must not import torch.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from edgecompress import progress
 from edgecompress.compress.base import StageContext
+from edgecompress.compute import CPU, Placement, autocast, on_device, place_batch
 
 CALIBRATION_BATCH = 16  # rows per calibration batch; the backward pass needs gradients, so smaller than EVAL_BATCH
 
@@ -21,21 +24,29 @@ def calibration_batches(tokenizer, ctx: StageContext, n_batches: int, batch_size
     return ctx.batches(tokenizer, "train", batch_size, shuffle=True, subset=n_batches * batch_size)[:n_batches]
 
 
-def taylor_scores(model, params: list, batches: list) -> list:
-    """|w * dL/dw| per parameter, summed over `batches` ((inputs, labels, row_index) tuples)."""
+def taylor_scores(model, params: list, batches: list, placement: Placement = CPU) -> list:
+    """|w * dL/dw| per parameter, summed over `batches` ((inputs, labels, row_index) tuples), as fp32 CPU tensors
+    (the masks cut from them are applied on the CPU). The passes run on `placement`, except that fp16 runs as
+    fp32: unscaled fp16 gradients underflow to zero and would tie small weights; a few calibration batches do not
+    need the speed."""
     import torch
-    scores = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    if placement.precision == "fp16":
+        placement = dataclasses.replace(placement, precision="fp32")
     was_training = model.training
     model.eval()  # no dropout: the scores rank weights of the model as it will run
-    for inputs, labels, _ in progress.track(batches, description="importance (taylor)"):
+    with on_device(model, placement):
+        scores = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        for inputs, labels, _ in progress.track(batches, description="importance (taylor)"):
+            model.zero_grad(set_to_none=True)
+            with autocast(placement):
+                out = model(**place_batch(inputs, placement), labels=place_batch(labels, placement))
+            out.loss.backward()
+            with torch.no_grad():
+                for s, p in zip(scores, params):
+                    if p.grad is not None:
+                        s += (p.detach() * p.grad).abs()
         model.zero_grad(set_to_none=True)
-        out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, labels=torch.from_numpy(labels))
-        out.loss.backward()
-        with torch.no_grad():
-            for s, p in zip(scores, params):
-                if p.grad is not None:
-                    s += (p.detach() * p.grad).abs()
-    model.zero_grad(set_to_none=True)
+        scores = [s.cpu() for s in scores]
     model.train(was_training)
     return scores
 
@@ -47,7 +58,7 @@ def magnitude_scores(params: list) -> list:
 def weight_scores(method: str, model, params: list, tokenizer, ctx: StageContext, n_batches: int) -> list:
     """One float tensor per parameter, shaped like it: "taylor" over n_batches calibration batches, else |w|."""
     if method == "taylor":
-        return taylor_scores(model, params, calibration_batches(tokenizer, ctx, n_batches))
+        return taylor_scores(model, params, calibration_batches(tokenizer, ctx, n_batches), ctx.placement)
     return magnitude_scores(params)
 
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from edgecompress.compress.base import StageContext, Teacher
+from edgecompress.compute import on_device
 from edgecompress.compress.train import predict_logits, train
-from edgecompress.data import EVAL_BATCH
 from edgecompress.recipe import KD_ALPHA, KD_TEMPERATURE, TrainCfg
 
 
@@ -42,23 +42,27 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
     teacher_logits = None
     if teacher is not None:
         teacher_logits = torch.from_numpy(predict_logits(
-            teacher.model, ctx.batches(teacher.tokenizer, "train", EVAL_BATCH, shuffle=False, subset=subset)))
+            teacher.model, ctx.eval_batches(teacher.tokenizer, "train", subset), ctx.placement))
 
     def loss_fn(m, inputs, labels, idx):
         logits = m(**inputs).logits
         if teacher_logits is None:
             loss = F.cross_entropy(logits, labels)
             return loss, {"ce": float(loss.detach())}
-        return kd_loss(logits, teacher_logits[torch.from_numpy(np.asarray(idx))], labels, ctx.kd.alpha,
-                       ctx.kd.temperature)
+        t_logits = teacher_logits[torch.from_numpy(np.asarray(idx))].to(logits.device)
+        return kd_loss(logits, t_logits, labels, ctx.kd.alpha, ctx.kd.temperature)
 
-    hooks = [p.register_hook(lambda g, keep=keep: g * keep) for p, keep in (masks or [])]
-    try:
-        res = train(model, lambda e: ctx.batches(tokenizer, "train", cfg.batch_size, shuffle=True, epoch=e, subset=subset),
-                    loss_fn, cfg, ctx.batches(tokenizer, "validation", EVAL_BATCH, shuffle=False), description, ctx.seed)
-    finally:
-        for h in hooks:
-            h.remove()
+    pl = ctx.placement
+    with on_device(model, pl):
+        # The keep-masks go to the device once, not once per gradient.
+        hooks = [p.register_hook(lambda g, keep=keep.to(pl.device): g * keep) for p, keep in (masks or [])]
+        try:
+            res = train(model, lambda e: ctx.batches(tokenizer, "train", cfg.batch_size, shuffle=True, epoch=e,
+                                                     subset=subset),
+                        loss_fn, cfg, ctx.eval_batches(tokenizer, "validation"), description, ctx.seed, placement=pl)
+        finally:
+            for h in hooks:
+                h.remove()
     if masks:  # belt and braces: exact zeros whatever the optimizer did numerically
         with torch.no_grad():
             for p, keep in masks:

@@ -19,7 +19,6 @@ from edgecompress.compress.base import StageContext, StageResult, Teacher, regis
 from edgecompress.compress.importance import weight_scores
 from edgecompress.compress.kd import recover
 from edgecompress.compress.train import accuracy
-from edgecompress.data import EVAL_BATCH
 from edgecompress.families import family_of
 from edgecompress.recipe import PruneCfg
 
@@ -101,6 +100,6 @@ def prune(model, tokenizer, cfg: PruneCfg, ctx: StageContext, teacher: Optional[
                "sparsity": round(sparsity(model), 6),
                "target_sparsity": cfg.sparsity if cfg.method != "threshold" else None,
                "threshold": cfg.threshold, "steps": history,
-               "val_accuracy": accuracy(model, ctx.batches(tokenizer, "validation", EVAL_BATCH, shuffle=False)),
-               "test_accuracy": accuracy(model, ctx.batches(tokenizer, "test", EVAL_BATCH, shuffle=False))}
+               "val_accuracy": accuracy(model, ctx.eval_batches(tokenizer, "validation"), ctx.placement),
+               "test_accuracy": accuracy(model, ctx.eval_batches(tokenizer, "test"), ctx.placement)}
     return StageResult(model, tokenizer, metrics)

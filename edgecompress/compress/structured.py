@@ -24,7 +24,6 @@ from typing import Optional
 
 from edgecompress.compress.base import StageContext, StageResult, Teacher, register_stage
 from edgecompress.compress.importance import head_neuron_scores
-from edgecompress.data import EVAL_BATCH
 from edgecompress.errors import UserInputError
 from edgecompress.families import attr, family_of
 from edgecompress.recipe import StructuredPruneCfg
@@ -161,12 +160,12 @@ def prune_structured(model, tokenizer, cfg: StructuredPruneCfg, ctx: StageContex
                "removed_heads": {i: h for i, h in enumerate(removed) if h},
                "intermediate_size_before": inter_before,
                "intermediate_size": fam.dims(model.config)["intermediate_size"]}
-    val = ctx.batches(tokenizer, "validation", EVAL_BATCH, shuffle=False)
+    val = ctx.eval_batches(tokenizer, "validation")
     if cfg.recovery is not None:
-        metrics["val_accuracy_before_recovery"] = accuracy(model, val)
+        metrics["val_accuracy_before_recovery"] = accuracy(model, val, ctx.placement)
         metrics["recovery"] = recover(model, tokenizer, cfg.recovery, ctx, teacher, "structured recovery")
-    metrics["val_accuracy"] = accuracy(model, val)
-    metrics["test_accuracy"] = accuracy(model, ctx.batches(tokenizer, "test", EVAL_BATCH, shuffle=False))
+    metrics["val_accuracy"] = accuracy(model, val, ctx.placement)
+    metrics["test_accuracy"] = accuracy(model, ctx.eval_batches(tokenizer, "test"), ctx.placement)
     return StageResult(model, tokenizer, metrics)
 
 

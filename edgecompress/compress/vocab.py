@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Optional
 
 from edgecompress.compress.base import StageContext, StageResult, Teacher, register_stage
-from edgecompress.data import EVAL_BATCH
 from edgecompress.errors import UserInputError
 from edgecompress.recipe import VocabTrimCfg
 
@@ -212,14 +211,14 @@ def trim_vocab(model, tokenizer, cfg: VocabTrimCfg, ctx: StageContext, teacher: 
     metrics = {}
     if cfg.recovery is not None:
         from edgecompress.compress.kd import recover
-        metrics["val_accuracy_before_recovery"] = accuracy(model, ctx.batches(new_tok, "validation", EVAL_BATCH,
-                                                                              shuffle=False))
+        metrics["val_accuracy_before_recovery"] = accuracy(model, ctx.eval_batches(new_tok, "validation"),
+                                                           ctx.placement)
         metrics["recovery"] = recover(model, new_tok, cfg.recovery, ctx, teacher, "vocab recovery")
         model.eval()
     metrics.update({
         "vocab_size_before": vocab_before, "vocab_size": len(keep), "corpus_splits": list(cfg.corpus_splits),
         "corpus_texts": len(texts), "min_count": cfg.min_count, "corpus_tokens": int(sum(counts.values())),
         "params_before": params_before, "params": count_params(model),
-        "val_accuracy": accuracy(model, ctx.batches(new_tok, "validation", EVAL_BATCH, shuffle=False)),
-        "test_accuracy": accuracy(model, ctx.batches(new_tok, "test", EVAL_BATCH, shuffle=False))})
+        "val_accuracy": accuracy(model, ctx.eval_batches(new_tok, "validation"), ctx.placement),
+        "test_accuracy": accuracy(model, ctx.eval_batches(new_tok, "test"), ctx.placement)})
     return StageResult(model, new_tok, metrics)

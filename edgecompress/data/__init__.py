@@ -14,13 +14,12 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from edgecompress.compute import CPU_EVAL_BATCH
 from edgecompress.errors import UserInputError
 from edgecompress.recipe import PACKAGED_DATA, DataCfg
 
 SPLITS = ("train", "validation", "test")
-# Rows per forward when a model is only evaluated (accuracy, teacher logits): no gradients, so memory allows more
-# than a training batch.
-EVAL_BATCH = 64
+EVAL_BATCH = CPU_EVAL_BATCH  # rows per forward when a model is only evaluated on the CPU (compute.py says why)
 PACKAGED_DIR = Path(__file__).parent / "vader"
 
 
@@ -205,11 +204,18 @@ def num_labels(splits: dict[str, Split]) -> int:
     return len(splits["train"].label_names)
 
 
+def encode(tokenizer, split: Split, max_seq_len: int) -> list[list[int]]:
+    """Token ids per row, unpadded: what `batches` pads; a caller that batches a split every epoch encodes it once."""
+    return tokenizer(split.texts, truncation=True, max_length=max_seq_len, padding=False)["input_ids"]
+
+
 def batches(tokenizer, split: Split, batch_size: int, max_seq_len: int, *, shuffle: bool, seed: int = 0,
-            group_by_length: bool = True) -> list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+            group_by_length: bool = True, encoded: Optional[list[list[int]]] = None
+            ) -> list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
     """Tokenized batches with dynamic padding. Length-grouped so short tweets are not padded to a long review:
-    sort by length within chunks of 50 batches, then shuffle the batch order. Returns (inputs, labels, row_index)."""
-    enc = tokenizer(split.texts, truncation=True, max_length=max_seq_len, padding=False)
+    sort by length within chunks of 50 batches, then shuffle the batch order. Returns (inputs, labels, row_index).
+    encoded: `encode(tokenizer, split, max_seq_len)` when the caller has it already."""
+    enc = {"input_ids": encode(tokenizer, split, max_seq_len) if encoded is None else encoded}
     lengths = np.array([len(x) for x in enc["input_ids"]])
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(split)) if shuffle else np.arange(len(split))

@@ -59,6 +59,10 @@ def test_tiny_run_writes_report_rows_for_every_format(tiny_run):
     assert {r["label"]: r["runner"] for r in report["rows"]}["pte-int8"] == "native"
     for name in ("teacher", "1-distill", "2-prune", "onnx-int8", "ptl-int8"):
         assert (tmp_path / "runs" / "tiny" / "artifacts" / name / "manifest.json").is_file()
+    # where each training step ran is in its manifest (CI has no GPU: the CPU, fp32)
+    for name in ("teacher", "1-distill", "2-prune"):
+        manifest = json.loads((tmp_path / "runs" / "tiny" / "artifacts" / name / "manifest.json").read_text())
+        assert {k: manifest["metrics"][k] for k in ("device", "precision")} == {"device": "cpu", "precision": "fp32"}
 
 
 def test_rerun_reuses_every_finished_step(tiny_run):

@@ -46,3 +46,28 @@ def test_bench_batch_does_not_re_export_a_format_with_dynamic_batch():
     before, after = _ids({}, fmt="onnx"), _ids({"bench": {"batch": 2}}, fmt="onnx")
     # assert
     assert before["export"] == after["export"] and before["bench"] != after["bench"]
+
+
+def _training_nodes(placement) -> list:
+    """The graph's teacher and stage nodes of the default recipe, trained on `placement`."""
+    from edgecompress.graph import Facts, run_graph
+    from edgecompress.profiles import load_profile
+    recipe = parse_recipe({**BASE})
+    graph = run_graph(recipe, load_profile(recipe.profile), Facts({"weights": "w"}, "data", 2, ["neg", "pos"]),
+                      placement)
+    return [n for n in graph if n.job is None]
+
+
+def test_the_device_stays_out_of_training_ids_and_a_reduced_precision_enters_them():
+    # setup
+    from edgecompress.compute import CPU, Placement
+    # execute
+    cpu = _training_nodes(CPU)
+    gpu = _training_nodes(Placement("cuda:0", "fp32", "NVIDIA H200"))
+    bf16 = _training_nodes(Placement("cuda:0", "bf16", "NVIDIA H200"))
+    # assert: a CPU run hashes exactly the keys it always did (its ids are unchanged); a GPU in fp32 makes the same
+    # artifacts; bf16 training makes other ones
+    assert all("precision" not in n.config and "device" not in n.config for n in cpu)
+    assert [n.id for n in cpu] == [n.id for n in gpu] == [n.id for n in _training_nodes(None)]
+    assert all(n.config["precision"] == "bf16" for n in bf16) and len(bf16) == len(cpu) == 3
+    assert not {n.id for n in bf16} & {n.id for n in cpu}

@@ -50,7 +50,8 @@ def prepare_torch(model, quant, calib, embeddings_default: bool) -> tuple[object
         batches = train_rows(calib, quant.qat.max_train_samples, quant.qat.batch_size)
         kd = getattr(calib, "kd", None) or KDLoss()
         model, res = qat_finetune(model, batches, quant.qat, static=quant.activations == "static",
-                                  per_channel=quant.per_channel, alpha=kd.alpha, temperature=kd.temperature)
+                                  per_channel=quant.per_channel, alpha=kd.alpha, temperature=kd.temperature,
+                                  placement=getattr(calib, "placement", None))
         notes.append(f"QAT: {len(batches)} batches x {quant.qat.epochs} epoch(s) of fake-quant fine-tuning under "
                      f"distillation from the fp32 model ({quant.activations} activations simulated)")
         details["qat"] = {"batches": len(batches), "seconds": round(res.seconds, 1),

@@ -31,6 +31,9 @@ class CalibData:
     train: Optional[Callable[[], list]] = None                  # -> [(inputs, labels, row_idx)] for QAT
     validation: Optional[Callable[[], list[Labelled]]] = None   # -> [(inputs, labels)] for fallback
     kd: KDLoss = KDLoss()                                       # QAT's loss: the recipe's distillation weights
+    # Where QAT trains (compute.Placement; None: the CPU). Calibration itself stays on the CPU: onnxruntime
+    # calibrates the ONNX file and PT2E the exported CPU graph, so no exporter can take it to an accelerator.
+    placement: Optional[object] = None
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self.inputs())

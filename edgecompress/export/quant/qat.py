@@ -11,6 +11,10 @@ Distillation: the loss is compress.distill.kd_loss against a teacher's logits. T
 so by default the teacher is the fp32 model itself (self-distillation: QAT's job is to make the int8 model compute
 what the fp32 student computes, which is exactly what the reports measure); pass `teacher=` to distil from another.
 Without labels, the teacher's argmax serves as the label (CE then also pulls towards the fp32 decision).
+
+Placement: QAT trains on the run's device but always in fp32: it simulates int8 rounding, and bf16/fp16 autocast
+would add its own rounding on top of the grid it is learning (and torch's fake_quantize kernels take fp32). So a
+QAT export's id never depends on compute.precision, and the model comes back on the CPU for the exporter.
 """
 from __future__ import annotations
 
@@ -97,14 +101,18 @@ def unwrap(model):
 
 def qat_finetune(model, batches: list, cfg, *, teacher=None, static: bool = False, per_channel: bool = True,
                  val_batches: Optional[list] = None, alpha: float = KD_ALPHA, temperature: float = KD_TEMPERATURE,
-                 seed: int = 0):
+                 seed: int = 0, placement=None):
     """A fine-tuned deep copy of model (fp32 weights adapted to the int8 grid) and the training history.
 
     batches: [(inputs, labels or None, row_idx)] (labels None -> the teacher's argmax); cfg: recipe.TrainCfg
     (epochs, learning_rate, batch_size is the caller's batching, max_train_samples applied by the caller)."""
+    import dataclasses
+
     import torch
     from edgecompress.compress.distill import kd_loss
     from edgecompress.compress.train import to_torch, train
+    from edgecompress.compute import CPU, on_device
+    placement = dataclasses.replace(placement or CPU, precision="fp32")
 
     teacher = copy.deepcopy(model).eval() if teacher is None else teacher.eval()
 
@@ -135,5 +143,6 @@ def qat_finetune(model, batches: list, cfg, *, teacher=None, static: bool = Fals
             t = teacher(**inputs).logits
         return kd_loss(m(**inputs).logits, t, labels, alpha, temperature)
 
-    res = train(student, lambda e: train_b, loss_fn, cfg, fixed, "qat", seed, select_best=True)
+    with on_device(teacher, placement):
+        res = train(student, lambda e: train_b, loss_fn, cfg, fixed, "qat", seed, select_best=True, placement=placement)
     return unwrap(student).eval(), res
