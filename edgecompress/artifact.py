@@ -119,7 +119,7 @@ class Artifact:
             return f"{p} does not match its sha256 in {MANIFEST}"
         return None
 
-    def verify(self) -> Optional[str]:
+    def hash_problem(self) -> Optional[str]:
         """None if every listed file matches its sha256, else a one-line reason."""
         files = self.manifest.get("files", {})
         if not isinstance(files, dict):
@@ -166,7 +166,7 @@ class ExportFiles:
                 except RuntimeFailure:
                     continue
                 if parent.id == pid and "model/config.json" in (parent.manifest.get("files") or {}):
-                    problem = parent.verify()
+                    problem = parent.hash_problem()
                     if problem:
                         raise UserInputError(f"{problem}: the model this file was exported from was changed "
                                              f"after it was written; re-create it (edgecompress run)")
@@ -194,7 +194,7 @@ def open_export(path: Path) -> ExportFiles:
     if fmt not in FORMATS or not isinstance(precision, str):
         raise UserInputError(f"{d / MANIFEST}: config.format / config.precision missing or unknown (got "
                              f"{str(fmt)[:40]!r}, {str(precision)[:40]!r}); is this an export artifact?")
-    problem = art.verify()
+    problem = art.hash_problem()
     if problem:
         raise UserInputError(f"{problem}: the artifact was changed after it was written; re-create it "
                              f"(edgecompress run) instead of editing it")
@@ -289,7 +289,7 @@ class Store:
             art = Artifact.open(p)
         except RuntimeFailure as e:
             return None, str(e)
-        return art, art.verify()
+        return art, art.hash_problem()
 
     @staticmethod
     def _quarantine(p: Path) -> None:

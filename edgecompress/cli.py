@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from edgecompress.bench import commands as bench_commands
     bench_commands.register(sub)
-    from edgecompress.bench import verify
-    verify.register(sub)
+    from edgecompress.bench import on_target
+    on_target.register(sub)
     from edgecompress import predict
     predict.register(sub)
     from edgecompress.fit import command as fit_command

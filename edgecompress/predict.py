@@ -52,7 +52,7 @@ def softmax(row: list[float]) -> list[float]:
 
 def predict_command(args) -> int:
     from edgecompress.artifact import open_export
-    from edgecompress.bench.verify import predict_on_target
+    from edgecompress.bench.on_target import predict_on_target
     from edgecompress.bundle import read_labels, read_tokenizer, samples
     from edgecompress.export.iospec import IOSpec
     from edgecompress.transports.base import make_transport

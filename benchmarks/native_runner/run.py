@@ -72,7 +72,7 @@ def interleaved(exp, repeats: int, runs: int) -> dict:
 
 
 def labels(exp, target: str, limit, runner: str = "native") -> dict:
-    from edgecompress.bench.verify import verify_labels
+    from edgecompress.bench.on_target import verify_labels
     from edgecompress.transports.base import make_transport
     from edgecompress.transports.targets import parse_target
     t0 = time.perf_counter()

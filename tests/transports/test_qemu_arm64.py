@@ -20,7 +20,7 @@ import pytest
 from edgecompress.errors import UserInputError
 from edgecompress.transports.base import make_transport
 from edgecompress.transports.targets import parse_target
-from edgecompress.bench.verify import label_agreement, predict_on_target
+from edgecompress.bench.on_target import label_agreement, predict_on_target
 from edgecompress.transports.qemu import QemuArm64Transport, build_script, rootfs_path, rootfs_problem
 from edgecompress.transports.reach import QemuReach
 from tests._device import write_export_manifest
