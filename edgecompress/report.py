@@ -100,6 +100,10 @@ def to_markdown(report: dict) -> str:
             f"{_f(r.get('load_ms'), '{:.0f}')} | {_f(r.get('peak_rss_mb'), '{:.0f}')} | {r['file_mb']:.2f} | "
             f"{_f(r.get('size_ratio_vs_teacher'), '{:.1f}x')} | {r['parity_max_abs_diff']:.2e} | "
             f"{_f(r.get('label_agreement_vs_torch'), '{:.4f}')} |")
+    if report.get("best"):
+        lines += ["", f"Best: **{report['best']}**, the fastest file that verifies (meets profile "
+                  f"{report.get('profile')}'s budgets, accuracy drop included, and agrees with its torch model on "
+                  f">= {MIN_LABEL_AGREEMENT:.0%} of test labels)."]
     t, s = report["teacher"], report["student"]
     lines += ["", "text→label: tokenize (the bundle's tokenizer.json) + infer, per real test sentence at its own "
               "length (most are far shorter than the bench's seq), measured by the Python agent; the native runner "

@@ -73,6 +73,7 @@ def test_string_label_names_reach_labels_json_and_the_report(named_run):
     assert all(list(r["test_accuracy_by_class"]) == NAMES for r in report["rows"])
     assert "Classes: 0 = gloomy, 1 = sunny." in md and "| artifact | gloomy acc | sunny acc |" in md
     assert "Classes: 0 = gloomy, 1 = sunny." in (run_dir / "report.html").read_text()
+    assert (report["best"] is None) == ("Best: **onnx-int8**" not in md)
 
 
 def test_predict_prints_the_names(named_run):
