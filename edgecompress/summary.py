@@ -52,10 +52,10 @@ def lines(report: dict, run_dir: Path) -> list[str]:
     """What follows the table, as plain lines (paths unwrapped, so they copy and paste whole)."""
     out: list[str] = []
     pick = _pick(report)
-    rule = (f"meets profile {report.get('profile', '?')}'s budgets (accuracy drop included) and agrees with its torch "
-            f"model on >= {MIN_LABEL_AGREEMENT:.0%} of test labels")
+    rule = (f"within profile {report.get('profile', '?')}'s budgets, accuracy drop included, and agreeing with its "
+            f"torch model on >= {MIN_LABEL_AGREEMENT:.0%} of test labels")
     if report.get("best"):
-        out.append(f"★ best: {report['best']}, the fastest file that verifies ({rule})")
+        out.append(f"★ best: {report['best']}, the fastest file that verifies: {rule}")
     else:
         out.append(f"No file verifies ({rule}); see 'Budgets missed' in report.md")
     for f in report["failures"]:

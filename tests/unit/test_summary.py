@@ -48,5 +48,5 @@ def test_quiet_summary_is_the_verdict_and_the_report_path():
     print_summary(_report([_row("pte-int8", 3.0, False)], None), Path("runs/demo"), quiet=True, file=out)
     # assert: no file verified, so the verdict says so and where to look
     assert out.getvalue().splitlines() == [
-        "No file verifies (meets profile host's budgets (accuracy drop included) and agrees with its torch model on "
-        ">= 98% of test labels); see 'Budgets missed' in report.md", "report: runs/demo/report.html"]
+        "No file verifies (within profile host's budgets, accuracy drop included, and agreeing with its torch model "
+        "on >= 98% of test labels); see 'Budgets missed' in report.md", "report: runs/demo/report.html"]
