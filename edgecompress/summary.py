@@ -48,6 +48,12 @@ def _pick(report: dict) -> Optional[dict]:
     return min(students, key=lambda r: r["p50_ms"]) if students else None
 
 
+def _device_profile(report: dict) -> str:
+    """The run's own profile when it names a device; `host` is this machine, so a board stands in as the example."""
+    prof = str(report["recipe"].get("profile") or "host")
+    return "rpi4" if prof == "host" else prof
+
+
 def lines(report: dict, run_dir: Path) -> list[str]:
     """What follows the table, as plain lines (paths unwrapped, so they copy and paste whole)."""
     out: list[str] = []
@@ -66,7 +72,8 @@ def lines(report: dict, run_dir: Path) -> list[str]:
         out += [f"bundle:  {bundle}  (model, tokenizer.json, labels.json, README.txt)",
                 f"classes: {', '.join(report.get('labels') or [])}", "", "next:",
                 f"  edgecompress predict {shlex.quote(str(bundle))} {shlex.quote(EXAMPLE_TEXT)}",
-                f"  edgecompress bench {shlex.quote(str(bundle))} --profile rpi4 --target ssh://user@host"]
+                f"  edgecompress bench {shlex.quote(str(bundle))} --profile {shlex.quote(_device_profile(report))} "
+                f"--target ssh://user@host"]
     return out
 
 

@@ -50,3 +50,17 @@ def test_quiet_summary_is_the_verdict_and_the_report_path():
     assert out.getvalue().splitlines() == [
         "No file verifies (within profile host's budgets, accuracy drop included, and agreeing with its torch model "
         "on >= 98% of test labels); see 'Budgets missed' in report.md", "report: runs/demo/report.html"]
+
+
+def test_bench_suggestion_uses_the_runs_device_profile_and_a_board_for_host():
+    # setup
+    on_board, on_host = _report([_row("onnx-int8", 5.0, True)], "onnx-int8"), _report([_row("onnx-int8", 5.0, True)],
+                                                                                     "onnx-int8")
+    on_board["recipe"]["profile"], on_host["recipe"]["profile"] = "rpi5", "host"
+    # execute
+    board, host = io.StringIO(), io.StringIO()
+    print_summary(on_board, Path("runs/demo"), file=board)
+    print_summary(on_host, Path("runs/demo"), file=host)
+    # assert
+    assert board.getvalue().splitlines()[-1].endswith("--profile rpi5 --target ssh://user@host")
+    assert host.getvalue().splitlines()[-1].endswith("--profile rpi4 --target ssh://user@host")
