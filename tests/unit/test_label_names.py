@@ -88,3 +88,11 @@ def test_plan_refuses_label_names_of_the_wrong_length_in_one_line(tmp_path):
     assert p.stderr.strip().splitlines() == [
         "edgecompress: error: data.label_names has 3 names but the data has 2 classes (labels 0..1); give one name "
         "per class, class 0 first"]
+
+
+def test_plan_shows_the_class_names(tmp_path):
+    # execute
+    p = subprocess.run([sys.executable, "-m", "edgecompress", "plan"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "EDGECOMPRESS_HOME": str(tmp_path / "home")})
+    # assert
+    assert p.returncode == 0 and "  labels: ['negative', 'positive']" in p.stdout.splitlines()
