@@ -1,5 +1,5 @@
-"""Command line: wiring only. Every command returns an exit code; errors print one line (no traceback
-unless --debug). Exit codes: 0 ok, 1 budget missed, 2 bad input, 3 runtime failure, 130 interrupted."""
+"""The command line: argument parsing and exit codes only; the work is in the modules each command calls.
+Every command returns an exit code; errors print one line (no traceback unless --debug)."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,12 @@ for _name in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
 
+DESCRIPTION = ("Shrink a fine-tuned text classifier into a small int8 model for devices (ONNX, .ptl, .pte, .tflite), "
+               "verified and benchmarked in the runtime that runs it.")
+EPILOG = ("Start with `edgecompress run` (the packaged default recipe), then `edgecompress predict` on a bundle it "
+          "made. Exit codes: 0 ok, 1 budget missed, 2 bad input, 3 runtime failure, 130 interrupted.")
+
+
 def _cmd_run(args) -> int:
     from edgecompress.pipeline import run
     return run(args.recipe, out_dir=args.out, quiet=args.quiet, json_output=args.json, rebench=args.rebench,
@@ -37,7 +43,7 @@ def _cmd_plan(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgecompress", description=__doc__.split(".")[0])
+    p = argparse.ArgumentParser(prog="edgecompress", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--debug", action="store_true",
                    help="show tracebacks and third-party warnings (otherwise kept in the run folder's run.log)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -45,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a recipe end to end (no argument: the embedded default)")
     r.add_argument("recipe", nargs="?", type=Path, help="recipe YAML (default: edgecompress/recipes/default.yaml)")
     r.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of run folders (default: ./runs)")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
-    r.add_argument("--json", action="store_true", help="print the final report as JSON on stdout")
+    r.add_argument("--quiet", action="store_true", help="no progress; end on the verdict and the report's path")
+    r.add_argument("--json", action="store_true", help="print only the final report as JSON on stdout (no summary)")
     r.add_argument("--rebench", action="store_true", help="measure again even where a cached benchmark exists")
     r.set_defaults(func=_cmd_run)
 

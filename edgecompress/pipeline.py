@@ -87,6 +87,7 @@ def _row(label: str, exp: Artifact, ver: Artifact, bench: Artifact) -> dict:
     m, v, b = exp.metrics, ver.metrics, bench.metrics
     return {"label": label, "format": m["format"], "precision": m["precision"], "runtime": m["runtime"],
             "test_accuracy": v["test_accuracy"], "test_accuracy_by_domain": v.get("test_accuracy_by_domain"),
+            "test_accuracy_by_class": v.get("test_accuracy_by_class"),
             "label_agreement_vs_torch": v.get("test_label_agreement_vs_torch"),
             "parity_max_abs_diff": v["parity"]["max_abs_diff"], "parity": v["parity"],
             "p50_ms": b.get("p50_ms"), "p90_ms": b.get("p90_ms"), "p99_ms": b.get("p99_ms"),
@@ -116,10 +117,9 @@ def run(recipe_path: Optional[Path], out_dir: Path = Path("runs"), quiet: bool =
         report = Runner(plan, run_dir, rebench=rebench, debug=debug).run()
     if json_output:
         print(json.dumps(report, default=json_default))
-    else:
-        progress.log(f"report: {run_dir / 'report.md'} (third-party messages: {run_dir / 'run.log'})")
-        from edgecompress.report import to_markdown
-        print(to_markdown(report))
+    else:  # the full report is in the run folder; the terminal ends on what to decide and type next
+        from edgecompress.summary import print_summary
+        print_summary(report, run_dir, quiet=quiet)
     if report["failures"]:
         return 3
     return 1 if report.get("budget_violations") else 0

@@ -141,7 +141,8 @@ def plan_command(recipe_path: Optional[Path], json_output: bool = False) -> int:
     from edgecompress.compute import trainings
     plan = make_plan(load_recipe(recipe_path))
     summary = {"recipe": plan.recipe.name, "teacher": str(plan.teacher_dir), "data": str(plan.data_dir),
-               "num_labels": plan.num_labels, "split_sizes": plan.split_sizes, "profile": plan.recipe.profile,
+               "num_labels": plan.num_labels, "labels": plan.splits["train"].label_names,
+               "split_sizes": plan.split_sizes, "profile": plan.recipe.profile,
                "steps": [f"{n.label} ({n.step}-{n.id})" for n in plan.graph],
                "compute": trainings(plan.recipe, plan.placement)}
     if plan.fit_candidates is not None:

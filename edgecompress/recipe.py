@@ -38,6 +38,17 @@ class DataCfg(Cfg):
     label_column: str = "label"
     domain_column: Optional[str] = "domain"
     max_seq_len: int = Field(128, ge=8, le=4096, description="tokens; longer texts are truncated in training")
+    # Integer labels carry no meaning a reader can see: these names (class 0 first) reach labels.json, the report and
+    # `predict`. String labels are their own names, so the data loader refuses this for them.
+    label_names: Optional[list[str]] = Field(None, min_length=2, description="names of integer classes 0..C-1; "
+                                                                              "null = the data folder's labels.json")
+
+    @field_validator("label_names")
+    @classmethod
+    def _distinct_names(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is not None and (any(not n.strip() for n in v) or len(set(v)) != len(v)):
+            raise ValueError("label names must be distinct and non-empty")
+        return v
 
 
 class CalibrationCfg(Cfg):

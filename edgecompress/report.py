@@ -5,6 +5,7 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import Optional
 
 from edgecompress.artifact import versions
 
@@ -21,7 +22,14 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def _budget_violations(runner, rows: list[dict]) -> list[str]:
+# A file "verifies" when it meets every budget the run's profile sets for it (the accuracy drop vs the teacher row
+# included) and its labels agree with its own torch model's on at least this share of the test rows: below that the
+# file computes something other than what was trained, whatever its accuracy happens to be.
+MIN_LABEL_AGREEMENT = 0.98
+
+
+def _judge(runner, rows: list[dict]) -> list[str]:
+    """Sets each student row's `verified`; returns every budget miss as a line."""
     from edgecompress.bench.budget import check_budgets
     teacher_acc = next((r["test_accuracy"] for r in rows if r["label"] == BASELINE), None)
     out = []
@@ -31,8 +39,17 @@ def _budget_violations(runner, rows: list[dict]) -> list[str]:
         res = dict(r)
         if teacher_acc is not None:
             res["accuracy_drop"] = teacher_acc - r["test_accuracy"]
-        out += [c.message for c in check_budgets(res, runner.plan.profile, f"{r['format']}-{r['precision']}")]
+        misses = [c.message for c in check_budgets(res, runner.plan.profile, f"{r['format']}-{r['precision']}")]
+        agree = r.get("label_agreement_vs_torch")
+        r["verified"] = not misses and agree is not None and agree >= MIN_LABEL_AGREEMENT
+        out += misses
     return out
+
+
+def best_row(rows: list[dict]) -> Optional[dict]:
+    """The fastest (model-only p50) file that verifies; None when none does."""
+    ok = [r for r in rows if r.get("verified") and r.get("p50_ms") is not None]
+    return min(ok, key=lambda r: r["p50_ms"]) if ok else None
 
 
 def build_report(runner, teacher_art, student_art, rows: list[dict], failures: list[dict], seconds: float) -> dict:
@@ -42,6 +59,8 @@ def build_report(runner, teacher_art, student_art, rows: list[dict], failures: l
             r["accuracy_vs_teacher"] = r["test_accuracy"] / base["test_accuracy"] if base["test_accuracy"] else None
             r["speedup_vs_teacher"] = base["p50_ms"] / r["p50_ms"] if r.get("p50_ms") else None
             r["size_ratio_vs_teacher"] = base["file_mb"] / r["file_mb"] if r.get("file_mb") else None
+    violations = _judge(runner, rows)
+    best = best_row(rows)
     return {
         "recipe": runner.recipe.model_dump(mode="json"),
         "run_seconds": round(seconds, 1),
@@ -50,9 +69,12 @@ def build_report(runner, teacher_art, student_art, rows: list[dict], failures: l
         "versions": versions(),
         "teacher": {"id": teacher_art.id, **{k: v for k, v in teacher_art.metrics.items() if k != "history"}},
         "student": {"id": student_art.id, **{k: v for k, v in student_art.metrics.items() if k != "history"}},
+        "labels": list(runner.plan.splits["train"].label_names),  # class i is labels[i], as in every labels.json
         "rows": rows,
         "failures": failures,
-        "budget_violations": _budget_violations(runner, rows),
+        "budget_violations": violations,
+        "best": best["label"] if best else None,
+        "profile": runner.plan.profile.name,
         "lineage": runner.lineage,
     }
 
@@ -78,6 +100,10 @@ def to_markdown(report: dict) -> str:
             f"{_f(r.get('load_ms'), '{:.0f}')} | {_f(r.get('peak_rss_mb'), '{:.0f}')} | {r['file_mb']:.2f} | "
             f"{_f(r.get('size_ratio_vs_teacher'), '{:.1f}x')} | {r['parity_max_abs_diff']:.2e} | "
             f"{_f(r.get('label_agreement_vs_torch'), '{:.4f}')} |")
+    if report.get("best"):
+        lines += ["", f"Best: **{report['best']}**, the fastest file that verifies (meets profile "
+                  f"{report.get('profile')}'s budgets, accuracy drop included, and agrees with its torch model on "
+                  f">= {MIN_LABEL_AGREEMENT:.0%} of test labels)."]
     t, s = report["teacher"], report["student"]
     lines += ["", "text→label: tokenize (the bundle's tokenizer.json) + infer, per real test sentence at its own "
               "length (most are far shorter than the bench's seq), measured by the Python agent; the native runner "
@@ -86,6 +112,7 @@ def to_markdown(report: dict) -> str:
     lines += ["", f"Teacher (torch fp32): test acc {_f(t.get('test_accuracy'), '{:.4f}')}; "
               f"student after compression (torch fp32): test acc {_f(s.get('test_accuracy'), '{:.4f}')}"
               + (f", sparsity {s['sparsity']:.3f}" if "sparsity" in s else "") + "."]
+    lines += _classes_markdown(report)
     notes = [(r["label"], n) for r in report["rows"] for n in r.get("notes", [])]
     if notes:
         lines += ["", "## Notes"] + [f"- {label}: {n}" for label, n in notes]
@@ -96,6 +123,16 @@ def to_markdown(report: dict) -> str:
     lines += ["", "## Steps", "", "| step | artifact | seconds |", "|---|---|---|"]
     lines += [f"| {s['label']} | {Path(s['path']).name} | {_f(s.get('duration_s'), '{:.1f}')} |" for s in report["lineage"]]
     return "\n".join(lines) + "\n"
+
+
+def _classes_markdown(report: dict) -> list[str]:
+    from edgecompress.report_html import classes
+    line, header, rows = classes(report)
+    out = ["", line] if line else []
+    if rows:
+        out += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out
 
 
 def write_report(report: dict, run_dir: Path) -> None:

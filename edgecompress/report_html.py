@@ -56,6 +56,15 @@ def _fmt(x, f="{:.2f}"):
     return None if x is None else f.format(x)
 
 
+def classes(report: dict) -> tuple[str, list[str], list[list]]:
+    """The class names as one line, and a per-artifact table of test accuracy per class (recall), for md and html."""
+    names = report.get("labels") or []
+    line = "Classes: " + ", ".join(f"{i} = {n}" for i, n in enumerate(names)) + "." if names else ""
+    rows = [[r["label"]] + [_fmt(r["test_accuracy_by_class"].get(n), "{:.4f}") or "—" for n in names]
+            for r in report["rows"] if r.get("test_accuracy_by_class")]
+    return line, ["artifact"] + [f"{n} acc" for n in names], rows
+
+
 def to_html(report: dict, png: bytes) -> str:
     rec = report["recipe"]
     rows = [[r["label"], r["runtime"], _fmt(r["test_accuracy"], "{:.4f}"), _fmt(r.get("accuracy_vs_teacher"), "{:.1%}"),
@@ -72,6 +81,9 @@ def to_html(report: dict, png: bytes) -> str:
                                                     for f in report["failures"]) + "</ul>"
     if report["budget_violations"]:
         extra += "<h2>Budgets missed</h2><ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in report["budget_violations"]) + "</ul>"
+    line, header, per_class = classes(report)
+    if line:
+        extra += f"<h2>Classes</h2><p>{html.escape(line)}</p>" + (table(header, per_class) if per_class else "")
     notes = [f"{r['label']}: {n}" for r in report["rows"] for n in r.get("notes", [])]
     if notes:
         extra += "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"

@@ -50,6 +50,9 @@ def evaluate(infer, tokenizer, split, max_seq_len: int, model=None) -> dict:
     out = {"test_accuracy": float((preds == split.labels).mean()), "test_samples": len(split)}
     if ref is not None:
         out["test_label_agreement_vs_torch"] = float((preds == ref).mean())
+    if split.label_names:  # recall per class, by name: where an int8 file loses accuracy is rarely uniform
+        out["test_accuracy_by_class"] = {name: float((preds[split.labels == c] == c).mean())
+                                         for c, name in enumerate(split.label_names) if (split.labels == c).any()}
     if split.domains:
         doms = np.array(split.domains)
         out["test_accuracy_by_domain"] = {d: float((preds[doms == d] == split.labels[doms == d]).mean())

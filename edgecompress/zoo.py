@@ -6,6 +6,7 @@ them; nothing in a run does.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from edgecompress.data import load_splits
 from edgecompress.recipe import PACKAGED_TEACHER, DataCfg
@@ -153,7 +154,8 @@ def small_vader(n_train: int = 320, n_eval: int = 96):
             "test": s["test"].subset(n_eval)}
 
 
-def write_small_vader(dest: Path, n_train: int = 320, n_eval: int = 96) -> Path:
+def write_small_vader(dest: Path, n_train: int = 320, n_eval: int = 96, names: Optional[list[str]] = None) -> Path:
+    """The small VADER slice as a user's CSV folder; `names`: write class i as names[i] (string labels)."""
     import csv
     dest.mkdir(parents=True, exist_ok=True)
     for name, split in small_vader(n_train, n_eval).items():
@@ -161,7 +163,7 @@ def write_small_vader(dest: Path, n_train: int = 320, n_eval: int = 96) -> Path:
             w = csv.writer(f)
             w.writerow(["text", "label", "domain"])
             for t, y, d in zip(split.texts, split.labels, split.domains):
-                w.writerow([t, int(y), d])
+                w.writerow([t, names[int(y)] if names else int(y), d])
     return dest
 
 

@@ -21,6 +21,7 @@ from edgecompress.recipe import PACKAGED_DATA, DataCfg
 SPLITS = ("train", "validation", "test")
 EVAL_BATCH = CPU_EVAL_BATCH  # rows per forward when a model is only evaluated on the CPU (compute.py says why)
 PACKAGED_DIR = Path(__file__).parent / "vader"
+LABELS_FILE = "labels.json"  # beside the split files: the names of integer classes
 
 
 @dataclass
@@ -170,6 +171,40 @@ def _to_ids(raw: list, path: Path, label_names: Optional[list[str]], integer: Op
     return np.array([index[s] for s in as_str], dtype=np.int64), names
 
 
+def declared_names(cfg: DataCfg, directory: Path) -> tuple[Optional[list[str]], str]:
+    """The names of integer classes: data.label_names, else the data folder's labels.json (the bundle's own shape,
+    {"labels": [name of class 0, ...]}), else none; with where they came from, for error messages. The names live
+    beside the data they describe, so the packaged VADER needs no special case and its CSVs (the data's identity in
+    the teacher's id) stay as they are."""
+    if cfg.label_names is not None:
+        return list(cfg.label_names), "data.label_names"
+    path = directory / LABELS_FILE
+    if not path.is_file():
+        return None, ""
+    try:
+        names = json.loads(path.read_text(encoding="utf-8-sig"))["labels"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        names = None
+    if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) and n.strip() for n in names)
+            and len(set(names)) == len(names)):
+        raise UserInputError(f'{path}: not {{"labels": ["name of class 0", "name of class 1", ...]}} with distinct '
+                             f'names; fix it or remove it')
+    return names, str(path)
+
+
+def _named(names: list[str], integer: bool, declared: Optional[list[str]], where: str, path: Path) -> list[str]:
+    """The class names of the train split once the declared names (if any) are applied: only integer ids take them."""
+    if declared is None:
+        return names
+    if not integer:
+        raise UserInputError(f"{where} names integer classes, but {path}'s labels are already names "
+                             f"({', '.join(shown_names(names))}); remove {where}")
+    if len(declared) != len(names):
+        raise UserInputError(f"{where} has {len(declared)} names but the data has {len(names)} classes (labels "
+                             f"0..{len(names) - 1}); give one name per class, class 0 first")
+    return declared
+
+
 def shown_names(names: Optional[list[str]], n: int = 4) -> list[str]:
     names = names or []
     return [x[:40] for x in names[:n]] + (["..."] if len(names) > n else [])
@@ -194,6 +229,7 @@ def load_splits(cfg: DataCfg) -> dict[str, Split]:
                 raise UserInputError(f"{path}: integer labels must be 0..C-1 with every class present; "
                                      f"{len(missing)} missing (e.g. {missing[:3]}) below the largest label "
                                      f"{len(names) - 1}; renumber them or use string labels")
+            names = _named(names, integer, *declared_names(cfg, d), path)
         elif labels.max() >= len(names):
             raise UserInputError(f"{path}: label {int(labels.max())} is outside the train split's labels 0..{len(names) - 1}")
         out[s] = Split(s, texts, labels, domains, names)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import random
 import sys
 import tarfile
@@ -85,6 +86,8 @@ def main(argv: list[str]) -> int:
             w.writeheader()
             w.writerows(rows)
         print(f"{name}: {len(rows)} rows")
+    # The CSVs keep integer labels (their bytes are the data's identity in artifact ids); the names ride beside them.
+    (out_dir / "labels.json").write_text(json.dumps({"labels": ["negative", "positive"]}, indent=2) + "\n")
     return 0
 
 

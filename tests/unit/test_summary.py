@@ -1,0 +1,66 @@
+"""The end-of-run summary: the best file is the fastest that verifies, and the screen says where things are."""
+import io
+from pathlib import Path
+
+from edgecompress.report import best_row
+from edgecompress.summary import print_summary
+
+
+def _row(label, p50, verified, acc=0.9):
+    return {"label": label, "runner": "python", "test_accuracy": acc, "accuracy_vs_teacher": acc / 0.92,
+            "p50_ms": p50, "speedup_vs_teacher": 30 / p50, "file_mb": 10.0, "size_ratio_vs_teacher": 8.0,
+            "peak_rss_mb": 100.0, "verified": verified}
+
+
+def _report(rows, best):
+    return {"recipe": {"name": "demo"}, "run_seconds": 12.3, "rows": rows, "failures": [], "best": best,
+            "labels": ["negative", "positive"], "profile": "host"}
+
+
+def test_best_is_the_fastest_file_that_verifies_not_the_fastest():
+    # setup
+    rows = [{"label": "teacher-onnx-fp32", "p50_ms": 30.0}, _row("onnx-int8", 5.0, True),
+            _row("pte-int8", 3.0, False), _row("ptl-int8", 4.0, True)]
+    # execute
+    best = best_row(rows)
+    # assert
+    assert best["label"] == "ptl-int8"
+    assert best_row([_row("pte-int8", 3.0, False)]) is None
+
+
+def test_summary_marks_the_best_row_and_ends_on_the_next_commands():
+    # setup
+    rows = [_row("onnx-int8", 5.0, True), _row("pte-int8", 3.0, False)]
+    out = io.StringIO()
+    # execute
+    print_summary(_report(rows, "onnx-int8"), Path("runs/demo"), file=out)
+    # assert
+    lines = out.getvalue().rstrip().splitlines()
+    assert [ln.split()[:2] for ln in lines if " python " in ln] == [["★", "onnx-int8"], ["pte-int8", "python"]]
+    assert "classes: negative, positive" in lines
+    assert lines[-2] == "  edgecompress predict runs/demo/artifacts/onnx-int8 'what a wonderful, moving film'"
+
+
+def test_quiet_summary_is_the_verdict_and_the_report_path():
+    # setup
+    out = io.StringIO()
+    # execute
+    print_summary(_report([_row("pte-int8", 3.0, False)], None), Path("runs/demo"), quiet=True, file=out)
+    # assert: no file verified, so the verdict says so and where to look
+    assert out.getvalue().splitlines() == [
+        "No file verifies (within profile host's budgets, accuracy drop included, and agreeing with its torch model "
+        "on >= 98% of test labels); see 'Budgets missed' in report.md", "report: runs/demo/report.html"]
+
+
+def test_bench_suggestion_uses_the_runs_device_profile_and_a_board_for_host():
+    # setup
+    on_board, on_host = _report([_row("onnx-int8", 5.0, True)], "onnx-int8"), _report([_row("onnx-int8", 5.0, True)],
+                                                                                     "onnx-int8")
+    on_board["recipe"]["profile"], on_host["recipe"]["profile"] = "rpi5", "host"
+    # execute
+    board, host = io.StringIO(), io.StringIO()
+    print_summary(on_board, Path("runs/demo"), file=board)
+    print_summary(on_host, Path("runs/demo"), file=host)
+    # assert
+    assert board.getvalue().splitlines()[-1].endswith("--profile rpi5 --target ssh://user@host")
+    assert host.getvalue().splitlines()[-1].endswith("--profile rpi4 --target ssh://user@host")
