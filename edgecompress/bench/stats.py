@@ -2,7 +2,7 @@
 
 The agent computes its own per-run percentiles (it must stay stdlib-only and self-contained on the device); the
 definition is the same everywhere: numpy.percentile's default method='linear' (rank (n-1)*q/100, interpolated
-between the two closest ranks), which tests/unit/test_stats.py checks against numpy for both implementations.
+between the two closest ranks), which tests/device/test_stats.py checks against numpy for both implementations.
 """
 from __future__ import annotations
 

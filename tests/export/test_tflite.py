@@ -1,5 +1,5 @@
 """The .tflite exporter: one static int32 [batch, max_seq_len] signature, inputs padded to it by load() (and by the
-on-device agent, tests/transports/test_agent_tflite.py), fp32 via litert-torch, int8 via ai-edge-quantizer, run in ai-edge-litert.
+on-device agent, tests/device/test_agent_tflite.py), fp32 via litert-torch, int8 via ai-edge-quantizer, run in ai-edge-litert.
 
 One litert-torch conversion per module (~20 s on this 2-core machine, plus ~18 s to import jax the first time); the
 int8 export reuses those fp32 bytes instead of converting again (the quantizer step itself takes < 1 s). The full
