@@ -45,6 +45,12 @@ def bound_problem(name: str, value: object) -> Optional[str]:
     return None
 
 
+def field_problem(name: str, value: object) -> Optional[str]:
+    """bound_problem without the flag or the value, for a config field (pydantic names the field and the value)."""
+    problem = bound_problem(name, value)
+    return problem.split(" ", 1)[1].rsplit(" (got ", 1)[0] if problem else None
+
+
 def check_bounds(values: Mapping[str, object]) -> None:
     """Raise UserInputError for the first setting out of its bounds; None values (unset) are skipped."""
     for name, value in values.items():
@@ -105,14 +111,3 @@ def request_problem(request, timeout_s: float) -> Optional[str]:
                 return problem
     cpu_list = getattr(request, "cpu_list", None)
     return cpu_list_problem(cpu_list) if cpu_list is not None else None
-
-
-def within_bounds(cfg):
-    """A pydantic `mode="after"` validator for a config whose fields share these names: ValueError naming the
-    first field out of bounds (pydantic makes it one line with the field's place in the file)."""
-    for name in BOUNDS:
-        value = getattr(cfg, name, None)
-        problem = bound_problem(name, value) if value is not None else None
-        if problem:
-            raise ValueError(problem.replace("--" + name.replace("_", "-"), name, 1))
-    return cfg

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from edgecompress.config import Cfg
-from edgecompress.limits import within_bounds
+from edgecompress.limits import field_problem
 
 # Under qemu-user (the qemu-arm64 target) time runs 10-50x slow and RSS includes the emulator's JIT: these are not
 # device figures, so `bench` reports their budgets as skipped and `fit` does not judge them; file size and accuracy
@@ -49,7 +49,13 @@ class BenchSettings(Cfg):
     runs: int = 50
     timeout_s: float = Field(600, description="for the whole run on the device")
 
-    _bounded = model_validator(mode="after")(lambda self: within_bounds(self))
+    @field_validator("threads", "batch", "seq_len", "warmup_runs", "runs", "timeout_s")
+    @classmethod
+    def _bounded(cls, v, info):
+        problem = field_problem(info.field_name, v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     def but(self, **changes) -> "BenchSettings":
         """These settings with some changed, validated again (None leaves a setting as it is)."""
