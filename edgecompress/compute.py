@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgecompress.config import Cfg
 from edgecompress.errors import UserInputError
@@ -35,9 +35,15 @@ CPU_EVAL_BATCH = 64
 
 
 class ComputeCfg(Cfg):
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:[0-9]+|mps)$",
-                        description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     precision: Precision = Field("auto", description="autocast dtype; auto = bf16 where the device has it, else fp32")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda|cuda:[0-9]+|mps", v):
+            raise ValueError("expected auto, cpu, cuda, cuda:N (a GPU index) or mps")
+        return v
 
 
 @dataclass(frozen=True)
