@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from edgecompress.errors import RuntimeFailure, UserInputError
+from edgecompress.device.protocol import BenchSettings
 from edgecompress.formats import FORMATS, RUNNERS, check_runner_option, default_runner
 
 MAX_TEXTS = 100_000
@@ -25,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per text on stdout")
     p.add_argument("--target", default="local", help="local | ssh://user@host | adb://SERIAL | qemu-arm64")
     p.add_argument("--runner", choices=RUNNERS, help="default: native where the format has one, else python")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=BenchSettings().threads)
     p.set_defaults(func=predict_command)
 
 

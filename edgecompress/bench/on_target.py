@@ -120,7 +120,7 @@ def register(sub) -> None:
     v.add_argument("artifact", type=Path, help="an export artifact folder (manifest.json + model file + io.json)")
     v.add_argument("--target", default="qemu-arm64", help="qemu-arm64[?cpu=...] or any target URL (ssh://, adb://)")
     v.add_argument("--limit", type=int, help="first N test samples only")
-    v.add_argument("--threads", type=int, default=1)
+    v.add_argument("--threads", type=int, default=BenchSettings().threads)
     v.add_argument("--min-agreement", type=float, default=0.99)
     v.add_argument("--timeout-s", type=float, default=3600, help="for the whole prediction run on the target")
     v.add_argument("--runner", choices=RUNNERS, help="default: native where the format has one, else python")
