@@ -124,16 +124,22 @@ class Facts:
     data_id: str
     num_labels: int
     labels: list[str]
+    # What a task other than classification adds to the teacher's and the stages' ids (embedding: the pooling, the
+    # loss); empty for classification, so its ids stay what they were.
+    teacher_extra: dict = field(default_factory=dict)
+    stage_extra: dict = field(default_factory=dict)
 
 
 def run_graph(r, profile, facts: Facts, placement=None) -> Graph:
     """teacher -> stages -> per (format, precision): export -> verify, bench; plus the fp32 teacher ONNX baseline.
     placement: where the trainings run (compute.Placement; None: the CPU in fp32)."""
     g = Graph()
-    g.add("teacher", "teacher", teacher_config(r, facts.teacher_identity, facts.data_id, facts.num_labels, placement))
+    g.add("teacher", "teacher", {**teacher_config(r, facts.teacher_identity, facts.data_id, facts.num_labels,
+                                                  placement), **facts.teacher_extra})
     student = "teacher"
     for i, cfg in enumerate(r.stages):
-        student = g.add(f"{i + 1}-{cfg.kind}", cfg.kind, stage_config(r, cfg, i, placement), (student,), spec=cfg).label
+        student = g.add(f"{i + 1}-{cfg.kind}", cfg.kind, {**stage_config(r, cfg, i, placement), **facts.stage_extra},
+                        (student,), spec=cfg).label
     jobs = [(f, p, student, f"{f}-{p}") for f in r.export.formats for p in r.export.precisions]
     if "onnx" in r.export.formats:
         jobs.insert(0, ("onnx", "fp32", "teacher", BASELINE))
