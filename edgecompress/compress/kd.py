@@ -69,3 +69,24 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
                 p.mul_(keep)
     return {"seconds": round(res.seconds, 1), "history": res.history, "best_val_accuracy": res.best_val_accuracy,
             "teacher": teacher is not None, "max_train_samples": subset}
+
+
+def split_metrics(model, tokenizer, ctx: StageContext, teacher: Optional[Teacher], split: str) -> dict:
+    """How good `model` is on a split, in its task's terms: class accuracy (val_accuracy, test_accuracy), or for
+    embeddings the mean cosine of its vectors to the teacher's (val_cosine_to_teacher, ...)."""
+    from edgecompress.compress.train import accuracy
+    batches = ctx.eval_batches(tokenizer, split)
+    prefix = {"validation": "val"}.get(split, split)
+    if ctx.embedding is None:
+        return {f"{prefix}_accuracy": accuracy(model, batches, ctx.placement)}
+    from edgecompress.retrieval import row_cosine
+    vecs = predict_logits(model, batches, ctx.placement)
+    return {f"{prefix}_cosine_to_teacher": float(row_cosine(vecs, ctx.teacher_outputs(teacher, split)).mean())}
+
+
+def val_score(tokenizer, ctx: StageContext, teacher: Optional[Teacher]):
+    """The training loop's validation score for this task: None (class accuracy, train's default) or, for
+    embeddings, a function model -> mean cosine to the teacher on the validation split."""
+    if ctx.embedding is None:
+        return None
+    return lambda m: split_metrics(m, tokenizer, ctx, teacher, "validation")["val_cosine_to_teacher"]

@@ -196,6 +196,7 @@ def trim_embeddings(model, keep: list[int], pad_token_id: int | None) -> None:
 @register_stage("trim_vocab")
 def trim_vocab(model, tokenizer, cfg: VocabTrimCfg, ctx: StageContext, teacher: Optional[Teacher] = None) -> StageResult:
     """Returns the trimmed model with the new tokenizer: every later stage and export must read the new ids."""
+    from edgecompress.compress.kd import split_metrics
     from edgecompress.compress.train import accuracy
     from edgecompress.modeling import count_params
 
@@ -219,6 +220,6 @@ def trim_vocab(model, tokenizer, cfg: VocabTrimCfg, ctx: StageContext, teacher: 
         "vocab_size_before": vocab_before, "vocab_size": len(keep), "corpus_splits": list(cfg.corpus_splits),
         "corpus_texts": len(texts), "min_count": cfg.min_count, "corpus_tokens": int(sum(counts.values())),
         "params_before": params_before, "params": count_params(model),
-        "val_accuracy": accuracy(model, ctx.eval_batches(new_tok, "validation"), ctx.placement),
-        "test_accuracy": accuracy(model, ctx.eval_batches(new_tok, "test"), ctx.placement)})
+        **split_metrics(model, new_tok, ctx, teacher, "validation"),
+        **split_metrics(model, new_tok, ctx, teacher, "test")})
     return StageResult(model, new_tok, metrics)
