@@ -53,7 +53,7 @@ def _read_lines(path: Path, flag: str) -> list[str]:
         raise UserInputError(f"{flag} {path}: cannot read as UTF-8 text ({e}); one text per line") from None
 
 
-def _corpus(args, io, n_texts: int) -> list[str]:
+def rank_corpus(args, io, n_texts: int) -> list[str]:
     """--rank's lines, embedded in the same call as the queries; refused on a classifier's bundle."""
     if args.rank is None:
         return []
@@ -117,7 +117,7 @@ def predict_command(args) -> int:
     io = IOSpec.read(exp.io_json)
     tok = read_tokenizer(exp, io)
     labels = read_labels(exp, io.num_labels)
-    corpus = _corpus(args, io, len(texts))
+    corpus = rank_corpus(args, io, len(texts))
     with make_transport(parse_target(args.target)) as t:
         res = predict_on_target(t, exp.model_file, exp.io_json, FORMATS[exp.format].runtime,
                                 samples(tok, texts + corpus, io),
