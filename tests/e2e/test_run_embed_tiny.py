@@ -111,3 +111,15 @@ def test_rank_on_a_classifier_bundle_is_refused(tmp_path):
     with pytest.raises(UserInputError, match="is a classifier"):
         rank_corpus(args, IOSpec(vocab_size=10, num_labels=2, max_seq_len=8), 1)
     assert rank_corpus(args, IOSpec(vocab_size=10, num_labels=32, max_seq_len=8, output_name="embedding"), 1) == ["a line"]
+
+
+def test_verify_on_a_target_refuses_an_embedding_bundle_before_connecting(embed_run, capsys):
+    # setup
+    from edgecompress.cli import main
+    tmp_path, proc = embed_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = tmp_path / "runs" / "tinyembed" / "artifacts" / "onnx-int8"
+    # execute: the default target (emulated arm64) is never reached
+    code = main(["verify", str(bundle), "--limit", "4"])
+    # assert
+    assert code == 2 and "a sentence encoder" in capsys.readouterr().err
