@@ -128,6 +128,7 @@ class Facts:
     # loss); empty for classification, so its ids stay what they were.
     teacher_extra: dict = field(default_factory=dict)
     stage_extra: dict = field(default_factory=dict)
+    teacher_int8: bool = False  # also export the teacher itself int8 (embedding: the row quantization alone makes)
 
 
 def run_graph(r, profile, facts: Facts, placement=None) -> Graph:
@@ -143,6 +144,8 @@ def run_graph(r, profile, facts: Facts, placement=None) -> Graph:
     jobs = [(f, p, student, f"{f}-{p}") for f in r.export.formats for p in r.export.precisions]
     if "onnx" in r.export.formats:
         jobs.insert(0, ("onnx", "fp32", "teacher", BASELINE))
+        if facts.teacher_int8 and "int8" in r.export.precisions:  # what quantization alone keeps, beside the student
+            jobs.insert(1, ("onnx", "int8", "teacher", "teacher-onnx-int8"))
     for fmt, precision, parent, label in jobs:
         quant = quant_for(r, profile, precision)
         g.add(label, "export", export_config(r, fmt, precision, quant, facts.labels), (parent,), job=label,

@@ -109,7 +109,8 @@ def _task_head(recipe: Recipe, teacher_dir: Path, cfg: dict, n_labels: int) -> t
         pooling = resolve_pooling(teacher_dir, e.pooling, e.normalize)
         return pooling, {"teacher_extra": {"task": "embedding", "pooling": pooling.mode,
                                            "normalize": pooling.normalize},
-                         "stage_extra": {"embedding_loss": {"loss": e.loss, "mse_weight": e.mse_weight}}}
+                         "stage_extra": {"embedding_loss": {"loss": e.loss, "mse_weight": e.mse_weight}},
+                         "teacher_int8": True}
     head = cfg.get("_head_labels")
     if head is not None and head != n_labels:
         raise UserInputError(f"{teacher_dir}: the model head has {head} labels but the data has {n_labels}; "
