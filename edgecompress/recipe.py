@@ -210,12 +210,8 @@ def _stage_refusal(s) -> Optional[str]:
     """Why a stage config cannot run on an embedding recipe (None: it can)."""
     if s.kind == "distill" and {"alpha", "temperature"} & s.model_fields_set:
         return "alpha and temperature weigh class-logit KD; the embedding loss is embedding.loss: drop them"
-    if getattr(s, "recovery", None) is not None:
-        return "recovery fine-tunes on class logits; not yet for task: embedding: drop recovery"
     if getattr(s, "method", None) == "taylor" or getattr(s, "importance", None) == "taylor":
-        return "taylor importance needs a classification loss; use magnitude"
-    if s.kind == "prune_structured":
-        return "structured pruning is not yet supported for task: embedding; use prune or trim_vocab"
+        return "taylor importance needs a classification loss (not yet the embedding loss); use magnitude"
     return None
 
 

@@ -37,7 +37,11 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
 
     The teacher reads its own tokenizer (after vocabulary trimming the student's ids differ); both batch lists come
     from the same subset of the train split, so the row index each batch carries links them. Without a teacher this
-    is plain fine-tuning on the labels."""
+    is plain fine-tuning on the labels. task: embedding (ctx.embedding) trains the vectors toward the teacher's with
+    the embedding loss and needs the teacher."""
+    if ctx.embedding is not None and teacher is None:
+        from edgecompress.errors import UserInputError
+        raise UserInputError(f"{description}: an embedding recovers toward the teacher's vectors; it needs a teacher")
     subset = cfg.max_train_samples
     teacher_logits = None
     if teacher is not None:
@@ -46,6 +50,8 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
 
     def loss_fn(m, inputs, labels, idx):
         logits = m(**inputs).logits
+        if ctx.embedding is not None:  # vectors against the teacher's for the same rows; labels unused
+            return ctx.embedding(logits, teacher_logits[torch.from_numpy(np.asarray(idx))].to(logits.device))
         if teacher_logits is None:
             loss = F.cross_entropy(logits, labels)
             return loss, {"ce": float(loss.detach())}
@@ -59,7 +65,8 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
         try:
             res = train(model, lambda e: ctx.batches(tokenizer, "train", cfg.batch_size, shuffle=True, epoch=e,
                                                      subset=subset),
-                        loss_fn, cfg, ctx.eval_batches(tokenizer, "validation"), description, ctx.seed, placement=pl)
+                        loss_fn, cfg, ctx.eval_batches(tokenizer, "validation"), description, ctx.seed, placement=pl,
+                        score=val_score(tokenizer, ctx, teacher))
         finally:
             for h in hooks:
                 h.remove()

@@ -197,7 +197,6 @@ def trim_embeddings(model, keep: list[int], pad_token_id: int | None) -> None:
 def trim_vocab(model, tokenizer, cfg: VocabTrimCfg, ctx: StageContext, teacher: Optional[Teacher] = None) -> StageResult:
     """Returns the trimmed model with the new tokenizer: every later stage and export must read the new ids."""
     from edgecompress.compress.kd import split_metrics
-    from edgecompress.compress.train import accuracy
     from edgecompress.modeling import count_params
 
     vocab_before, params_before = model.get_input_embeddings().num_embeddings, count_params(model)
@@ -212,8 +211,8 @@ def trim_vocab(model, tokenizer, cfg: VocabTrimCfg, ctx: StageContext, teacher: 
     metrics = {}
     if cfg.recovery is not None:
         from edgecompress.compress.kd import recover
-        metrics["val_accuracy_before_recovery"] = accuracy(model, ctx.eval_batches(new_tok, "validation"),
-                                                           ctx.placement)
+        metrics.update({f"{k}_before_recovery": v for k, v in
+                        split_metrics(model, new_tok, ctx, teacher, "validation").items()})
         metrics["recovery"] = recover(model, new_tok, cfg.recovery, ctx, teacher, "vocab recovery")
         model.eval()
     metrics.update({

@@ -98,9 +98,7 @@ def _embed_recipe(**over):
     (_embed_recipe(teacher={}), "teacher.finetune trains a classification head"),
     (_embed_recipe(stages=[{"kind": "distill", "alpha": 0.3}]), "alpha and temperature"),
     (_embed_recipe(stages=[{"kind": "distill"}, {"kind": "prune", "method": "taylor"}]), "taylor importance"),
-    (_embed_recipe(stages=[{"kind": "distill"}, {"kind": "prune", "recovery": {"epochs": 1}}]), "recovery"),
-    (_embed_recipe(stages=[{"kind": "prune_structured", "heads_fraction": 0.2, "importance": "magnitude"}]),
-     "structured pruning is not yet supported"),
+    (_embed_recipe(stages=[{"kind": "prune_structured", "heads_fraction": 0.2}]), "taylor importance"),
     (_embed_recipe(quantize={"qat": {"epochs": 1}}), "quantize.qat"),
     ({"embedding": {"pooling": "mean"}}, "embedding: applies to task: embedding only"),
 ])
