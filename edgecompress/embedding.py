@@ -106,7 +106,10 @@ class Embedding:
         labels = np.zeros(len(vecs), dtype=np.int64)
         for _, y, idx in batches:
             labels[idx] = y
-        return {"test_knn_label_accuracy": knn_accuracy(vecs, labels), "dim": int(vecs.shape[1])}
+        out = {"dim": int(vecs.shape[1])}
+        if len(np.unique(labels)) > 1:  # unlabelled text (every label 0) has nothing to probe
+            out["test_knn_label_accuracy"] = knn_accuracy(vecs, labels)
+        return out
 
     @staticmethod
     def io_fields(model) -> dict:

@@ -72,7 +72,8 @@ def make_plan(recipe: Recipe) -> Plan:
         if n > cfg.get("max_position_embeddings", n):
             raise UserInputError(f"{name} {n} exceeds the model's max_position_embeddings {cfg['max_position_embeddings']}")
     ddir = data_dir(recipe.data)
-    splits = load_splits(recipe.data)
+    from edgecompress.tasks import task_row
+    splits = load_splits(recipe.data, task_row(recipe).needs_labels)
     n_labels = num_labels(splits)
     teacher_head, extra = _task_head(recipe, teacher_dir, cfg, n_labels)
     for s in recipe.stages:

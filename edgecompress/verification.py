@@ -93,9 +93,10 @@ def verify_embedding_file(infer, io, model, tokenizer, test_split, *, shapes, se
     out = {"parity": par, "test_samples": len(test_split), "dim": int(vecs.shape[1]),
            "cosine_to_torch_mean": float(row_cosine(vecs, torch_vecs).mean()),
            "cosine_to_torch_min": float(row_cosine(vecs, torch_vecs).min()),
-           "recall_at_10": recall_at_k(vecs, teacher, 10),
-           "knn_label_accuracy": knn_accuracy(vecs, test_split.labels),
-           "teacher_knn_label_accuracy": knn_accuracy(teacher, test_split.labels)}
+           "recall_at_10": recall_at_k(vecs, teacher, 10)}
+    if test_split.label_names:  # unlabelled text has no label to probe
+        out["knn_label_accuracy"] = knn_accuracy(vecs, test_split.labels)
+        out["teacher_knn_label_accuracy"] = knn_accuracy(teacher, test_split.labels)
     if teacher.shape[1] == vecs.shape[1]:
         out["cosine_to_teacher_mean"] = float(row_cosine(vecs, teacher).mean())
     if test_split.domains:

@@ -35,7 +35,7 @@ def rows(run_dir: Path) -> list[dict]:
     base = next(r for r in rep["rows"] if r["label"] == "teacher-onnx-fp32")
     share = lambda r, k: r[k] / r[f"teacher_{k}"] if r.get(k) is not None else None  # noqa: E731
     return [{"run": rep["recipe"]["name"], "file": r["label"], "recall_at_10": r["recall_at_10"],
-             "cosine_to_teacher": r.get("cosine_to_teacher_mean"), "knn_label": r["knn_label_accuracy"],
+             "cosine_to_teacher": r.get("cosine_to_teacher_mean"), "knn_label": r.get("knn_label_accuracy"),
              "knn_label_vs_teacher": share(r, "knn_label_accuracy"), "knn_domain": r.get("knn_domain_accuracy"),
              "knn_domain_vs_teacher": share(r, "knn_domain_accuracy"), "p50_ms": r["p50_ms"],
              "speedup": base["p50_ms"] / r["p50_ms"], "file_mb": r["file_mb"],

@@ -124,3 +124,30 @@ def test_verify_on_a_target_refuses_an_embedding_bundle_before_connecting(embed_
     code = main(["verify", str(bundle), "--limit", "4"])
     # assert
     assert code == 2 and "a sentence encoder" in capsys.readouterr().err
+
+
+def test_a_run_on_unlabelled_text_reports_retrieval_without_label_probes(tmp_path):
+    # setup: one sentence a line, no labels, no domains
+    texts = corpus_texts(240)
+    data = tmp_path / "txt"
+    data.mkdir()
+    for i, split in enumerate(("train", "validation", "test")):
+        (data / f"{split}.txt").write_text("\n".join(texts[i::3]) + "\n", encoding="utf-8")
+    recipe = {"name": "txt", "task": "embedding",
+              "teacher": {"source": str(save_tiny_embedder(tmp_path / "t", "bert", texts=texts)), "finetune": None},
+              "data": {"source": str(data), "max_seq_len": 32},
+              "stages": [{"kind": "distill", "student": {"from_teacher_layers": [0]}, "train": {"epochs": 1}}],
+              "export": {"formats": ["onnx"], "precisions": ["fp32"], "max_seq_len": 32,
+                         "parity_shapes": [[1, 17], [3, 29]]},
+              "bench": {"threads": 1, "seq_len": 16, "warmup_runs": 1, "runs": 3}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    # execute
+    proc = subprocess.run([sys.executable, "-m", "edgecompress", "run", str(tmp_path / "r.yaml"), "--out",
+                           str(tmp_path / "runs"), "--quiet"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "EDGECOMPRESS_HOME": str(tmp_path / "home")})
+    # assert
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "runs" / "txt" / "report.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["teacher-onnx-fp32", "onnx-fp32"]
+    assert rows[0]["recall_at_10"] == pytest.approx(1.0) and 0 <= rows[1]["recall_at_10"] <= 1
+    assert all(r.get("knn_label_accuracy") is None and r.get("knn_domain_accuracy") is None for r in rows)

@@ -143,3 +143,27 @@ def test_fit_on_an_embedding_recipe_is_refused_before_any_work(capsys):
     code = main(["fit", str(recipe), "--budget", "p90_ms=5"])
     # assert
     assert code == 2 and "fit is not available for task: embedding" in capsys.readouterr().err
+
+
+def _txt_data(folder, texts):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, split in enumerate(("train", "validation", "test")):
+        (folder / f"{split}.txt").write_text("\n".join(texts[i::3]) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_unlabelled_text_files_plan_for_embedding_and_are_refused_for_classification(tmp_path, texts):
+    # setup
+    from edgecompress.plan import make_plan
+    data = _txt_data(tmp_path / "txt", texts[:90])
+    teacher = save_tiny_embedder(tmp_path / "t", "bert", texts=texts)
+    # execute
+    plan = make_plan(parse_recipe(_embed_recipe(teacher={"source": str(teacher), "finetune": None},
+                                                data={"source": str(data)},
+                                                stages=[{"kind": "distill", "student": {"from_teacher_layers": [0]}}])))
+    # assert: the text alone, no labels; a classifier on the same folder needs its label column
+    assert plan.split_sizes == {"train": 30, "validation": 30, "test": 30}
+    assert plan.splits["train"].label_names == [] and plan.num_labels == 0
+    with pytest.raises(UserInputError, match="no column 'label'"):
+        make_plan(parse_recipe({"teacher": {"source": str(teacher)}, "data": {"source": str(data)},
+                                "stages": [{"kind": "distill", "student": {"from_teacher_layers": [0]}}]}))
