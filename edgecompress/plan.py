@@ -73,7 +73,9 @@ def make_plan(recipe: Recipe) -> Plan:
             raise UserInputError(f"{name} {n} exceeds the model's max_position_embeddings {cfg['max_position_embeddings']}")
     ddir = data_dir(recipe.data)
     from edgecompress.tasks import task_row
-    splits = load_splits(recipe.data, task_row(recipe).needs_labels)
+    # A label column the recipe names must exist, even where the task could do without (a typo must not silently
+    # drop the probes it asked for).
+    splits = load_splits(recipe.data, task_row(recipe).needs_labels or "label_column" in recipe.data.model_fields_set)
     n_labels = num_labels(splits)
     teacher_head, extra = _task_head(recipe, teacher_dir, cfg, n_labels)
     for s in recipe.stages:

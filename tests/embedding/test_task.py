@@ -164,6 +164,10 @@ def test_unlabelled_text_files_plan_for_embedding_and_are_refused_for_classifica
     # assert: the text alone, no labels; a classifier on the same folder needs its label column
     assert plan.split_sizes == {"train": 30, "validation": 30, "test": 30}
     assert plan.splits["train"].label_names == [] and plan.num_labels == 0
+    named = _embed_recipe(teacher={"source": str(teacher), "finetune": None},
+                          data={"source": str(data), "label_column": "stars"})
+    with pytest.raises(UserInputError, match="no column 'stars'"):
+        make_plan(parse_recipe(named))
     with pytest.raises(UserInputError, match="no column 'label'"):
         make_plan(parse_recipe({"teacher": {"source": str(teacher)}, "data": {"source": str(data)},
                                 "stages": [{"kind": "distill", "student": {"from_teacher_layers": [0]}}]}))
