@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RECIPES = [HERE / "embed_reduced.yaml", HERE / "embed_reduced_matched.yaml",
+RECIPES = [HERE / "embed_reduced.yaml", HERE / "embed_reduced_matched.yaml", HERE / "embed_full_nomatch.yaml",
            HERE.parents[1] / "edgecompress" / "recipes" / "embed.yaml"]
 
 
