@@ -26,6 +26,9 @@ def write_bundle(out_dir: Path, tokenizer, label_names: list[str], io, fmt: str,
     out_dir = Path(out_dir)
     backend = tokenizer.backend_tokenizer  # transformers' fast tokenizer wraps a `tokenizers.Tokenizer`
     backend.save(str(out_dir / TOKENIZER))
+    if io.output_name == "embedding":  # a sentence encoder has no classes: no labels.json
+        (out_dir / README).write_text(_embedding_readme(io, fmt, precision))
+        return
     (out_dir / LABELS).write_text(json.dumps({"labels": list(label_names)}, indent=2))
     spec = FORMATS[fmt]
     names = ", ".join(f"{i}={n}" for i, n in enumerate(label_names))
@@ -40,6 +43,22 @@ Classes (labels.json): {names}.
 Check a port against expected.json: its inputs must give its logits (within its atol).
 Try it: edgecompress predict THIS_FOLDER "some text"
 """)
+
+
+def _embedding_readme(io, fmt: str, precision: str) -> str:
+    from edgecompress.formats import FORMATS
+    spec = FORMATS[fmt]
+    return f"""A {precision} sentence encoder for {spec.runtime} ({spec.suffix}), made by edgecompress.
+
+Inputs (io.json): {', '.join(io.input_names)}, {io.input_dtype} of shape [batch, seq], seq <= {io.max_seq_len}
+tokens. Tokenize with tokenizer.json (the `tokenizers` library, or any port of it), truncating to {io.max_seq_len}
+tokens; pad input_ids with {io.pad_token_id} and attention_mask with 0.{' The file has one fixed shape ' +
+str(list(io.static_shape)) + ': pad every input to it.' if io.static_shape else ''}
+Output: {io.output_name}, float32 [batch, {io.num_labels}]: the sentence vector, pooled and normalised inside the
+graph (padded tokens do not count); compare vectors by cosine (the dot product, when normalised).
+Check a port against expected.json: its inputs must give its vectors (within its atol).
+Try it: edgecompress predict THIS_FOLDER "some text" --json, or --rank corpus.txt "a query"
+"""
 
 
 def read_tokenizer(bundle, io):

@@ -9,7 +9,7 @@ from edgecompress.registry import TASKS
 @TASKS.register("classification")
 class Classification:
     @staticmethod
-    def load_teacher(path: Path, num_labels: int):
+    def load_teacher(path: Path, num_labels: int):  # num_labels: the plan's teacher_head
         """A *ForSequenceClassification from a local folder; a headless encoder gets a fresh head."""
         from edgecompress.modeling import load_classifier
         return load_classifier(path, num_labels)
@@ -25,3 +25,8 @@ class Classification:
     def evaluate(model, batches, placement=None) -> float:
         from edgecompress.compress.train import accuracy
         return accuracy(model, batches) if placement is None else accuracy(model, batches, placement)
+
+    @staticmethod
+    def io_fields(model) -> dict:
+        """io.json's output: the head's logits (IOSpec's defaults)."""
+        return {}

@@ -124,19 +124,28 @@ class Facts:
     data_id: str
     num_labels: int
     labels: list[str]
+    # What a task other than classification adds to the teacher's and the stages' ids (embedding: the pooling, the
+    # loss); empty for classification, so its ids stay what they were.
+    teacher_extra: dict = field(default_factory=dict)
+    stage_extra: dict = field(default_factory=dict)
+    teacher_int8: bool = False  # also export the teacher itself int8 (embedding: the row quantization alone makes)
 
 
 def run_graph(r, profile, facts: Facts, placement=None) -> Graph:
     """teacher -> stages -> per (format, precision): export -> verify, bench; plus the fp32 teacher ONNX baseline.
     placement: where the trainings run (compute.Placement; None: the CPU in fp32)."""
     g = Graph()
-    g.add("teacher", "teacher", teacher_config(r, facts.teacher_identity, facts.data_id, facts.num_labels, placement))
+    g.add("teacher", "teacher", {**teacher_config(r, facts.teacher_identity, facts.data_id, facts.num_labels,
+                                                  placement), **facts.teacher_extra})
     student = "teacher"
     for i, cfg in enumerate(r.stages):
-        student = g.add(f"{i + 1}-{cfg.kind}", cfg.kind, stage_config(r, cfg, i, placement), (student,), spec=cfg).label
+        student = g.add(f"{i + 1}-{cfg.kind}", cfg.kind, {**stage_config(r, cfg, i, placement), **facts.stage_extra},
+                        (student,), spec=cfg).label
     jobs = [(f, p, student, f"{f}-{p}") for f in r.export.formats for p in r.export.precisions]
     if "onnx" in r.export.formats:
         jobs.insert(0, ("onnx", "fp32", "teacher", BASELINE))
+        if facts.teacher_int8 and "int8" in r.export.precisions:  # what quantization alone keeps, beside the student
+            jobs.insert(1, ("onnx", "int8", "teacher", "teacher-onnx-int8"))
     for fmt, precision, parent, label in jobs:
         quant = quant_for(r, profile, precision)
         g.add(label, "export", export_config(r, fmt, precision, quant, facts.labels), (parent,), job=label,

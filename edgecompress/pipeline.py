@@ -25,6 +25,11 @@ from edgecompress.plan import Plan, make_plan
 from edgecompress.recipe import load_recipe
 from edgecompress.steps import Session, json_default
 
+# What verify measures of an embedding file (verification.verify_embedding_file), carried into the report's rows.
+EMBEDDING_COLUMNS = ("recall_at_10", "cosine_to_teacher_mean", "cosine_to_torch_mean", "cosine_to_torch_min",
+                     "knn_label_accuracy", "teacher_knn_label_accuracy", "knn_domain_accuracy",
+                     "teacher_knn_domain_accuracy", "dim")
+
 
 def _check_folder(folder: Path, what: str) -> None:
     """A folder the run will write into: refused before any work when it cannot be one."""
@@ -86,8 +91,9 @@ def _one_line(e: Exception) -> str:
 def _row(label: str, exp: Artifact, ver: Artifact, bench: Artifact) -> dict:
     m, v, b = exp.metrics, ver.metrics, bench.metrics
     return {"label": label, "format": m["format"], "precision": m["precision"], "runtime": m["runtime"],
-            "test_accuracy": v["test_accuracy"], "test_accuracy_by_domain": v.get("test_accuracy_by_domain"),
+            "test_accuracy": v.get("test_accuracy"), "test_accuracy_by_domain": v.get("test_accuracy_by_domain"),
             "test_accuracy_by_class": v.get("test_accuracy_by_class"),
+            **{k: v[k] for k in EMBEDDING_COLUMNS if k in v},
             "label_agreement_vs_torch": v.get("test_label_agreement_vs_torch"),
             "parity_max_abs_diff": v["parity"]["max_abs_diff"], "parity": v["parity"],
             "p50_ms": b.get("p50_ms"), "p90_ms": b.get("p90_ms"), "p99_ms": b.get("p99_ms"),

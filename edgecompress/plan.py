@@ -26,6 +26,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     fit_candidates: Optional[int] = None  # the size of the recipe's fit space, when it has one
     placement: Optional[object] = None  # compute.Placement: where every training runs, resolved once here
+    teacher_head: Optional[object] = None  # the task's load_teacher argument: num_labels, or the embedding's Pooling
 
     @property
     def steps(self) -> list[str]:
@@ -71,16 +72,12 @@ def make_plan(recipe: Recipe) -> Plan:
         if n > cfg.get("max_position_embeddings", n):
             raise UserInputError(f"{name} {n} exceeds the model's max_position_embeddings {cfg['max_position_embeddings']}")
     ddir = data_dir(recipe.data)
-    splits = load_splits(recipe.data)
+    from edgecompress.tasks import task_row
+    # A label column the recipe names must exist, even where the task could do without (a typo must not silently
+    # drop the probes it asked for).
+    splits = load_splits(recipe.data, task_row(recipe).needs_labels or "label_column" in recipe.data.model_fields_set)
     n_labels = num_labels(splits)
-    head = cfg.get("_head_labels")
-    has_head = head is not None
-    if has_head and head != n_labels:
-        raise UserInputError(f"{teacher_dir}: the model head has {head} labels but the data has {n_labels}; "
-                             "use data with the head's labels or a headless encoder")
-    if not has_head and recipe.teacher.finetune is None:
-        raise UserInputError(f"{teacher_dir}: the model has no classification head and teacher.finetune is null; "
-                             "set teacher.finetune so edgecompress trains one")
+    teacher_head, extra = _task_head(recipe, teacher_dir, cfg, n_labels)
     for s in recipe.stages:
         if s.kind == "distill":
             from edgecompress.modeling import check_layer_map
@@ -98,10 +95,33 @@ def make_plan(recipe: Recipe) -> Plan:
     from edgecompress.compute import resolve  # refuses cuda/mps where there is none; no torch on a CPU-only build
     from edgecompress.data import fingerprint
     placement = resolve(recipe.compute)
-    facts = Facts(teacher_identity(teacher_dir), fingerprint(recipe.data), n_labels, splits["train"].label_names)
+    labels = splits["train"].label_names if recipe.task == "classification" else []  # an embedding has no classes
+    facts = Facts(teacher_identity(teacher_dir), fingerprint(recipe.data), n_labels if labels else 0, labels, **extra)
     return Plan(recipe, teacher_dir, ddir, n_labels, {k: len(v) for k, v in splits.items()}, profile,
                 run_graph(recipe, profile, facts, placement), splits,
-                fit_candidates=len(cands) if cands is not None else None, placement=placement)
+                fit_candidates=len(cands) if cands is not None else None, placement=placement,
+                teacher_head=teacher_head)
+
+
+def _task_head(recipe: Recipe, teacher_dir: Path, cfg: dict, n_labels: int) -> tuple[object, dict]:
+    """What the teacher is loaded with (classification: its number of labels; embedding: the resolved pooling) and
+    what the task adds to the teacher's and the stages' ids."""
+    if recipe.task == "embedding":
+        from edgecompress.pooling import resolve_pooling
+        e = recipe.embedding_cfg
+        pooling = resolve_pooling(teacher_dir, e.pooling, e.normalize)
+        return pooling, {"teacher_extra": {"task": "embedding", "pooling": pooling.mode,
+                                           "normalize": pooling.normalize},
+                         "stage_extra": {"embedding_loss": {"loss": e.loss, "mse_weight": e.mse_weight}},
+                         "teacher_int8": True}
+    head = cfg.get("_head_labels")
+    if head is not None and head != n_labels:
+        raise UserInputError(f"{teacher_dir}: the model head has {head} labels but the data has {n_labels}; "
+                             "use data with the head's labels or a headless encoder")
+    if head is None and recipe.teacher.finetune is None:
+        raise UserInputError(f"{teacher_dir}: the model has no classification head and teacher.finetune is null; "
+                             "set teacher.finetune so edgecompress trains one")
+    return n_labels, {}
 
 
 def check_formats(recipe: Recipe, profile, formats=None, precisions=None, field: str = "export.formats") -> None:

@@ -194,6 +194,53 @@ class FitCfg(Cfg):
         return v
 
 
+class EmbeddingCfg(Cfg):
+    """task: embedding. pooling/normalize describe the teacher's sentence vector (auto: what its sentence-transformers
+    folder declares in modules.json and 1_Pooling/config.json; a plain encoder folder must name a pooling); loss is
+    what distillation minimises between the student's and the teacher's pooled vectors."""
+    pooling: Literal["auto", "mean", "cls", "max"] = "auto"
+    normalize: Optional[bool] = Field(None, description="L2-normalise the vector; null = as the folder declares")
+    loss: Literal["mse", "cosine", "both"] = "both"
+    # MSE on unit vectors is tiny (~1/dim per coordinate): scaled by the width so its gradient is not lost beside
+    # the cosine term (sentence-transformers' MSE distillation uses unnormalised targets instead).
+    mse_weight: float = Field(1.0, ge=0, description="weight of dim * MSE in loss mse/both")
+
+
+# What an embedding recipe cannot use yet, or ever: each is trained or judged on class logits and labels.
+_CLASSIFICATION_ONLY = (
+    ("teacher.finetune", lambda r: r.teacher.finetune is not None,
+     "trains a classification head; an embedding teacher is used as is: set teacher.finetune: null"),
+    ("quantize.qat", lambda r: r.quantize.qat is not None, "distils class logits; drop it for task: embedding"),
+    ("quantize.fallback", lambda r: r.quantize.fallback is not None,
+     "ranks layers by class accuracy; drop it for task: embedding"),
+    ("fit", lambda r: r.fit is not None, "is not available for task: embedding yet; drop the fit section"),
+)
+
+
+def _stage_refusal(s) -> Optional[str]:
+    """Why a stage config cannot run on an embedding recipe (None: it can)."""
+    if s.kind == "distill" and {"alpha", "temperature"} & s.model_fields_set:
+        return "alpha and temperature weigh class-logit KD; the embedding loss is embedding.loss: drop them"
+    if getattr(s, "method", None) == "taylor" or getattr(s, "importance", None) == "taylor":
+        return "taylor importance needs a classification loss (not yet the embedding loss); use magnitude"
+    return None
+
+
+def check_task_settings(r) -> None:
+    """Settings of one task on a recipe of another, refused with the field and the fix."""
+    if r.task != "embedding":
+        if r.embedding is not None:
+            raise ValueError("embedding: applies to task: embedding only; drop it or set task: embedding")
+        return
+    for field, used, why in _CLASSIFICATION_ONLY:
+        if used(r):
+            raise ValueError(f"{field} {why}")
+    for i, s in enumerate(r.stages):
+        why = _stage_refusal(s)
+        if why:
+            raise ValueError(f"stages[{i}] ({s.kind}): {why}")
+
+
 class Recipe(Cfg):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
     task: Task = Field("classification", description="what the student is trained to do (tasks.py)")
@@ -207,6 +254,12 @@ class Recipe(Cfg):
     profile: str = "host"
     fit: Optional[FitCfg] = Field(None, description="search space of `edgecompress fit` (None: its defaults)")
     compute: ComputeCfg = Field(ComputeCfg(), description="device and precision of every training and model pass")
+    embedding: Optional[EmbeddingCfg] = Field(None, description="task: embedding: pooling, normalisation, loss")
+
+    @property
+    def embedding_cfg(self) -> EmbeddingCfg:
+        """The embedding section, its defaults when the recipe wrote none."""
+        return self.embedding or EmbeddingCfg()
 
     @property
     def kd(self) -> KDLoss:
@@ -229,6 +282,7 @@ class Recipe(Cfg):
                              f"exported file accepts; raise export.max_seq_len or lower data.max_seq_len")
         if self.bench.seq_len > self.export.max_seq_len:
             raise ValueError(f"bench.seq_len {self.bench.seq_len} exceeds export.max_seq_len {self.export.max_seq_len}")
+        check_task_settings(self)
         return self
 
 

@@ -26,9 +26,12 @@ def _cpu() -> str:
 # included) and its labels agree with its own torch model's on at least this share of the test rows: below that the
 # file computes something other than what was trained, whatever its accuracy happens to be.
 MIN_LABEL_AGREEMENT = 0.98
+# The same for an embedding file, whose output is a vector: the least cosine to its torch model's vector over the
+# parity rows (int8 files measured 0.99 on MiniLM students).
+MIN_COSINE_TO_TORCH = 0.98
 
 
-def _judge(runner, rows: list[dict]) -> list[str]:
+def judge_rows(runner, rows: list[dict]) -> list[str]:
     """Sets each student row's `verified`; returns every budget miss as a line."""
     from edgecompress.bench.budget import check_budgets
     teacher_acc = next((r["test_accuracy"] for r in rows if r["label"] == BASELINE), None)
@@ -37,11 +40,12 @@ def _judge(runner, rows: list[dict]) -> list[str]:
         if r["label"] == BASELINE:
             continue
         res = dict(r)
-        if teacher_acc is not None:
+        if teacher_acc is not None and r.get("test_accuracy") is not None:
             res["accuracy_drop"] = teacher_acc - r["test_accuracy"]
         misses = [c.message for c in check_budgets(res, runner.plan.profile, f"{r['format']}-{r['precision']}")]
-        agree = r.get("label_agreement_vs_torch")
-        r["verified"] = not misses and agree is not None and agree >= MIN_LABEL_AGREEMENT
+        agree, cos = r.get("label_agreement_vs_torch"), r.get("cosine_to_torch_min")
+        faithful = agree >= MIN_LABEL_AGREEMENT if agree is not None else cos is not None and cos >= MIN_COSINE_TO_TORCH
+        r["verified"] = not misses and faithful
         out += misses
     return out
 
@@ -56,10 +60,11 @@ def build_report(runner, teacher_art, student_art, rows: list[dict], failures: l
     base = next((r for r in rows if r["label"] == BASELINE), None)
     for r in rows:
         if base:
-            r["accuracy_vs_teacher"] = r["test_accuracy"] / base["test_accuracy"] if base["test_accuracy"] else None
+            r["accuracy_vs_teacher"] = r["test_accuracy"] / base["test_accuracy"] \
+                if base.get("test_accuracy") and r.get("test_accuracy") is not None else None
             r["speedup_vs_teacher"] = base["p50_ms"] / r["p50_ms"] if r.get("p50_ms") else None
             r["size_ratio_vs_teacher"] = base["file_mb"] / r["file_mb"] if r.get("file_mb") else None
-    violations = _judge(runner, rows)
+    violations = judge_rows(runner, rows)
     best = best_row(rows)
     return {
         "recipe": runner.recipe.model_dump(mode="json"),
@@ -88,8 +93,10 @@ def to_markdown(report: dict) -> str:
     lines = [f"# edgecompress report: {rec['name']}", "",
              f"Machine: {report['machine']['cpu']} ({report['machine']['cores']} cores, {report['machine']['arch']}); "
              f"bench: batch {rec['bench']['batch']}, seq {rec['bench']['seq_len']}, {rec['bench']['threads']} thread(s), "
-             f"{rec['bench']['runs']} runs after {rec['bench']['warmup_runs']} warmup; run took {report['run_seconds']} s.", "",
-             "| artifact | runtime | runner | test acc | % of teacher | p50 ms | p90 ms | text→label p50 ms | speedup | "
+             f"{rec['bench']['runs']} runs after {rec['bench']['warmup_runs']} warmup; run took {report['run_seconds']} s.", ""]
+    if rec.get("task") == "embedding":
+        return "\n".join(lines + embedding_table(report) + _tail(report)) + "\n"
+    lines += ["| artifact | runtime | runner | test acc | % of teacher | p50 ms | p90 ms | text→label p50 ms | speedup | "
              "load ms | peak RSS MiB | file MiB | smaller | parity max|Δ| | label agree |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
@@ -113,6 +120,32 @@ def to_markdown(report: dict) -> str:
               f"student after compression (torch fp32): test acc {_f(s.get('test_accuracy'), '{:.4f}')}"
               + (f", sparsity {s['sparsity']:.3f}" if "sparsity" in s else "") + "."]
     lines += _classes_markdown(report)
+    return "\n".join(lines + _tail(report)) + "\n"
+
+
+def embedding_table(report: dict) -> list[str]:
+    """task: embedding: per file, what it keeps of the teacher's retrieval, beside its speed and size."""
+    lines = ["| artifact | runtime | runner | dim | recall@10 of teacher's neighbours | cos to teacher | kNN label "
+             "(teacher) | kNN domain (teacher) | cos to torch min | p50 ms | speedup | peak RSS MiB | file MiB | "
+             "smaller |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['label']} | {r['runtime']} | {r.get('runner', 'python')} | {r.get('dim', '—')} | "
+            f"{_f(r.get('recall_at_10'), '{:.3f}')} | {_f(r.get('cosine_to_teacher_mean'), '{:.3f}')} | "
+            f"{_f(r.get('knn_label_accuracy'), '{:.3f}')} ({_f(r.get('teacher_knn_label_accuracy'), '{:.3f}')}) | "
+            f"{_f(r.get('knn_domain_accuracy'), '{:.3f}')} ({_f(r.get('teacher_knn_domain_accuracy'), '{:.3f}')}) | "
+            f"{_f(r.get('cosine_to_torch_min'), '{:.4f}')} | {_f(r.get('p50_ms'))} | "
+            f"{_f(r.get('speedup_vs_teacher'), '{:.2f}x')} | {_f(r.get('peak_rss_mb'), '{:.0f}')} | "
+            f"{r['file_mb']:.2f} | {_f(r.get('size_ratio_vs_teacher'), '{:.1f}x')} |")
+    s = report["student"]
+    return lines + ["", "recall@10: of the teacher's ten nearest test sentences (leave-one-out, cosine), the share "
+                    "among the file's ten; kNN: leave-one-out 10-NN vote of the label/domain, the teacher's own in "
+                    "brackets. Student after compression (torch fp32): cos to teacher on test "
+                    f"{_f(s.get('test_cosine_to_teacher'), '{:.4f}')}."]
+
+
+def _tail(report: dict) -> list[str]:
+    lines: list[str] = []
     notes = [(r["label"], n) for r in report["rows"] for n in r.get("notes", [])]
     if notes:
         lines += ["", "## Notes"] + [f"- {label}: {n}" for label, n in notes]
@@ -122,7 +155,7 @@ def to_markdown(report: dict) -> str:
         lines += ["", "## Budgets missed"] + [f"- {v}" for v in report["budget_violations"]]
     lines += ["", "## Steps", "", "| step | artifact | seconds |", "|---|---|---|"]
     lines += [f"| {s['label']} | {Path(s['path']).name} | {_f(s.get('duration_s'), '{:.1f}')} |" for s in report["lineage"]]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _classes_markdown(report: dict) -> list[str]:

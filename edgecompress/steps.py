@@ -22,7 +22,7 @@ from edgecompress.engine import Build, Engine
 from edgecompress.errors import RuntimeFailure
 from edgecompress.formats import FORMATS
 from edgecompress.graph import E2E_TEXTS, Step, quant_for
-from edgecompress.tasks import task_of
+from edgecompress.tasks import task_of, task_row
 
 
 def json_default(o):
@@ -50,14 +50,16 @@ class Session:
     """One run over a plan's graph: nodes are executed on demand, parents first, each at most once."""
 
     def __init__(self, plan, engine: Engine, rebench: bool = False):
-        from edgecompress.compress.base import StageContext
+        from edgecompress.compress.base import EmbeddingLoss, StageContext
         self.plan, self.engine, self.rebench = plan, engine, rebench
         self.recipe = plan.recipe
-        self.task = task_of(self.recipe)
+        self.task, self.task_row = task_of(self.recipe), task_row(self.recipe)
         self.splits = plan.splits
         self.placement = plan.placement  # where every training and model pass runs (compute.py)
+        e = self.recipe.embedding_cfg
         self.ctx = StageContext(self.splits, self.recipe.data.max_seq_len, self.recipe.seed, plan.placement,
-                                kd=self.recipe.kd)
+                                kd=self.recipe.kd, embedding=EmbeddingLoss(e.loss, e.mse_weight)
+                                if self.recipe.task == "embedding" else None)
         self.artifacts: dict[str, Artifact] = {}
         self._teacher = None
 
@@ -117,14 +119,15 @@ def build_teacher(s: Session, node: Step) -> Build:
         from edgecompress.modeling import load_tokenizer
         progress.log(f"[{node.label}] on {s.placement}")
         torch.manual_seed(r.seed)
-        model = s.task.load_teacher(s.plan.teacher_dir, s.plan.num_labels)
+        model = s.task.load_teacher(s.plan.teacher_dir, s.plan.teacher_head)
         tokenizer = load_tokenizer(s.plan.teacher_dir)
         if r.teacher.finetune is not None:
             from edgecompress.compress.finetune import finetune
             res = finetune(model, tokenizer, r.teacher.finetune, s.ctx)
             model, tokenizer, metrics = res.model, res.tokenizer, res.metrics
         else:
-            metrics = {"test_accuracy": s.task.evaluate(model, s.ctx.eval_batches(tokenizer, "test"), s.placement)}
+            res = s.task.evaluate(model, s.ctx.eval_batches(tokenizer, "test"), s.placement)
+            metrics = res if isinstance(res, dict) else {"test_accuracy": res}
         save_model(model, tokenizer, tmp / "model")
         write_metrics(tmp, {**metrics, **s.placement.record()})
     return build
@@ -165,7 +168,7 @@ def build_export(s: Session, node: Step) -> Build:
         torch.manual_seed(r.seed)
         model, tokenizer = s.load_model(parent), load_artifact_tokenizer(parent)
         exporter = EXPORTERS.get(fmt)(batch=r.bench.batch)
-        io = IOSpec.for_model(model, tokenizer, r.export.max_seq_len)
+        io = IOSpec.for_model(model, tokenizer, r.export.max_seq_len, **s.task.io_fields(model))
         t0 = time.perf_counter()
         with progress.status(f"exporting {node.label}"):
             res = exporter.export(model, io, quant, s.calib_data(quant, tokenizer), tmp)
@@ -182,20 +185,24 @@ def build_export(s: Session, node: Step) -> Build:
 
 
 def build_verify(s: Session, node: Step) -> Build:
+    import importlib
     from edgecompress.export.iospec import read_io_beside
     from edgecompress.registry import EXPORTERS
-    from edgecompress.verification import verify_file
     r = s.recipe
     exp, parent = (s.artifacts[p] for p in node.parents)
+    module, _, fn = s.task_row.verifier.partition(":")
+    verify_file = getattr(importlib.import_module(module), fn)
 
     def build(tmp: Path) -> None:
         model, tokenizer = s.load_model(parent), load_artifact_tokenizer(parent)
         file = exp.checked(exp.metrics["file"])
         infer = EXPORTERS.get(exp.metrics["format"])().load(file, threads=r.bench.threads)
         test = s.splits["test"].subset(r.export.max_test_samples, r.seed)
+        # The teacher's outputs for the same rows, computed only by a task that judges against them (embedding).
+        reference = lambda: s.ctx.teacher_outputs(s.teacher(), "test", r.export.max_test_samples)  # noqa: E731
         with progress.status(f"verifying {node.job}"):
             metrics = verify_file(infer, read_io_beside(file), model, tokenizer, test,
-                                  shapes=r.export.parity_shapes, seed=r.seed)
+                                  shapes=r.export.parity_shapes, seed=r.seed, reference=reference)
         write_metrics(tmp, metrics)
     return build
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
-from edgecompress.report import BASELINE, MIN_LABEL_AGREEMENT
+from edgecompress.report import BASELINE, MIN_COSINE_TO_TORCH, MIN_LABEL_AGREEMENT
 
 # A wide table wrapped at 80 columns by a pipe or CI log is unreadable; 120 keeps one row per line there.
 PIPE_WIDTH = 120
@@ -18,18 +18,26 @@ def _f(x, fmt: str = "{:.2f}") -> str:
     return "—" if x is None else fmt.format(x)
 
 
+def _embedding(report: dict) -> bool:
+    return report["recipe"].get("task") == "embedding"
+
+
 def _table(report: dict):
     from rich import box
     from rich.table import Table
+    # What a file keeps of the teacher: accuracy for a classifier, the teacher's neighbours for an embedder.
+    quality = (("recall@10", "recall_at_10", "{:.3f}"), ("cos to teacher", "cosine_to_teacher_mean", "{:.3f}")) \
+        if _embedding(report) else (("test acc", "test_accuracy", "{:.4f}"), ("% of teacher", "accuracy_vs_teacher",
+                                                                               "{:.1%}"))
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    for name in ("", "file", "runner", "test acc", "% of teacher", "p50 ms", "speed-up", "MiB", "smaller",
+    for name in ("", "file", "runner", quality[0][0], quality[1][0], "p50 ms", "speed-up", "MiB", "smaller",
                  "peak RSS MiB", "verifies"):
         t.add_column(name, justify="left" if name in ("", "file", "runner") else "right", no_wrap=True)
     for r in report["rows"]:
         base = r["label"] == BASELINE
         best = r["label"] == report.get("best")
-        t.add_row("★" if best else "", r["label"], r.get("runner", "python"), f"{r['test_accuracy']:.4f}",
-                  _f(r.get("accuracy_vs_teacher"), "{:.1%}"), _f(r.get("p50_ms")),
+        t.add_row("★" if best else "", r["label"], r.get("runner", "python"), _f(r.get(quality[0][1]), quality[0][2]),
+                  _f(r.get(quality[1][1]), quality[1][2]), _f(r.get("p50_ms")),
                   _f(r.get("speedup_vs_teacher"), "{:.2f}×"), _f(r.get("file_mb")),
                   _f(r.get("size_ratio_vs_teacher"), "{:.1f}×"), _f(r.get("peak_rss_mb"), "{:.0f}"),
                   "baseline" if base else ("yes" if r.get("verified") else "no"),
@@ -58,8 +66,9 @@ def lines(report: dict, run_dir: Path) -> list[str]:
     """What follows the table, as plain lines (paths unwrapped, so they copy and paste whole)."""
     out: list[str] = []
     pick = _pick(report)
-    rule = (f"within profile {report.get('profile', '?')}'s budgets, accuracy drop included, and agreeing with its "
-            f"torch model on >= {MIN_LABEL_AGREEMENT:.0%} of test labels")
+    faithful = (f"its vectors at cosine >= {MIN_COSINE_TO_TORCH} to its torch model's" if _embedding(report) else
+                f"agreeing with its torch model on >= {MIN_LABEL_AGREEMENT:.0%} of test labels")
+    rule = f"within profile {report.get('profile', '?')}'s budgets, accuracy drop included, and {faithful}"
     if report.get("best"):
         out.append(f"★ best: {report['best']}, the fastest file that verifies: {rule}")
     else:
@@ -69,9 +78,11 @@ def lines(report: dict, run_dir: Path) -> list[str]:
     out += ["", f"report:  {run_dir / 'report.html'}  (also report.md, report.json; messages: run.log)"]
     if pick is not None:
         bundle = run_dir / "artifacts" / pick["label"]
-        out += [f"bundle:  {bundle}  (model, tokenizer.json, labels.json, README.txt)",
-                f"classes: {', '.join(report.get('labels') or [])}", "", "next:",
-                f"  edgecompress predict {shlex.quote(str(bundle))} {shlex.quote(EXAMPLE_TEXT)}",
+        out += ([f"bundle:  {bundle}  (model, tokenizer.json, README.txt)"] if _embedding(report) else
+                [f"bundle:  {bundle}  (model, tokenizer.json, labels.json, README.txt)",
+                 f"classes: {', '.join(report.get('labels') or [])}"])
+        out += ["", "next:", f"  edgecompress predict {shlex.quote(str(bundle))} {shlex.quote(EXAMPLE_TEXT)}"
+                + (" --json" if _embedding(report) else ""),
                 f"  edgecompress bench {shlex.quote(str(bundle))} --profile {shlex.quote(_device_profile(report))} "
                 f"--target ssh://user@host"]
     return out

@@ -21,6 +21,7 @@ class TaskSpec:
     module: str          # registers the task's implementation (load_teacher, load_artifact_model, evaluate)
     needs_labels: bool   # the data must carry a label column
     metric: str          # the metric verify reports and the report ranks by
+    verifier: str = "edgecompress.verification:verify_file"  # module:function of the verify step (steps.py)
 
 
 def declare_task(spec: TaskSpec) -> TaskSpec:
@@ -28,6 +29,10 @@ def declare_task(spec: TaskSpec) -> TaskSpec:
 
 
 declare_task(TaskSpec("classification", "edgecompress.classification", needs_labels=True, metric="test_accuracy"))
+# Sentence embeddings: pooling + L2 norm in the graph, distilled with MSE/cosine on the pooled vector; labels (where the
+# data has them) only feed the kNN probes of verify, never the loss.
+declare_task(TaskSpec("embedding", "edgecompress.embedding", needs_labels=False, metric="recall_at_10",
+                      verifier="edgecompress.verification:verify_embedding_file"))
 
 
 def _known_task(v: str) -> str:
@@ -37,6 +42,10 @@ def _known_task(v: str) -> str:
 
 
 Task = Annotated[str, AfterValidator(_known_task)]
+
+
+def task_row(recipe) -> TaskSpec:
+    return TASKS.row(recipe.task)
 
 
 def task_of(recipe):

@@ -60,8 +60,49 @@ def evaluate(infer, tokenizer, split, max_seq_len: int, model=None) -> dict:
     return out
 
 
-def verify_file(infer, io, model, tokenizer, test_split, *, shapes, seed: int) -> dict:
-    """The verify step's metrics: parity at `shapes` + accuracy on `test_split`, both in the file's runtime."""
+def verify_file(infer, io, model, tokenizer, test_split, *, shapes, seed: int, reference=None) -> dict:
+    """The verify step's metrics: parity at `shapes` + accuracy on `test_split`, both in the file's runtime.
+    reference: unused (the labels are what a classifier is judged against)."""
     from edgecompress.export import parity
     par = parity.compare(model, infer, io, shapes=shapes, seed=seed)
     return {"parity": par, **evaluate(infer, tokenizer, test_split, io.max_seq_len, model=model)}
+
+
+def file_outputs(infer, tokenizer, split, max_seq_len: int, model=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The file's outputs for every row of a split, in row order (+ the torch model's, when given)."""
+    out = ref = None
+    for inputs, _, idx in progress.track(batches(tokenizer, split, EVAL_BATCH, max_seq_len, shuffle=False),
+                                         description="verify on test split"):
+        got = np.asarray(infer(inputs), dtype=np.float32)
+        out = np.zeros((len(split), got.shape[1]), np.float32) if out is None else out
+        out[idx] = got
+        if model is not None:
+            ref = np.zeros_like(out) if ref is None else ref
+            ref[idx] = _torch_logits(model, inputs)
+    return out, ref
+
+
+def verify_embedding_file(infer, io, model, tokenizer, test_split, *, shapes, seed: int, reference) -> dict:
+    """An embedding file judged in its runtime: parity (cosine) to the torch model at `shapes`, and on the held-out
+    rows, against the teacher's vectors (reference(): [rows, dim], the same rows): recall@10 of the teacher's ten
+    nearest neighbours among the file's ten (corpus and queries both embedded by the file), mean cosine to the
+    teacher where the widths match, and leave-one-out kNN@10 accuracy of the label and the domain beside the
+    teacher's own."""
+    from edgecompress.export import parity
+    from edgecompress.retrieval import knn_accuracy, recall_at_k, row_cosine
+    par = parity.compare(model, infer, io, shapes=shapes, seed=seed)
+    vecs, torch_vecs = file_outputs(infer, tokenizer, test_split, io.max_seq_len, model)
+    teacher = np.asarray(reference(), dtype=np.float32)
+    out = {"parity": par, "test_samples": len(test_split), "dim": int(vecs.shape[1]),
+           "cosine_to_torch_mean": float(row_cosine(vecs, torch_vecs).mean()),
+           "cosine_to_torch_min": float(row_cosine(vecs, torch_vecs).min()),
+           "recall_at_10": recall_at_k(vecs, teacher, 10)}
+    if test_split.label_names:  # unlabelled text has no label to probe
+        out["knn_label_accuracy"] = knn_accuracy(vecs, test_split.labels)
+        out["teacher_knn_label_accuracy"] = knn_accuracy(teacher, test_split.labels)
+    if teacher.shape[1] == vecs.shape[1]:
+        out["cosine_to_teacher_mean"] = float(row_cosine(vecs, teacher).mean())
+    if test_split.domains:
+        out["knn_domain_accuracy"] = knn_accuracy(vecs, test_split.domains)
+        out["teacher_knn_domain_accuracy"] = knn_accuracy(teacher, test_split.domains)
+    return out

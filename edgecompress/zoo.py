@@ -173,3 +173,12 @@ def save_tiny_teacher(dest: Path, num_labels: int = 2) -> Path:
     tiny_bert_with_real_vocab(num_labels).save_pretrained(str(dest), safe_serialization=True)
     load_tokenizer(minilm_dir()).save_pretrained(str(dest))
     return dest
+
+
+def save_tiny_embedder(dest: Path, family: str = "bert", pooling: str = "mean", normalize: bool = True,
+                       texts: list[str] | None = None) -> Path:
+    """A tiny sentence-transformers folder of a family: the encoder + tokenizer, modules.json and 1_Pooling."""
+    from edgecompress.pooling import Pooling, write_st_folder
+    save_family_model(family, dest, texts)
+    write_st_folder(dest, Pooling(pooling, normalize), 32)
+    return dest

@@ -139,6 +139,9 @@ def verify_command(args) -> int:
         raise UserInputError("--min-agreement must be within [0, 1]")
     exp = open_export(args.artifact)
     check_runner_option(exp.format, args.runner)
+    if IOSpec.read(exp.io_json).output_name == "embedding":  # vectors have no labels to agree on (not built yet)
+        raise UserInputError(f"{args.artifact}: a sentence encoder; verify on a target judges class labels, so it "
+                             f"does not apply yet: the run's verify step judges embedding files on this host")
     with make_transport(parse_target(args.target)) as t:
         res = verify_labels(exp, t, threads=args.threads, limit=args.limit, timeout_s=args.timeout_s,
                             runner=args.runner)

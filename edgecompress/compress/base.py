@@ -17,6 +17,29 @@ from edgecompress.registry import STAGES
 
 
 @dataclass(frozen=True)
+class EmbeddingLoss:
+    """task: embedding: what a student minimises against the teacher's pooled vectors for the same rows (labels are
+    never used). mse is scaled by the width: on unit vectors per-coordinate errors are ~1/dim and would vanish beside
+    the cosine term. On L2-normalised outputs dim * MSE is exactly 2 * (1 - cos), so mse, cosine and both differ
+    there only in scale (both = 3 x cosine, a larger effective learning rate); they differ in direction only when
+    the embedding is not normalised."""
+    loss: str = "both"        # mse | cosine | both
+    mse_weight: float = 1.0
+
+    def __call__(self, student, teacher) -> tuple[Any, dict]:
+        import torch.nn.functional as F
+        s, t = student.float(), teacher.float()
+        parts, total = {}, 0.0
+        if self.loss in ("mse", "both"):
+            mse = F.mse_loss(s, t) * s.shape[-1]
+            total, parts["mse"] = total + self.mse_weight * mse, float(mse.detach())
+        if self.loss in ("cosine", "both"):
+            cos = (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+            total, parts["cosine"] = total + cos, float(cos.detach())
+        return total, parts
+
+
+@dataclass(frozen=True)
 class StageContext:
     """The data side shared by every stage of a run, and where its models run; stages read it, never write it."""
     splits: dict[str, Split]
@@ -24,9 +47,11 @@ class StageContext:
     seed: int = 0
     placement: Placement = CPU  # device + precision of every model-over-data pass (compute.py)
     kd: KDLoss = KDLoss()  # the recipe's KD loss (Recipe.kd): recovery trains on what distillation used
+    embedding: Optional[EmbeddingLoss] = None  # task: embedding (the model outputs vectors); None: class logits
     # Token ids per (tokenizer, split, subset): a split is tokenized once per run, not once per epoch and pass. The
     # entry keeps its tokenizer alive, so the id() in the key cannot be reused by another tokenizer.
     _encoded: dict = field(default_factory=dict, repr=False, compare=False)
+    _teacher_out: dict = field(default_factory=dict, repr=False, compare=False)  # (split, subset) -> teacher outputs
 
     def batches(self, tokenizer, split: str, batch_size: int, *, shuffle: bool, epoch: int = 0,
                 subset: Optional[int] = None):
@@ -43,6 +68,16 @@ class StageContext:
     def eval_batches(self, tokenizer, split: str, subset: Optional[int] = None):
         """Batches for a pass without gradients (accuracy, teacher logits): larger on an accelerator."""
         return self.batches(tokenizer, split, self.placement.eval_batch, shuffle=False, subset=subset)
+
+
+    def teacher_outputs(self, teacher: "Teacher", split: str, subset: Optional[int] = None):
+        """The teacher's outputs (logits or vectors) for a split's rows, in row order, computed once per run."""
+        key = (split, subset)
+        if key not in self._teacher_out:
+            from edgecompress.compress.train import predict_logits
+            self._teacher_out[key] = predict_logits(teacher.model, self.eval_batches(teacher.tokenizer, split, subset),
+                                                    self.placement)
+        return self._teacher_out[key]
 
 
 @dataclass(frozen=True)

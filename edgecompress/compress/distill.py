@@ -26,8 +26,8 @@ from torch import nn
 from edgecompress import progress
 from edgecompress.compress.adaptor import Adapted, adapt, eager_attention, hidden_width
 from edgecompress.compress.base import StageContext, StageResult, Teacher, register_stage
-from edgecompress.compress.kd import kd_loss
-from edgecompress.compress.train import accuracy, is_distributed, predict_logits, train
+from edgecompress.compress.kd import kd_loss, split_metrics, val_score
+from edgecompress.compress.train import is_distributed, predict_logits, train
 from edgecompress.compute import on_device
 from edgecompress.errors import UserInputError
 from edgecompress.families import canonical, family_of
@@ -145,16 +145,17 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
     res = phases[-1][1]
     history = [{**h, "phase": name} for name, r in phases for h in r.history]
     metrics = {"train_seconds": round(sum(r.seconds for _, r in phases), 1), "history": history,
-               "val_accuracy": res.best_val_accuracy, "stopped_early": res.stopped_early,
+               ("val_accuracy" if ctx.embedding is None else "val_cosine_to_teacher"): res.best_val_accuracy, "stopped_early": res.stopped_early,
                "params": count_params(student), "teacher_params": count_params(t_model),
                "projection_params_dropped": sum(p.numel() for p in wrapper.proj.parameters()),
                "matches": [m.model_dump() for m in cfg.matches], "schedule": cfg.schedule,
                "distributed": is_distributed(),
                "student_config": family_of(student).dims(student.config),
-               "test_accuracy": accuracy(student, ctx.eval_batches(tokenizer, "test"), ctx.placement)}
+               **split_metrics(student, tokenizer, ctx, teacher, "test")}
     if init_report:
         metrics["student_init"] = {k: v for k, v in init_report.items() if k != "hidden_dims"}
-    progress.log(f"  distilled student: {metrics['params']:,} params, test acc {metrics['test_accuracy']:.4f}")
+    progress.log(f"  distilled student: {metrics['params']:,} params, "
+                 + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if k.startswith("test_")))
     return StageResult(student, tokenizer, metrics)
 
 
@@ -162,6 +163,7 @@ def _train_phases(wrapper: Distiller, teacher, tokenizer, cfg: DistillCfg, ctx: 
     """Train the student inside `wrapper`; returns [(phase name, TrainResult)], the intermediate phase first."""
     subset = cfg.train.max_train_samples
     val = ctx.eval_batches(tokenizer, "validation")
+    score = val_score(tokenizer, ctx, Teacher(teacher, tokenizer))
     make = lambda e: ctx.batches(tokenizer, "train", cfg.train.batch_size, shuffle=True, epoch=e, subset=subset)  # noqa: E731
     cache: dict = {}
 
@@ -184,7 +186,10 @@ def _train_phases(wrapper: Distiller, teacher, tokenizer, cfg: DistillCfg, ctx: 
             if use_logits:
                 if not use_matches:
                     t_logits = cached_teacher_logits()[torch.from_numpy(np.asarray(idx))].to(s.logits.device)
-                kd, kparts = kd_loss(s.logits, t_logits, labels, cfg.alpha, cfg.temperature)
+                if ctx.embedding is not None:  # the pooled vectors; labels unused
+                    kd, kparts = ctx.embedding(s.logits, t_logits)
+                else:
+                    kd, kparts = kd_loss(s.logits, t_logits, labels, cfg.alpha, cfg.temperature)
                 total, parts = total + kd, {**parts, **kparts}
             return total, parts
         return loss_fn
@@ -199,12 +204,13 @@ def _train_phases(wrapper: Distiller, teacher, tokenizer, cfg: DistillCfg, ctx: 
             wrapper.use_matches = True
             p1 = cfg.train.model_copy(update={"epochs": cfg.intermediate_epochs})
             r1 = train(wrapper, make, loss_fn_for(True, False), p1, val, "distill (intermediate)", ctx.seed,
-                       select_best=False, find_unused_parameters=unused, placement=ctx.placement)
+                       select_best=False, find_unused_parameters=unused, placement=ctx.placement, score=score)
             phases.append(("intermediate", r1))
     wrapper.use_matches = cfg.schedule == "joint" and bool(cfg.matches)
     with on_device(teacher, ctx.placement), \
             eager_attention(teacher, student, enabled=wrapper.use_matches and wrapper.need_attention):
         res = train(wrapper, make, loss_fn_for(wrapper.use_matches, True), cfg.train, val, "distill student", ctx.seed,
-                    patience=cfg.early_stopping_patience, find_unused_parameters=unused, placement=ctx.placement)
+                    patience=cfg.early_stopping_patience, find_unused_parameters=unused, placement=ctx.placement,
+                    score=score)
     phases.append(("logits" if cfg.schedule == "two_phase" else "joint", res))
     return phases

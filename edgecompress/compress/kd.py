@@ -37,7 +37,11 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
 
     The teacher reads its own tokenizer (after vocabulary trimming the student's ids differ); both batch lists come
     from the same subset of the train split, so the row index each batch carries links them. Without a teacher this
-    is plain fine-tuning on the labels."""
+    is plain fine-tuning on the labels. task: embedding (ctx.embedding) trains the vectors toward the teacher's with
+    the embedding loss and needs the teacher."""
+    if ctx.embedding is not None and teacher is None:
+        from edgecompress.errors import UserInputError
+        raise UserInputError(f"{description}: an embedding recovers toward the teacher's vectors; it needs a teacher")
     subset = cfg.max_train_samples
     teacher_logits = None
     if teacher is not None:
@@ -46,6 +50,8 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
 
     def loss_fn(m, inputs, labels, idx):
         logits = m(**inputs).logits
+        if ctx.embedding is not None:  # vectors against the teacher's for the same rows; labels unused
+            return ctx.embedding(logits, teacher_logits[torch.from_numpy(np.asarray(idx))].to(logits.device))
         if teacher_logits is None:
             loss = F.cross_entropy(logits, labels)
             return loss, {"ce": float(loss.detach())}
@@ -59,7 +65,8 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
         try:
             res = train(model, lambda e: ctx.batches(tokenizer, "train", cfg.batch_size, shuffle=True, epoch=e,
                                                      subset=subset),
-                        loss_fn, cfg, ctx.eval_batches(tokenizer, "validation"), description, ctx.seed, placement=pl)
+                        loss_fn, cfg, ctx.eval_batches(tokenizer, "validation"), description, ctx.seed, placement=pl,
+                        score=val_score(tokenizer, ctx, teacher))
         finally:
             for h in hooks:
                 h.remove()
@@ -69,3 +76,24 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
                 p.mul_(keep)
     return {"seconds": round(res.seconds, 1), "history": res.history, "best_val_accuracy": res.best_val_accuracy,
             "teacher": teacher is not None, "max_train_samples": subset}
+
+
+def split_metrics(model, tokenizer, ctx: StageContext, teacher: Optional[Teacher], split: str) -> dict:
+    """How good `model` is on a split, in its task's terms: class accuracy (val_accuracy, test_accuracy), or for
+    embeddings the mean cosine of its vectors to the teacher's (val_cosine_to_teacher, ...)."""
+    from edgecompress.compress.train import accuracy
+    batches = ctx.eval_batches(tokenizer, split)
+    prefix = {"validation": "val"}.get(split, split)
+    if ctx.embedding is None:
+        return {f"{prefix}_accuracy": accuracy(model, batches, ctx.placement)}
+    from edgecompress.retrieval import row_cosine
+    vecs = predict_logits(model, batches, ctx.placement)
+    return {f"{prefix}_cosine_to_teacher": float(row_cosine(vecs, ctx.teacher_outputs(teacher, split)).mean())}
+
+
+def val_score(tokenizer, ctx: StageContext, teacher: Optional[Teacher]):
+    """The training loop's validation score for this task: None (class accuracy, train's default) or, for
+    embeddings, a function model -> mean cosine to the teacher on the validation split."""
+    if ctx.embedding is None:
+        return None
+    return lambda m: split_metrics(m, tokenizer, ctx, teacher, "validation")["val_cosine_to_teacher"]

@@ -17,8 +17,7 @@ import torch
 
 from edgecompress.compress.base import StageContext, StageResult, Teacher, register_stage
 from edgecompress.compress.importance import weight_scores
-from edgecompress.compress.kd import recover
-from edgecompress.compress.train import accuracy
+from edgecompress.compress.kd import recover, split_metrics
 from edgecompress.families import family_of
 from edgecompress.recipe import PruneCfg
 
@@ -100,6 +99,6 @@ def prune(model, tokenizer, cfg: PruneCfg, ctx: StageContext, teacher: Optional[
                "sparsity": round(sparsity(model), 6),
                "target_sparsity": cfg.sparsity if cfg.method != "threshold" else None,
                "threshold": cfg.threshold, "steps": history,
-               "val_accuracy": accuracy(model, ctx.eval_batches(tokenizer, "validation"), ctx.placement),
-               "test_accuracy": accuracy(model, ctx.eval_batches(tokenizer, "test"), ctx.placement)}
+               **split_metrics(model, tokenizer, ctx, teacher, "validation"),
+               **split_metrics(model, tokenizer, ctx, teacher, "test")}
     return StageResult(model, tokenizer, metrics)

@@ -129,8 +129,7 @@ def heads_per_layer(model) -> list[int]:
 def prune_structured(model, tokenizer, cfg: StructuredPruneCfg, ctx: StageContext,
                      teacher: Optional[Teacher] = None) -> StageResult:
     import torch
-    from edgecompress.compress.kd import recover
-    from edgecompress.compress.train import accuracy
+    from edgecompress.compress.kd import recover, split_metrics
     from edgecompress.modeling import count_params
 
     fam = family_of(model)
@@ -160,12 +159,12 @@ def prune_structured(model, tokenizer, cfg: StructuredPruneCfg, ctx: StageContex
                "removed_heads": {i: h for i, h in enumerate(removed) if h},
                "intermediate_size_before": inter_before,
                "intermediate_size": fam.dims(model.config)["intermediate_size"]}
-    val = ctx.eval_batches(tokenizer, "validation")
     if cfg.recovery is not None:
-        metrics["val_accuracy_before_recovery"] = accuracy(model, val, ctx.placement)
+        metrics.update({f"{k}_before_recovery": v for k, v in
+                        split_metrics(model, tokenizer, ctx, teacher, "validation").items()})
         metrics["recovery"] = recover(model, tokenizer, cfg.recovery, ctx, teacher, "structured recovery")
-    metrics["val_accuracy"] = accuracy(model, val, ctx.placement)
-    metrics["test_accuracy"] = accuracy(model, ctx.eval_batches(tokenizer, "test"), ctx.placement)
+    metrics.update(split_metrics(model, tokenizer, ctx, teacher, "validation"))
+    metrics.update(split_metrics(model, tokenizer, ctx, teacher, "test"))
     return StageResult(model, tokenizer, metrics)
 
 

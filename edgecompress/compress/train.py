@@ -153,11 +153,13 @@ def _run_epoch(model, batches: list, loss_fn: Callable, opt, sched, acc_, placem
 
 def train(model, make_batches: Callable[[int], list], loss_fn: Callable, cfg: TrainCfg, val_batches: list,
           description: str, seed: int = 0, *, patience: Optional[int] = None, select_best: bool = True,
-          find_unused_parameters: bool = False, placement: Placement = CPU) -> TrainResult:
+          find_unused_parameters: bool = False, placement: Placement = CPU,
+          score: Optional[Callable] = None) -> TrainResult:
     """make_batches(epoch) -> list of (inputs, labels, row_index); loss_fn(model, inputs, labels, idx) -> (loss, parts),
     called under the placement's autocast with inputs and labels already on its device.
 
-    patience: stop after that many epochs without a validation-accuracy gain. select_best=False keeps the last
+    score: model -> validation score, higher is better (None: accuracy on val_batches; embeddings: cosine to the
+    teacher). patience: stop after that many epochs without a validation-score gain. select_best=False keeps the last
     weights (a phase whose logits are not trained yet has a meaningless validation accuracy). The model trains on
     `placement` and is back where it came from (the CPU, for a stage) when this returns."""
     import torch
@@ -177,12 +179,13 @@ def train(model, make_batches: Callable[[int], list], loss_fn: Callable, cfg: Tr
         for e, epoch_batches in enumerate(per_epoch):
             losses = _run_epoch(model, epoch_batches, loss_fn, opt, sched, acc_, placement, scaler,
                                 f"{description} epoch {e + 1}/{len(per_epoch)}")
-            val_acc = accuracy(plain, val_batches, placement)
+            val_acc = accuracy(plain, val_batches, placement) if score is None else score(plain)
+            name = "val_accuracy" if score is None else "val_score"
             result.history.append({"epoch": e + 1, "train_loss_first": losses[0], "train_loss_last_10pct":
-                                   float(np.mean(losses[-max(1, len(losses) // 10):])), "val_accuracy": val_acc,
+                                   float(np.mean(losses[-max(1, len(losses) // 10):])), name: val_acc,
                                    "steps": len(losses)})
             progress.log(f"  {description} epoch {e + 1}: loss {result.history[-1]['train_loss_last_10pct']:.4f}, "
-                         f"val acc {val_acc:.4f}")
+                         f"{'val acc' if score is None else 'val score'} {val_acc:.4f}")
             if not select_best:
                 best_acc = val_acc
                 continue

@@ -196,7 +196,7 @@ def trim_embeddings(model, keep: list[int], pad_token_id: int | None) -> None:
 @register_stage("trim_vocab")
 def trim_vocab(model, tokenizer, cfg: VocabTrimCfg, ctx: StageContext, teacher: Optional[Teacher] = None) -> StageResult:
     """Returns the trimmed model with the new tokenizer: every later stage and export must read the new ids."""
-    from edgecompress.compress.train import accuracy
+    from edgecompress.compress.kd import split_metrics
     from edgecompress.modeling import count_params
 
     vocab_before, params_before = model.get_input_embeddings().num_embeddings, count_params(model)
@@ -211,14 +211,14 @@ def trim_vocab(model, tokenizer, cfg: VocabTrimCfg, ctx: StageContext, teacher: 
     metrics = {}
     if cfg.recovery is not None:
         from edgecompress.compress.kd import recover
-        metrics["val_accuracy_before_recovery"] = accuracy(model, ctx.eval_batches(new_tok, "validation"),
-                                                           ctx.placement)
+        metrics.update({f"{k}_before_recovery": v for k, v in
+                        split_metrics(model, new_tok, ctx, teacher, "validation").items()})
         metrics["recovery"] = recover(model, new_tok, cfg.recovery, ctx, teacher, "vocab recovery")
         model.eval()
     metrics.update({
         "vocab_size_before": vocab_before, "vocab_size": len(keep), "corpus_splits": list(cfg.corpus_splits),
         "corpus_texts": len(texts), "min_count": cfg.min_count, "corpus_tokens": int(sum(counts.values())),
         "params_before": params_before, "params": count_params(model),
-        "val_accuracy": accuracy(model, ctx.eval_batches(new_tok, "validation"), ctx.placement),
-        "test_accuracy": accuracy(model, ctx.eval_batches(new_tok, "test"), ctx.placement)})
+        **split_metrics(model, new_tok, ctx, teacher, "validation"),
+        **split_metrics(model, new_tok, ctx, teacher, "test")})
     return StageResult(model, new_tok, metrics)

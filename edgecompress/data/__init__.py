@@ -62,10 +62,11 @@ def data_dir(cfg: DataCfg) -> Path:
 
 
 def split_file(directory: Path, split: str) -> Path:
-    for ext in (".csv", ".jsonl"):
+    for ext in (".csv", ".jsonl", ".txt"):
         if (directory / f"{split}{ext}").is_file():
             return directory / f"{split}{ext}"
-    raise UserInputError(f"{directory}: no {split}.csv or {split}.jsonl; every data folder needs train, validation and test files")
+    raise UserInputError(f"{directory}: no {split}.csv, {split}.jsonl or {split}.txt; every data folder needs train, "
+                         f"validation and test files")
 
 
 def fingerprint(cfg: DataCfg) -> str:
@@ -84,11 +85,15 @@ def fingerprint(cfg: DataCfg) -> str:
 _CSV_FIELD_LIMIT = 16 * 2**20
 
 
-def _read_rows(path: Path) -> Iterator[dict]:
+def _read_rows(path: Path, text_column: str = "text") -> Iterator[dict]:
     # utf-8-sig: Excel's "CSV UTF-8" starts every file with a BOM, which would otherwise glue onto the first column name.
     n, reader = 1, None
     try:
-        if path.suffix == ".csv":
+        if path.suffix == ".txt":  # unlabelled text, one sentence a line (the embedding task's own corpus)
+            with open(path, encoding="utf-8-sig") as f:
+                for line in f:
+                    yield {text_column: line.strip()}
+        elif path.suffix == ".csv":
             csv.field_size_limit(_CSV_FIELD_LIMIT)
             with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.reader(f)
@@ -118,21 +123,26 @@ def _json_row(line: str, path: Path, n: int) -> dict:
     return row
 
 
-def _read_split(path: Path, cfg: DataCfg, name: str) -> tuple[list[str], list, Optional[list[str]]]:
+def _read_split(path: Path, cfg: DataCfg, name: str, need_labels: bool = True
+                ) -> tuple[list[str], Optional[list], Optional[list[str]]]:
+    """(texts, labels, domains); labels None when the task needs none and the file has no label column."""
     texts, labels, domains = [], [], []
-    for n, row in enumerate(_read_rows(path), 2):
+    for n, row in enumerate(_read_rows(path, cfg.text_column), 2):
         if n == 2:
-            for col in (cfg.text_column, cfg.label_column):
+            if not need_labels and cfg.label_column not in row:
+                labels = None
+            for col in (cfg.text_column, cfg.label_column) if labels is not None else (cfg.text_column,):
                 if col not in row:
                     raise UserInputError(f"{path}: no column {col[:80]!r} (has {', '.join(shown_names(list(map(str, row)), 8))}); "
                                          f"set data.text_column / data.label_column")
         text, label = row.get(cfg.text_column), row.get(cfg.label_column)
         if text is None or str(text).strip() == "":
             continue
-        if label is None or str(label).strip() == "":
-            raise UserInputError(f"{path}: row {n - 1} has an empty {cfg.label_column!r}; every row needs a label")
+        if labels is not None:
+            if label is None or str(label).strip() == "":
+                raise UserInputError(f"{path}: row {n - 1} has an empty {cfg.label_column!r}; every row needs a label")
+            labels.append(label)
         texts.append(str(text))
-        labels.append(label)
         if cfg.domain_column and cfg.domain_column in row:
             domains.append(str(row[cfg.domain_column]))
     if not texts:
@@ -210,14 +220,20 @@ def shown_names(names: Optional[list[str]], n: int = 4) -> list[str]:
     return [x[:40] for x in names[:n]] + (["..."] if len(names) > n else [])
 
 
-def load_splits(cfg: DataCfg) -> dict[str, Split]:
+def load_splits(cfg: DataCfg, need_labels: bool = True) -> dict[str, Split]:
+    """The three splits. need_labels False (a task that trains on text alone): files without the label column load
+    unlabelled (labels all 0, no label names) and only the text column is required."""
     d = data_dir(cfg)
     out: dict[str, Split] = {}
     names: Optional[list[str]] = None
     integer: Optional[bool] = None
     for s in SPLITS:
         path = split_file(d, s)
-        texts, raw, domains = _read_split(path, cfg, s)
+        texts, raw, domains = _read_split(path, cfg, s, need_labels)
+        if raw is None or (s != "train" and names == []):  # one unlabelled split: the run is unlabelled
+            out[s] = Split(s, texts, np.zeros(len(texts), dtype=np.int64), domains, [])
+            names = []
+            continue
         labels, names_s = _to_ids(raw, path, names, integer)
         if s == "train":
             names, integer = names_s, all(_is_int(str(x).strip()) for x in raw)

@@ -60,9 +60,11 @@ class IOSpec:
     @classmethod
     def for_model(cls, model, tokenizer, max_seq_len: int, **fields) -> "IOSpec":
         """The spec of a model about to be exported: its vocabulary and head from its config, the pad id its own
-        tokenizer uses (after vocabulary trimming that id moved)."""
-        return cls(vocab_size=model.config.vocab_size, num_labels=model.config.num_labels, max_seq_len=max_seq_len,
-                   pad_token_id=tokenizer.pad_token_id or 0, **fields)
+        tokenizer uses (after vocabulary trimming that id moved). `fields` override (a task's output: an
+        embedding's num_labels is its width, its output_name "embedding")."""
+        base = {"vocab_size": model.config.vocab_size, "num_labels": model.config.num_labels,
+                "pad_token_id": tokenizer.pad_token_id or 0}
+        return cls(max_seq_len=max_seq_len, **{**base, **fields})
 
     def example_inputs(self, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
         """Random token ids (never special ids 0..999 of BERT vocabs, so no accidental [PAD]) + a ragged mask."""

@@ -157,9 +157,33 @@ def export_fp32(module, io: IOSpec, path: Path) -> None:
         # "axis name batch will not be used, since it shares the same shape constraints": expected, both
         # inputs share the batch and seq Dims on purpose.
         warnings.filterwarnings("ignore", message=r".*axis name.*will not be used.*")
-        prog = torch.onnx.export(module, args, input_names=list(io.input_names), output_names=[io.output_name],
+        # A temporary output name: the exporter names values after their ops (aten::embedding -> "embedding"), so
+        # the wanted name may already be taken inside the graph; claim_output_name frees it.
+        prog = torch.onnx.export(module, args, input_names=list(io.input_names), output_names=[_TMP_OUTPUT],
                                  dynamic_shapes=dyn, opset_version=OPSET, dynamo=True, verbose=False)
-    onnx.save(prog.model_proto, str(path), save_as_external_data=False)
+    proto = prog.model_proto
+    claim_output_name(proto.graph, _TMP_OUTPUT, io.output_name)
+    onnx.save(proto, str(path), save_as_external_data=False)
+
+
+_TMP_OUTPUT = "edgecompress_output"
+
+
+def _rename(graph, old: str, new: str) -> None:
+    for n in graph.node:
+        n.input[:] = [new if x == old else x for x in n.input]
+        n.output[:] = [new if x == old else x for x in n.output]
+    for v in list(graph.input) + list(graph.output) + list(graph.value_info) + list(graph.initializer):
+        if v.name == old:
+            v.name = new
+
+
+def claim_output_name(graph, current: str, wanted: str) -> None:
+    """Rename the graph output `current` to `wanted`, first renaming any inner value already called `wanted`."""
+    taken = {x for n in graph.node for x in n.output} | {i.name for i in graph.initializer}
+    if wanted in taken:
+        _rename(graph, wanted, f"{wanted}_inner")
+    _rename(graph, current, wanted)
 
 
 def calibration_plan(quant, calib) -> dict:

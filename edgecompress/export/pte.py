@@ -238,17 +238,17 @@ class PteExporter(Exporter):
 
 
 def eager_attention_copy(model) -> tuple[object, str]:
-    """(a copy of the HF *ForSequenceClassification model with eager attention, the attention it had). A HF model
+    """(a copy of the HF model (a classifier, an embedder) with eager attention, the attention it had). A HF model
     picks its attention classes when it is built, so the copy is rebuilt from the config and takes the weights
     (strict: every tensor must find its place); an eager model is deep-copied."""
     import copy
-    from transformers import AutoModelForSequenceClassification
 
     had = getattr(model.config, "_attn_implementation", None) or "eager"
     if had == "eager":
         return copy.deepcopy(model).eval(), had
-    # A copy of the config: from_config writes the attention choice into the config it is given.
-    eager = AutoModelForSequenceClassification.from_config(copy.deepcopy(model.config), attn_implementation="eager")
+    # A copy of the config: from_config writes the attention choice into the config it is given. The model's own
+    # class (what AutoModel*.from_config calls too), so a task's model (the embedder) stays that model.
+    eager = type(model)._from_config(copy.deepcopy(model.config), attn_implementation="eager")
     eager.load_state_dict(model.state_dict())
     return eager.to(model.dtype).eval(), had
 

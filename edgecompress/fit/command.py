@@ -70,6 +70,9 @@ def _setup(args):
     from edgecompress.transports.targets import parse_target
     budgets = parse_budgets(args.budget)
     recipe = load_recipe(args.recipe)
+    if recipe.task != "classification":  # the search ranks by class accuracy; retrieval ranking is not built yet
+        raise UserInputError(f"{args.recipe}: fit is not available for task: {recipe.task} yet; run the recipe with "
+                             f"edgecompress run")
     if args.profile:
         recipe = parse_recipe({**recipe.model_dump(mode="json"), "profile": args.profile}, "recipe")
     space = space_of(recipe)

@@ -64,3 +64,39 @@ def test_bench_suggestion_uses_the_runs_device_profile_and_a_board_for_host():
     # assert
     assert board.getvalue().splitlines()[-1].endswith("--profile rpi5 --target ssh://user@host")
     assert host.getvalue().splitlines()[-1].endswith("--profile rpi4 --target ssh://user@host")
+
+
+def test_an_embedding_summary_shows_what_the_file_keeps_of_the_teachers_neighbours():
+    # setup: embedding rows carry no accuracy, their files verify by cosine to their torch model
+    rows = [{"label": "teacher-onnx-fp32", "runner": "python", "p50_ms": 30.0, "file_mb": 86.0, "recall_at_10": 1.0,
+             "cosine_to_teacher_mean": 1.0, "test_accuracy": None},
+            {**_row("onnx-int8", 5.0, True), "test_accuracy": None, "accuracy_vs_teacher": None,
+             "recall_at_10": 0.433, "cosine_to_teacher_mean": 0.83}]
+    report = {**_report(rows, "onnx-int8"), "recipe": {"name": "embed", "task": "embedding"}, "labels": []}
+    out = io.StringIO()
+    # execute
+    print_summary(report, Path("runs/embed"), file=out)
+    # assert
+    text = out.getvalue()
+    assert "recall@10" in text and "0.433" in text and "test acc" not in text
+    assert "cosine >= 0.98" in text and "classes:" not in text
+    assert text.rstrip().splitlines()[-2].endswith("--json")
+
+
+def test_an_embedding_file_verifies_by_its_cosine_to_torch():
+    # setup
+    from types import SimpleNamespace
+
+    from edgecompress.profiles import load_profile
+    from edgecompress.report import judge_rows
+    rows = [{"label": "teacher-onnx-fp32", "format": "onnx", "precision": "fp32", "p50_ms": 30.0, "file_mb": 86.0,
+             "test_accuracy": None},
+            {"label": "onnx-int8", "format": "onnx", "precision": "int8", "p50_ms": 5.0, "file_mb": 10.0,
+             "test_accuracy": None, "cosine_to_torch_min": 0.991},
+            {"label": "ptl-int8", "format": "ptl", "precision": "int8", "p50_ms": 4.0, "file_mb": 10.0,
+             "test_accuracy": None, "cosine_to_torch_min": 0.5}]
+    runner = SimpleNamespace(plan=SimpleNamespace(profile=load_profile("host")), recipe=None, lineage=[])
+    # execute
+    judge_rows(runner, rows)
+    # assert
+    assert [r.get("verified") for r in rows] == [None, True, False]
