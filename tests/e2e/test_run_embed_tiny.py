@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from edgecompress.zoo import corpus_texts, save_tiny_embedder, write_small_vader
+from tests._cli import run_recipe
 
 FORMATS = ["onnx", "ptl", "pte", "tflite"]
 
@@ -140,11 +141,8 @@ def test_a_run_on_unlabelled_text_reports_retrieval_without_label_probes(tmp_pat
               "export": {"formats": ["onnx"], "precisions": ["fp32"], "max_seq_len": 32,
                          "parity_shapes": [[1, 17], [3, 29]]},
               "bench": {"threads": 1, "seq_len": 16, "warmup_runs": 1, "runs": 3}}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     # execute
-    proc = subprocess.run([sys.executable, "-m", "edgecompress", "run", str(tmp_path / "r.yaml"), "--out",
-                           str(tmp_path / "runs"), "--quiet"], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "EDGECOMPRESS_HOME": str(tmp_path / "home")})
+    proc = run_recipe(tmp_path, recipe, "--quiet", timeout=600)
     # assert
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "runs" / "txt" / "report.json").read_text())["rows"]

@@ -3,12 +3,10 @@ the onnx and pte int8 bundles agree with the torch student."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-import yaml
+
+from tests._cli import run_recipe
 
 
 @pytest.mark.slow
@@ -26,11 +24,8 @@ def test_run_a_non_bert_teacher_to_onnx_and_pte_int8(zoo, family, tmp_path):
                          {"kind": "trim_vocab"}],
               "export": {"formats": ["onnx", "pte"], "precisions": ["int8"], "max_seq_len": 64},
               "bench": {"threads": 1, "seq_len": 32, "warmup_runs": 1, "runs": 3}}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     # execute
-    p = subprocess.run([sys.executable, "-m", "edgecompress", "run", str(tmp_path / "r.yaml"), "--out",
-                        str(tmp_path / "runs"), "--json"], capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "EDGECOMPRESS_HOME": str(tmp_path / "home")})
+    p = run_recipe(tmp_path, recipe, "--json")
     # assert
     assert p.returncode == 0, p.stderr[-3000:]
     rows = {r["label"]: r for r in json.loads(p.stdout)["rows"]}
