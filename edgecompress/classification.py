@@ -22,9 +22,10 @@ class Classification:
                                                                   use_safetensors=True).eval()
 
     @staticmethod
-    def evaluate(model, batches, placement=None) -> float:
+    def evaluate(model, batches, placement) -> dict:
+        """The teacher's own test metrics when it is used as it is (no fine-tune)."""
         from edgecompress.compress.train import accuracy
-        return accuracy(model, batches) if placement is None else accuracy(model, batches, placement)
+        return {"test_accuracy": accuracy(model, batches, placement)}
 
     @staticmethod
     def io_fields(model) -> dict:

@@ -97,12 +97,12 @@ class Embedding:
         return load_embedder(path)
 
     @staticmethod
-    def evaluate(model, batches, placement=None) -> dict:
+    def evaluate(model, batches, placement) -> dict:
         """The teacher's own probe on the test split: leave-one-out kNN@10 accuracy of the data's label."""
         import numpy as np
         from edgecompress.compress.train import predict_logits
         from edgecompress.retrieval import knn_accuracy
-        vecs = predict_logits(model, batches) if placement is None else predict_logits(model, batches, placement)
+        vecs = predict_logits(model, batches, placement)
         labels = np.zeros(len(vecs), dtype=np.int64)
         for _, y, idx in batches:
             labels[idx] = y

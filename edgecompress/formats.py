@@ -107,10 +107,6 @@ for _spec in (
 FORMATS = EXPORTERS.table
 
 
-def format_names() -> tuple[str, ...]:
-    return tuple(EXPORTERS.names())
-
-
 def _known_format(v: str) -> str:
     if v not in EXPORTERS.names():
         raise ValueError(f"unknown format {v!r}; known: {', '.join(EXPORTERS.names())}")
@@ -124,7 +120,7 @@ def _known_runtime(v: str) -> str:
     return v
 
 
-FORMAT_NAMES: tuple[str, ...] = format_names()  # the built-in rows (argparse choices); schemas use Format
+FORMAT_NAMES: tuple[str, ...] = tuple(EXPORTERS.names())  # the built-in rows (argparse choices); schemas use Format
 # Validated against the table when a value is read, so a declared row needs no edit in any schema.
 Format = Annotated[str, AfterValidator(_known_format)]
 Runtime = Annotated[str, AfterValidator(_known_runtime)]

@@ -72,6 +72,10 @@ class Graph:
     def jobs(self) -> list[str]:
         return list(dict.fromkeys(n.job for n in self if n.job))
 
+    def job_steps(self, job: str) -> dict[str, str]:
+        """The labels of an export job's nodes by step kind (export, verify, bench)."""
+        return {n.step: n.label for n in self if n.job == job}
+
     def to_json(self) -> list[dict]:
         return [n.to_json() for n in self]
 

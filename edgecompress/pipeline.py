@@ -53,7 +53,7 @@ class Runner:
 
     @property
     def lineage(self) -> list[dict]:
-        return self.session.lineage
+        return self.session.engine.lineage
 
     def run(self) -> dict:
         t_start = time.perf_counter()
@@ -70,8 +70,11 @@ class Runner:
                     if self.debug and not isinstance(e, EdgeCompressError):
                         traceback.print_exc()
         arts = self.session.artifacts
-        rows = [_row(job, arts[job], arts[f"verify-{job}"], arts[f"bench-{job}"])
-                for job in self.plan.graph.jobs() if job not in failed]
+        rows = []
+        for job in self.plan.graph.jobs():
+            if job not in failed:
+                made = {step: arts[label] for step, label in self.plan.graph.job_steps(job).items()}
+                rows.append(_row(job, made["export"], made["verify"], made["bench"]))
         student = [n.label for n in self.plan.graph if n.job is None][-1]
         from edgecompress.report import build_report, write_report
         report = build_report(self, arts["teacher"], arts[student], rows, list(failed.values()),

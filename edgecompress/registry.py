@@ -17,7 +17,7 @@ import importlib
 import threading
 from types import MappingProxyType
 from dataclasses import dataclass
-from typing import Callable, Generic, Optional, TypeVar
+from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -120,10 +120,3 @@ def parse_stage(item):
         raise ValueError(f"unknown stage kind {kind!r}; known: {', '.join(STAGES.names())}")
     return STAGES.row(kind).config.model_validate(item)
 
-
-def stage_spec(kind: str) -> StageSpec:
-    return STAGES.row(kind)
-
-
-def find_stage(stages, kind: str) -> Optional[object]:
-    return next((s for s in stages if s.kind == kind), None)

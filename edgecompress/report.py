@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 from edgecompress.artifact import versions
+from edgecompress.graph import BASELINE
 
-BASELINE = "teacher-onnx-fp32"
 
 
 def _cpu() -> str:
@@ -84,7 +84,8 @@ def build_report(runner, teacher_art, student_art, rows: list[dict], failures: l
     }
 
 
-def _f(x, fmt="{:.2f}") -> str:
+def fmt_value(x, fmt="{:.2f}") -> str:
+    """A number for a table cell, or a dash where there is none."""
     return "—" if x is None else fmt.format(x)
 
 
@@ -102,11 +103,11 @@ def to_markdown(report: dict) -> str:
     for r in report["rows"]:
         lines.append(
             f"| {r['label']} | {r['runtime']} | {r.get('runner', 'python')} | {r['test_accuracy']:.4f} | "
-            f"{_f(r.get('accuracy_vs_teacher'), '{:.1%}')} | {_f(r.get('p50_ms'))} | {_f(r.get('p90_ms'))} | "
-            f"{_f(r.get('e2e_p50_ms'))} | {_f(r.get('speedup_vs_teacher'), '{:.2f}x')} | "
-            f"{_f(r.get('load_ms'), '{:.0f}')} | {_f(r.get('peak_rss_mb'), '{:.0f}')} | {r['file_mb']:.2f} | "
-            f"{_f(r.get('size_ratio_vs_teacher'), '{:.1f}x')} | {r['parity_max_abs_diff']:.2e} | "
-            f"{_f(r.get('label_agreement_vs_torch'), '{:.4f}')} |")
+            f"{fmt_value(r.get('accuracy_vs_teacher'), '{:.1%}')} | {fmt_value(r.get('p50_ms'))} | {fmt_value(r.get('p90_ms'))} | "
+            f"{fmt_value(r.get('e2e_p50_ms'))} | {fmt_value(r.get('speedup_vs_teacher'), '{:.2f}x')} | "
+            f"{fmt_value(r.get('load_ms'), '{:.0f}')} | {fmt_value(r.get('peak_rss_mb'), '{:.0f}')} | {r['file_mb']:.2f} | "
+            f"{fmt_value(r.get('size_ratio_vs_teacher'), '{:.1f}x')} | {r['parity_max_abs_diff']:.2e} | "
+            f"{fmt_value(r.get('label_agreement_vs_torch'), '{:.4f}')} |")
     if report.get("best"):
         lines += ["", f"Best: **{report['best']}**, the fastest file that verifies (meets profile "
                   f"{report.get('profile')}'s budgets, accuracy drop included, and agrees with its torch model on "
@@ -116,8 +117,8 @@ def to_markdown(report: dict) -> str:
               "length (most are far shorter than the bench's seq), measured by the Python agent; the native runner "
               "measures the model alone. peak RSS of a python row includes the interpreter and the runtime's Python "
               "bindings."]
-    lines += ["", f"Teacher (torch fp32): test acc {_f(t.get('test_accuracy'), '{:.4f}')}; "
-              f"student after compression (torch fp32): test acc {_f(s.get('test_accuracy'), '{:.4f}')}"
+    lines += ["", f"Teacher (torch fp32): test acc {fmt_value(t.get('test_accuracy'), '{:.4f}')}; "
+              f"student after compression (torch fp32): test acc {fmt_value(s.get('test_accuracy'), '{:.4f}')}"
               + (f", sparsity {s['sparsity']:.3f}" if "sparsity" in s else "") + "."]
     lines += _classes_markdown(report)
     return "\n".join(lines + _tail(report)) + "\n"
@@ -131,17 +132,17 @@ def embedding_table(report: dict) -> list[str]:
     for r in report["rows"]:
         lines.append(
             f"| {r['label']} | {r['runtime']} | {r.get('runner', 'python')} | {r.get('dim', '—')} | "
-            f"{_f(r.get('recall_at_10'), '{:.3f}')} | {_f(r.get('cosine_to_teacher_mean'), '{:.3f}')} | "
-            f"{_f(r.get('knn_label_accuracy'), '{:.3f}')} ({_f(r.get('teacher_knn_label_accuracy'), '{:.3f}')}) | "
-            f"{_f(r.get('knn_domain_accuracy'), '{:.3f}')} ({_f(r.get('teacher_knn_domain_accuracy'), '{:.3f}')}) | "
-            f"{_f(r.get('cosine_to_torch_min'), '{:.4f}')} | {_f(r.get('p50_ms'))} | "
-            f"{_f(r.get('speedup_vs_teacher'), '{:.2f}x')} | {_f(r.get('peak_rss_mb'), '{:.0f}')} | "
-            f"{r['file_mb']:.2f} | {_f(r.get('size_ratio_vs_teacher'), '{:.1f}x')} |")
+            f"{fmt_value(r.get('recall_at_10'), '{:.3f}')} | {fmt_value(r.get('cosine_to_teacher_mean'), '{:.3f}')} | "
+            f"{fmt_value(r.get('knn_label_accuracy'), '{:.3f}')} ({fmt_value(r.get('teacher_knn_label_accuracy'), '{:.3f}')}) | "
+            f"{fmt_value(r.get('knn_domain_accuracy'), '{:.3f}')} ({fmt_value(r.get('teacher_knn_domain_accuracy'), '{:.3f}')}) | "
+            f"{fmt_value(r.get('cosine_to_torch_min'), '{:.4f}')} | {fmt_value(r.get('p50_ms'))} | "
+            f"{fmt_value(r.get('speedup_vs_teacher'), '{:.2f}x')} | {fmt_value(r.get('peak_rss_mb'), '{:.0f}')} | "
+            f"{r['file_mb']:.2f} | {fmt_value(r.get('size_ratio_vs_teacher'), '{:.1f}x')} |")
     s = report["student"]
     return lines + ["", "recall@10: of the teacher's ten nearest test sentences (leave-one-out, cosine), the share "
                     "among the file's ten; kNN: leave-one-out 10-NN vote of the label/domain, the teacher's own in "
                     "brackets. Student after compression (torch fp32): cos to teacher on test "
-                    f"{_f(s.get('test_cosine_to_teacher'), '{:.4f}')}."]
+                    f"{fmt_value(s.get('test_cosine_to_teacher'), '{:.4f}')}."]
 
 
 def _tail(report: dict) -> list[str]:
@@ -154,7 +155,7 @@ def _tail(report: dict) -> list[str]:
     if report["budget_violations"]:
         lines += ["", "## Budgets missed"] + [f"- {v}" for v in report["budget_violations"]]
     lines += ["", "## Steps", "", "| step | artifact | seconds |", "|---|---|---|"]
-    lines += [f"| {s['label']} | {Path(s['path']).name} | {_f(s.get('duration_s'), '{:.1f}')} |" for s in report["lineage"]]
+    lines += [f"| {s['label']} | {Path(s['path']).name} | {fmt_value(s.get('duration_s'), '{:.1f}')} |" for s in report["lineage"]]
     return lines
 
 

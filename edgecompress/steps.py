@@ -63,10 +63,6 @@ class Session:
         self.artifacts: dict[str, Artifact] = {}
         self._teacher = None
 
-    @property
-    def lineage(self) -> list[dict]:
-        return self.engine.lineage
-
     def artifact(self, label: str) -> Artifact:
         """The artifact of graph node `label`, its parents first (reused from the store where they exist)."""
         if label not in self.artifacts:
@@ -126,8 +122,7 @@ def build_teacher(s: Session, node: Step) -> Build:
             res = finetune(model, tokenizer, r.teacher.finetune, s.ctx)
             model, tokenizer, metrics = res.model, res.tokenizer, res.metrics
         else:
-            res = s.task.evaluate(model, s.ctx.eval_batches(tokenizer, "test"), s.placement)
-            metrics = res if isinstance(res, dict) else {"test_accuracy": res}
+            metrics = s.task.evaluate(model, s.ctx.eval_batches(tokenizer, "test"), s.placement)
         save_model(model, tokenizer, tmp / "model")
         write_metrics(tmp, {**metrics, **s.placement.record()})
     return build
@@ -233,9 +228,3 @@ _BUILDERS: dict[str, Callable[[Session, Step], Build]] = {
 def builder(step: str) -> Callable[[Session, Step], Build]:
     """The builder of a node kind; every other kind is a compression stage (registry.STAGES)."""
     return _BUILDERS.get(step, build_stage)
-
-
-def load_artifact_model(art: Artifact, task: str = "classification"):
-    """A model artifact's model, as its task loads it."""
-    from edgecompress.registry import TASKS
-    return TASKS.get(task).load_artifact_model(art.path / "model")

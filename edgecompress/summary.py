@@ -7,15 +7,12 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
-from edgecompress.report import BASELINE, MIN_COSINE_TO_TORCH, MIN_LABEL_AGREEMENT
+from edgecompress.graph import BASELINE
+from edgecompress.report import MIN_COSINE_TO_TORCH, MIN_LABEL_AGREEMENT, fmt_value
 
 # A wide table wrapped at 80 columns by a pipe or CI log is unreadable; 120 keeps one row per line there.
 PIPE_WIDTH = 120
 EXAMPLE_TEXT = "what a wonderful, moving film"
-
-
-def _f(x, fmt: str = "{:.2f}") -> str:
-    return "—" if x is None else fmt.format(x)
 
 
 def _embedding(report: dict) -> bool:
@@ -36,10 +33,10 @@ def _table(report: dict):
     for r in report["rows"]:
         base = r["label"] == BASELINE
         best = r["label"] == report.get("best")
-        t.add_row("★" if best else "", r["label"], r.get("runner", "python"), _f(r.get(quality[0][1]), quality[0][2]),
-                  _f(r.get(quality[1][1]), quality[1][2]), _f(r.get("p50_ms")),
-                  _f(r.get("speedup_vs_teacher"), "{:.2f}×"), _f(r.get("file_mb")),
-                  _f(r.get("size_ratio_vs_teacher"), "{:.1f}×"), _f(r.get("peak_rss_mb"), "{:.0f}"),
+        t.add_row("★" if best else "", r["label"], r.get("runner", "python"), fmt_value(r.get(quality[0][1]), quality[0][2]),
+                  fmt_value(r.get(quality[1][1]), quality[1][2]), fmt_value(r.get("p50_ms")),
+                  fmt_value(r.get("speedup_vs_teacher"), "{:.2f}×"), fmt_value(r.get("file_mb")),
+                  fmt_value(r.get("size_ratio_vs_teacher"), "{:.1f}×"), fmt_value(r.get("peak_rss_mb"), "{:.0f}"),
                   "baseline" if base else ("yes" if r.get("verified") else "no"),
                   style="bold green" if best else ("dim" if base else None))
     for f in report["failures"]:
