@@ -21,6 +21,9 @@ class TrainCfg(Cfg):
     max_train_samples: Optional[int] = Field(None, ge=1, description="None = the whole train split")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    # A length in epochs gives a small train split few updates (3,000 rows at batch 32: 94 an epoch); min_steps adds
+    # epochs (the last one fractional) until the run has made at least this many optimizer steps.
+    min_steps: Optional[int] = Field(None, ge=1, description="train at least this many optimizer steps")
 
 
 class StudentArchCfg(Cfg):
@@ -53,6 +56,9 @@ class StudentCfg(Cfg):
     from_teacher_layers: Optional[list[int]] = Field(None, min_length=1)
     # ... or a student from a config. Exactly one of the two is set; neither means DEFAULT_STUDENT_ARCH.
     config: Optional[StudentArchCfg] = None
+    # The student reads a vocabulary trimmed to the train split's tokens seen at least this often (the trim_vocab
+    # stage's rule) from its first step, so distillation itself teaches it the new segmentations: no recovery pass.
+    vocab_min_count: Optional[int] = Field(None, ge=1, description="None: the teacher's whole vocabulary")
 
     @field_validator("from_teacher_layers")
     @classmethod
@@ -104,6 +110,22 @@ class StageConfig(Cfg):
     kind: str
 
 
+class AugmentCfg(Cfg):
+    """Distillation on small data (TinyBERT's data augmentation; Tang et al. 2019): the train split grows to `rows`
+    with variants of its texts, each word masked (mask_prob) or swapped for a random word of the corpus
+    (replace_prob). The teacher labels the variants, so they count only in the KD term; the labels' CE term sees the
+    original rows. A train split of `rows` or more is left as it is."""
+    rows: int = Field(12000, ge=1, description="augment the train split up to this many rows")
+    mask_prob: float = Field(0.1, ge=0, le=1, description="per word: replaced by the tokenizer's mask token")
+    replace_prob: float = Field(0.1, ge=0, le=1, description="per word: replaced by a random word of the corpus")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> "AugmentCfg":
+        if self.mask_prob + self.replace_prob <= 0 or self.mask_prob + self.replace_prob > 1:
+            raise ValueError("mask_prob + replace_prob must be in (0, 1]: it is the chance a word changes")
+        return self
+
+
 @stage("edgecompress.compress.distill", starts_from_teacher=True)
 class DistillCfg(StageConfig):
     kind: Literal["distill"] = "distill"
@@ -115,8 +137,16 @@ class DistillCfg(StageConfig):
     schedule: Literal["joint", "two_phase"] = "joint"
     intermediate_epochs: float = Field(1.0, gt=0)
     early_stopping_patience: Optional[int] = Field(None, ge=1, description="epochs without val-accuracy gain before stopping")
+    augment: Optional[AugmentCfg] = Field(None, description="grow a small train split with teacher-labelled variants")
     # 2e-4: the sliced narrow default student reached 96.9% of the teacher at 1e-4 and 98.7% at 2e-4.
     train: TrainCfg = TrainCfg(epochs=2, learning_rate=2e-4, batch_size=32)
+
+    @model_validator(mode="after")
+    def _same_ids_for_matches(self) -> "DistillCfg":
+        if self.student.vocab_min_count is not None and self.matches:
+            raise ValueError("student.vocab_min_count gives the student other token ids than the teacher's, and "
+                             "intermediate matches compare them token by token; drop one of the two")
+        return self
 
 
 @stage("edgecompress.compress.prune")

@@ -151,7 +151,7 @@ def sweep(texts: list[str], english: list[int], seed: int) -> list[dict]:
     """Sizes only: for each learned share, the rows kept and the trimmed int8 file of an untrained teacher (file
     size does not depend on the weights' values), through the product's trimming functions and exporter."""
     import torch
-    from edgecompress.compress.vocab import completed_ids, kept_ids, token_counts, trim_embeddings, trimmed_tokenizer
+    from edgecompress.compress.vocabulary import completed_ids, kept_ids, token_counts, trim_embeddings, trimmed_tokenizer
     from edgecompress.export.base import IOSpec
     from edgecompress.recipe import QuantSpec
     from edgecompress.registry import EXPORTERS

@@ -16,6 +16,7 @@ family table (families.py), so any supported *ForSequenceClassification encoder 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -24,10 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompress import progress
+from edgecompress.compress.augment import augmented
 from edgecompress.compress.adaptor import Adapted, adapt, eager_attention, hidden_width
 from edgecompress.compress.base import StageContext, StageResult, Teacher, register_stage
 from edgecompress.compress.kd import kd_loss, split_metrics, val_score
-from edgecompress.compress.train import is_distributed, predict_logits, train
+from edgecompress.compress.train import is_distributed, train
+from edgecompress.compress.vocabulary import trim_to_corpus
 from edgecompress.compute import on_device
 from edgecompress.errors import UserInputError
 from edgecompress.families import canonical, family_of
@@ -128,7 +131,8 @@ def build_student(teacher, cfg: DistillCfg):
 @register_stage("distill")
 def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optional[Teacher] = None) -> StageResult:
     """A new student built from `model` (the teacher's: this stage starts from the teacher) and trained against
-    teacher.model. Distill is the recipe's first stage, so `tokenizer` is the teacher's and one batch feeds both."""
+    teacher.model. Distill is the recipe's first stage, so `tokenizer` is the teacher's; the student reads it too
+    unless student.vocab_min_count trims the student's vocabulary (the returned tokenizer is the student's)."""
     if teacher is None:
         raise UserInputError("distill needs a teacher; set teacher.source")
     t_model = teacher.model
@@ -139,8 +143,18 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
     t_model.eval()
     student = build_student(model, cfg)
     init_report = getattr(student, "init_report", None)
+    s_tok, extra = tokenizer, {}
+    if cfg.student.vocab_min_count is not None:
+        s_tok, extra["vocab"] = trim_to_corpus(student, tokenizer, ctx.splits["train"].texts,
+                                               cfg.student.vocab_min_count)
+    train_ctx = ctx
+    if cfg.augment is not None:
+        rows = ctx.splits["train"].subset(cfg.train.max_train_samples, ctx.seed)
+        grown, extra["augment"] = augmented(rows, cfg.augment, tokenizer.mask_token, ctx.seed)
+        # A context of its own: the grown split must not share the run's token and teacher-output caches.
+        train_ctx = replace(ctx, splits={**ctx.splits, "train": grown}, _encoded={}, _teacher_out={})
     wrapper = Distiller(student, cfg.matches, hidden_width(t_model), (init_report or {}).get("hidden_dims"))
-    phases = _train_phases(wrapper, t_model, tokenizer, cfg, ctx)
+    phases = _train_phases(wrapper, teacher, s_tok, cfg, ctx, train_ctx)
     student = wrapper.student.eval()  # the projections are dropped here: they only served the loss
     res = phases[-1][1]
     history = [{**h, "phase": name} for name, r in phases for h in r.history]
@@ -150,29 +164,29 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
                "projection_params_dropped": sum(p.numel() for p in wrapper.proj.parameters()),
                "matches": [m.model_dump() for m in cfg.matches], "schedule": cfg.schedule,
                "distributed": is_distributed(),
-               "student_config": family_of(student).dims(student.config),
-               **split_metrics(student, tokenizer, ctx, teacher, "test")}
+               "student_config": family_of(student).dims(student.config), **extra,
+               **split_metrics(student, s_tok, ctx, teacher, "test")}
     if init_report:
         metrics["student_init"] = {k: v for k, v in init_report.items() if k != "hidden_dims"}
     progress.log(f"  distilled student: {metrics['params']:,} params, "
                  + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if k.startswith("test_")))
-    return StageResult(student, tokenizer, metrics)
+    return StageResult(student, s_tok, metrics)
 
 
-def _train_phases(wrapper: Distiller, teacher, tokenizer, cfg: DistillCfg, ctx: StageContext) -> list:
-    """Train the student inside `wrapper`; returns [(phase name, TrainResult)], the intermediate phase first."""
-    subset = cfg.train.max_train_samples
+def _train_phases(wrapper: Distiller, teacher: Teacher, tokenizer, cfg: DistillCfg, ctx: StageContext,
+                  train_ctx: StageContext) -> list:
+    """Train the student inside `wrapper` on train_ctx's train split (ctx's, or its augmented copy) with `tokenizer`
+    (the student's); validation reads ctx. Returns [(phase name, TrainResult)], the intermediate phase first."""
+    t_model = teacher.model
+    subset = None if train_ctx is not ctx else cfg.train.max_train_samples  # an augmented split is the subset already
     val = ctx.eval_batches(tokenizer, "validation")
-    score = val_score(tokenizer, ctx, Teacher(teacher, tokenizer))
-    make = lambda e: ctx.batches(tokenizer, "train", cfg.train.batch_size, shuffle=True, epoch=e, subset=subset)  # noqa: E731
-    cache: dict = {}
+    score = val_score(tokenizer, ctx, teacher)
+    make = lambda e: train_ctx.batches(tokenizer, "train", cfg.train.batch_size, shuffle=True, epoch=e, subset=subset)  # noqa: E731
 
     def cached_teacher_logits():
-        if "logits" not in cache:
-            # Teacher logits for every train row, once, indexed by the row index every batch carries.
-            all_train = ctx.eval_batches(tokenizer, "train", subset)
-            cache["logits"] = torch.from_numpy(predict_logits(teacher, all_train, ctx.placement))
-        return cache["logits"]
+        # Teacher outputs for every train row, once, in the teacher's own ids, indexed by the row index every
+        # student batch carries (the student may read other ids: a trimmed vocabulary).
+        return torch.from_numpy(train_ctx.teacher_outputs(teacher, "train", subset))
 
     def loss_fn_for(use_matches: bool, use_logits: bool):
         def loss_fn(m, inputs, labels, idx):
@@ -180,7 +194,7 @@ def _train_phases(wrapper: Distiller, teacher, tokenizer, cfg: DistillCfg, ctx: 
             parts, total = {}, 0.0
             if use_matches:
                 with torch.no_grad():
-                    t = adapt(teacher, inputs, hidden=True, attention=wrapper.need_attention)
+                    t = adapt(t_model, inputs, hidden=True, attention=wrapper.need_attention)
                 total, parts = match_losses(s, t, cfg.matches, inputs["attention_mask"])
                 t_logits = t.logits
             if use_logits:
@@ -199,7 +213,7 @@ def _train_phases(wrapper: Distiller, teacher, tokenizer, cfg: DistillCfg, ctx: 
     student = wrapper.student
     phases = []
     # The teacher is on the device for the whole training: intermediate matches run it on every batch.
-    with on_device(teacher, ctx.placement), eager_attention(teacher, student, enabled=wrapper.need_attention):
+    with on_device(t_model, ctx.placement), eager_attention(t_model, student, enabled=wrapper.need_attention):
         if cfg.schedule == "two_phase":
             wrapper.use_matches = True
             p1 = cfg.train.model_copy(update={"epochs": cfg.intermediate_epochs})
@@ -207,8 +221,8 @@ def _train_phases(wrapper: Distiller, teacher, tokenizer, cfg: DistillCfg, ctx: 
                        select_best=False, find_unused_parameters=unused, placement=ctx.placement, score=score)
             phases.append(("intermediate", r1))
     wrapper.use_matches = cfg.schedule == "joint" and bool(cfg.matches)
-    with on_device(teacher, ctx.placement), \
-            eager_attention(teacher, student, enabled=wrapper.use_matches and wrapper.need_attention):
+    with on_device(t_model, ctx.placement), \
+            eager_attention(t_model, student, enabled=wrapper.use_matches and wrapper.need_attention):
         res = train(wrapper, make, loss_fn_for(wrapper.use_matches, True), cfg.train, val, "distill student", ctx.seed,
                     patience=cfg.early_stopping_patience, find_unused_parameters=unused, placement=ctx.placement,
                     score=score)

@@ -20,7 +20,10 @@ from edgecompress.recipe import KD_ALPHA, KD_TEMPERATURE, TrainCfg
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
             alpha: float = KD_ALPHA, temperature: float = KD_TEMPERATURE) -> tuple[torch.Tensor, dict]:
-    ce = F.cross_entropy(student_logits, labels)
+    # A row without a label of its own (an augmented variant: a negative label) counts only in the KD term.
+    labelled = labels >= 0
+    ce = (F.cross_entropy(student_logits, labels.clamp_min(0), reduction="none") * labelled).sum() \
+        / labelled.sum().clamp_min(1)
     t = temperature
     # KL(p_teacher || p_student) with batchmean, scaled by T^2 so gradients keep their size as T grows (Hinton 2015).
     kl = F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),

@@ -106,10 +106,16 @@ def make_accelerator(find_unused_parameters: bool = False, placement: Placement 
 
 
 def _split_epochs(make_batches: Callable[[int], list], cfg: TrainCfg, ws: int, rk: int) -> list:
-    """Each epoch's batch list: a fractional last epoch is cut short; with ws > 1 ranks, this rank's share."""
-    n_full, frac = int(cfg.epochs), cfg.epochs - int(cfg.epochs)
+    """Each epoch's batch list: a fractional last epoch is cut short; with ws > 1 ranks, this rank's share. With
+    cfg.min_steps, epochs are added until this rank makes at least that many steps."""
+    first = make_batches(0)
+    epochs = cfg.epochs
+    per_rank = max(1, len(first) // ws)
+    if cfg.min_steps is not None and per_rank * epochs < cfg.min_steps:
+        epochs = cfg.min_steps / per_rank
+    n_full, frac = int(epochs), epochs - int(epochs)
     epoch_plan = [1.0] * n_full + ([frac] if frac > 1e-9 else [])
-    per_epoch = [make_batches(e) for e in range(len(epoch_plan))]
+    per_epoch = [first] + [make_batches(e) for e in range(1, len(epoch_plan))]
     per_epoch = [b[: max(1, math.ceil(len(b) * f))] for b, f in zip(per_epoch, epoch_plan)]
     if ws > 1:
         # Every rank builds the same (seeded) batch order and takes its share; equal counts per rank, so no rank

@@ -66,7 +66,7 @@ class FitSearch:
         """Token ids a trim to `min_count` keeps (the trim_vocab stage's own rule) and the tokenizer over them (its
         ids are what the trimmed student reads: calibration rows and the pad id), computed once per count."""
         if min_count not in self._keep:
-            from edgecompress.compress.vocab import completed_ids, kept_ids, token_counts, trimmed_tokenizer
+            from edgecompress.compress.vocabulary import completed_ids, kept_ids, token_counts, trimmed_tokenizer
             counts = token_counts(self.tokenizer, self.ctx.splits["train"].texts)
             keep = completed_ids(self.tokenizer, kept_ids(self.tokenizer, counts, min_count))
             self._keep[min_count] = (keep, trimmed_tokenizer(self.tokenizer, keep))
@@ -105,7 +105,7 @@ class FitSearch:
         b = self.recipe.bench
         student, tokenizer = student_from_config(self.teacher, StudentArchCfg(**c.arch())), self.tokenizer
         if c.min_count:
-            from edgecompress.compress.vocab import trim_embeddings
+            from edgecompress.compress.vocabulary import trim_embeddings
             keep, tokenizer = self.kept(c.min_count)
             trim_embeddings(student, keep, tokenizer.pad_token_id)
         io = IOSpec.for_model(student, tokenizer, self.recipe.export.max_seq_len)
