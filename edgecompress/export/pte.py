@@ -20,7 +20,8 @@ Writes ONE file, model.pte, plus io.json.
   intent asks; prepare/convert come from torchao (torch.ao.quantization.quantize_pt2e is gone). Dynamic quant
   has no activation ranges to learn, but observers still need one forward: calib batches, else io.example_inputs.
   The word-embedding table is stored as 8-bit rows (quant/embedding.py: quantized_decomposed::embedding_byte from
-  ExecuTorch's quantized-kernels library) unless the intent says `embeddings: false`: it is most of a small
+  ExecuTorch's quantized-kernels library; embedding_4bit with a scale per 32 values for `embedding_bits: 4`)
+  unless the intent says `embeddings: false`: it is most of a small
   student's file (default student: 33.0 -> 10.9 MiB). LayerNorm and the lookups stay on portable kernels (not
   delegated): listed in details.
 - Beyond dynamic, PT2E's XNNPACKQuantizer realizes the rest of the intent:
@@ -58,6 +59,12 @@ from edgecompress.export.quant.embedding import quantize_word_embeddings
 _CALIB_BATCHES = 4  # dynamic quant learns nothing from data; a few forwards only exercise the observers
 
 
+def _table_note(table: dict) -> str:
+    op = table["op"].replace(".", "::")
+    group = "" if table["group_size"] == table["dim"] else f", a scale per {table['group_size']} values"
+    return f"; embeddings {table['bits']}-bit rows ({op}{group})"
+
+
 @contextmanager
 def _tracing():
     import torch
@@ -90,12 +97,13 @@ class PteExporter(Exporter):
 
     def for_executorch(self, job: ExportJob, int8_table: bool):
         """The logits module that gets lowered: an eager-attention copy of job.model (module docstring: why), its
-        word-embedding table as 8-bit rows when int8_table. job.model is not modified."""
+        word-embedding table as quantize.embedding_bits rows when int8_table. job.model is not modified."""
         model, attention = eager_attention_copy(job.model)
         job.details["attention"] = attention
         job.details["embeddings_int8"] = int8_table
         if int8_table:
-            job.details["embedding_table"] = quantize_word_embeddings(model)
+            bits = job.quant.embedding_bits
+            job.details.update(embedding_bits=bits, embedding_table=quantize_word_embeddings(model, bits))
         return logits_module(model)
 
     def quantize_module(self, job: ExportJob, module):
@@ -118,7 +126,7 @@ class PteExporter(Exporter):
                          f"({'per channel' if quant.per_channel else 'per tensor'}), activations "
                          f"{quant.activations}" + (f" (calibrated on {job.details['calibration']['rows']} rows, "
                                                    f"minmax observers)" if quant.activations == "static" else "")
-                         + ("; embeddings 8-bit rows (quantized_decomposed::embedding_byte)" if int8_table
+                         + (_table_note(job.details["embedding_table"]) if int8_table
                             else "; embeddings stay fp32 (embeddings: false)")
                          + (f"; fp32 fallback for {len(excluded)} layer(s)" if quant.fallback is not None else ""))
         if quant.activations == "static" and quant.calibration.method != "minmax":
