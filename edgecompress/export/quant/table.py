@@ -9,11 +9,11 @@ FP32_QPARAMS = 8  # a float32 scale + a float32 zero point per group of a row
 
 
 def table_entry(rows: int, dim: int, bits: int, *, op: str, scheme: str, group_size: Optional[int] = None,
-                qparam_bytes: int = FP32_QPARAMS) -> dict:
+                qparam_bytes: float = FP32_QPARAMS) -> dict:
     """What an exporter records as details["embedding_table"]: shape, grid, op, and stored_bytes (the packed
     values, rows*dim*bits/8, plus qparam_bytes per group; group_size None = one group per row)."""
     group = group_size or dim
-    stored = rows * dim * bits // 8 + rows * (dim // group) * qparam_bytes
+    stored = rows * dim * bits // 8 + round(rows * (dim // group) * qparam_bytes)
     return {"rows": int(rows), "dim": int(dim), "bits": int(bits), "group_size": int(group), "scheme": scheme,
             "op": op, "stored_bytes": int(stored)}
 
