@@ -98,8 +98,8 @@ class OnnxExporter(Exporter):
         dest = job.tmp / "int8.onnx"
         table4 = emb and quant.embedding_bits == 4  # quantize_dynamic has no 4-bit Gather: kept out, rewritten after
         word = word_gather(proto, job.io.vocab_size) if table4 else None
-        quantize_file(fp32, dest, quant, job.calib, job.io, proto, excluded + ([word.name] if word else []), job.tmp,
-                      plan)
+        quantize_file(fp32, dest, quant, job.calib, job.io, proto, excluded, job.tmp, plan,
+                      keep_fp32=[word.name] if word else [])
         if emb:
             self._record_table(job, dest, proto)
         how = "quantize_static QDQ, " + quant.calibration.method if plan is not None else "quantize_dynamic"
@@ -229,9 +229,11 @@ def calibration_plan(quant, calib) -> dict:
 
 
 def quantize_file(fp32: Path, dest: Path, quant, calib, io: IOSpec, proto, excluded: list[str], tmp: Path,
-                  plan: Optional[dict]) -> None:
+                  plan: Optional[dict], keep_fp32: Optional[list[str]] = None) -> None:
     """onnxruntime int8 of the fp32 file into dest, with the `excluded` nodes left fp32. plan: calibration_plan()
-    for static activations (None for dynamic). Runs in tmp: the quantizers write temp files into the CWD."""
+    for static activations (None for dynamic). Runs in tmp: the quantizers write temp files into the CWD.
+    keep_fp32: nodes left for a later rewrite (the 4-bit table), excluded without changing which nodes
+    quantize_dynamic picks otherwise (an explicit node list would leave the pooler's Gemm fp32)."""
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
@@ -246,6 +248,8 @@ def quantize_file(fp32: Path, dest: Path, quant, calib, io: IOSpec, proto, exclu
         if quant.activations == "dynamic":
             # embeddings unset and nothing excluded: quantize_dynamic's own choice of nodes (every MatMul + Gather).
             kw = {"nodes_to_quantize": nodes} if quant.embeddings is not None or excluded else {}
+            if keep_fp32:
+                kw["nodes_to_exclude"] = keep_fp32
             # The "Please consider to run pre-processing" warning is expected: pre-processing is skipped on purpose.
             quantize_dynamic(fp32, dest, per_channel=quant.per_channel, reduce_range=quant.reduce_range,
                              weight_type=qt[quant.weight_type], use_external_data_format=False, **kw)
@@ -262,7 +266,7 @@ def quantize_file(fp32: Path, dest: Path, quant, calib, io: IOSpec, proto, exclu
             quantize_static(fp32, dest, reader, quant_format=QuantFormat.QDQ, per_channel=quant.per_channel,
                             reduce_range=quant.reduce_range, activation_type=qt[quant.activation_type],
                             weight_type=qt[quant.weight_type], nodes_to_quantize=nodes, calibrate_method=method,
-                            use_external_data_format=False, extra_options=extra)
+                            use_external_data_format=False, extra_options=extra, nodes_to_exclude=keep_fp32)
     except Exception as e:  # noqa: BLE001 - any quantizer failure is a runtime failure of this export
         raise RuntimeFailure(f"onnxruntime quantize_{quant.activations} failed: {type(e).__name__}: {e}") from e
     finally:
