@@ -33,7 +33,7 @@ Writes ONE file, model.pte, plus io.json.
   lookup-table weights, so the clustered weights are written dense fp32 (noted), the table included. The
   profile's u8/s8 flavour is ONNX Runtime's knob: XNNPACK's quantizer is symmetric s8 weights / s8 activations by
   construction.
-- Runtimes: a file with an 8-bit table needs the quantized kernels registered: load() imports
+- Runtimes: a file with an 8- or 4-bit table needs the quantized kernels registered: load() imports
   executorch.kernels.quantized; the native runner links libexecutorch_kernels_quantized. details["kernel_ops"]
   lists every operator the file calls outside its XNNPACK delegate.
 - Lowering is slow: measured on 2 x86 cores, 13-16 s for the 2-layer tiny test BERT; for a 3-layer MiniLM-size
@@ -217,7 +217,7 @@ class PteExporter(Exporter):
     def load(self, path: Path, threads: int = 1) -> InferFn:
         """Load in the ExecuTorch runtime. NOTE: resizes the process-global XNNPACK threadpool to `threads`."""
         import torch
-        import executorch.kernels.quantized  # noqa: F401 - registers embedding_byte (8-bit table) in this runtime
+        import executorch.kernels.quantized  # noqa: F401 - registers embedding_byte/_4bit (the tables) here
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 

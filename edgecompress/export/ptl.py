@@ -16,7 +16,8 @@ Writes ONE file, model.ptl, plus io.json. Needs nothing beyond torch (no extra).
   Embeddings: the word-embedding table is quantized with float_qparams_weight_only_qconfig (8-bit rows, a float
   scale and zero point per row; quantized::embedding_byte, which the lite interpreter runs) unless the intent says
   `embeddings: false`; `embedding_bits: 4` stores packed 4-bit rows with a scale per 32 values, looked up with
-  plain ops (quant/embedding.py unpacked_4bit_embedding: why not quantized::embedding_4bit). It is most of a small student's file: default student 33.3 -> 11.1 MiB,
+  plain ops (quant/embedding.py unpacked_4bit_embedding: why not quantized::embedding_4bit). It is most of a small
+  student's file: default student 33.3 -> 11.1 MiB,
   same test accuracy (benchmarks/ship).
 - The lite interpreter deprecation warning ("consider switching to ExecuTorch") is expected and silenced.
 """
