@@ -88,6 +88,9 @@ class QuantSpec(Cfg):
     # and zero point per row, tflite EMBEDDING_LOOKUP); False keeps it fp32. The table is about half of a
     # MiniLM-size model.
     embeddings: Optional[bool] = None
+    # The word-embedding table's bits when it is quantized: 4 halves it again (pte embedding_4bit, ptl
+    # quantized::embedding_4bit, onnx GatherBlockQuantized); formats without a 4-bit lookup refuse it (formats.py).
+    embedding_bits: Literal[8, 4] = 8
     calibration: CalibrationCfg = CalibrationCfg()
     qat: Optional[TrainCfg] = Field(None, description="fake-quant fine-tuning under distillation before export")
     fallback: Optional[FallbackCfg] = None
@@ -101,6 +104,9 @@ class QuantSpec(Cfg):
         # Value-based (not "was it written"), so a dumped spec validates again.
         if self.codebook_bits != 8 and self.weights != "codebook":
             raise ValueError("codebook_bits applies to weights: codebook only")
+        if self.embedding_bits != 8 and (self.embeddings is False or self.weights == "codebook"):
+            raise ValueError("embedding_bits: 4 quantizes the word-embedding table; it needs the table quantized "
+                             "(drop embeddings: false) and linear weights (weights: codebook clusters the table)")
         if self.weights == "codebook":
             if self.activations == "static":
                 raise ValueError("codebook weights run as dense fp32 matmuls; activations: static needs linear int8 "

@@ -101,6 +101,7 @@ class Exporter(ABC):
         the format's own toolchain. The caller's model is left unchanged."""
         from edgecompress.errors import UserInputError
         from edgecompress.export.quant import prepare_torch
+        from edgecompress.export.quant.table import bytes_by_component
 
         refusal = self.spec.refusal(quant)
         if refusal is not None:  # before any work: a refused intent must not cost a QAT run or a lowering
@@ -121,7 +122,8 @@ class Exporter(ABC):
             if quant is not None:
                 program = self.quantize_program(job, program)
             self.write(job, program, out)
-        job.details.update(export_s=round(time.perf_counter() - started, 2), file_mb=file_mb(out))
+        job.details.update(export_s=round(time.perf_counter() - started, 2), file_mb=file_mb(out),
+                           file_bytes=bytes_by_component(out, job.details.get("embedding_table")))
         write_io(self.file_io(io), out_dir)
         return ExportResult(file=out, notes=job.notes, details=job.details)
 

@@ -8,7 +8,8 @@ int8, all with onnxruntime.quantization on the fp32 graph (`quant_pre_process` i
 shapes and external-data files), in the int8 flavour the QuantSpec carries (from the device profile):
 - dynamic: `quantize_dynamic`, weights int8 (per channel when asked; per-tensor measured cos 0.91 vs 0.98 on
   MiniLM), activations quantized at run time (MatMulInteger / DynamicQuantizeLinear). Gather (the embedding table)
-  is quantized unless `embeddings: false` (None includes it too: `quantize_dynamic`'s own default).
+  is quantized unless `embeddings: false` (None includes it too: `quantize_dynamic`'s own default);
+  `embedding_bits: 4` keeps the word table's Gather out and rewrites it as GatherBlockQuantized (quant/onnx_table.py).
 - static: `quantize_static`, QDQ format, ranges from calibration rows streamed through a CalibrationDataReader,
   `CalibStridedMinMax` stride batches at a time (quant/calibration.py), method MinMax / Percentile / Entropy. Only
   MatMul/Gemm with a weight initializer (+ Gather when embeddings) are quantized: activation x activation
@@ -31,6 +32,8 @@ import numpy as np
 from edgecompress.errors import RuntimeFailure
 from edgecompress.export.base import ExportJob, Exporter, exporter, InferFn, IOSpec, check_inputs, read_io_beside, write_io
 from edgecompress.export.quant import fallback, flavour_text
+from edgecompress.export.quant.onnx_table import to_gather_block_quantized, word_gather
+from edgecompress.export.quant.table import table_entry
 
 OPSET = 18  # >= 17 has LayerNormalization as one op; 18 is what the dynamo exporter emits natively
 # Upper bound for the exported batch axis. ONNX keeps it symbolic ("batch"), so this only bounds torch.export's
@@ -93,12 +96,36 @@ class OnnxExporter(Exporter):
             excluded = [weight_nodes[n] for n in res.excluded]
             job.details["fallback"] = res.to_json()
         dest = job.tmp / "int8.onnx"
-        quantize_file(fp32, dest, quant, job.calib, job.io, proto, excluded, job.tmp, plan)
+        table4 = emb and quant.embedding_bits == 4  # quantize_dynamic has no 4-bit Gather: kept out, rewritten after
+        word = word_gather(proto, job.io.vocab_size) if table4 else None
+        quantize_file(fp32, dest, quant, job.calib, job.io, proto, excluded, job.tmp, plan,
+                      keep_fp32=[word.name] if word else [])
+        if emb:
+            self._record_table(job, dest, proto)
         how = "quantize_static QDQ, " + quant.calibration.method if plan is not None else "quantize_dynamic"
         job.notes.append(f"int8 {quant.activations}: onnxruntime {how}, {flavour_text(quant)}; embeddings "
-                         f"{'int8' if emb else 'fp32'}"
+                         + (("4-bit (GatherBlockQuantized)" if table4 else "int8") if emb else "fp32")
                          + (f"; fp32 fallback for {len(excluded)} layer(s)" if quant.fallback is not None else ""))
         return dest
+
+    def _record_table(self, job: ExportJob, dest: Path, fp32_proto) -> None:
+        """details: the word table as stored; at 4 bits, rewrite its Gather as GatherBlockQuantized first."""
+        import onnx
+
+        bits = job.quant.embedding_bits
+        if bits == 4:
+            proto = onnx.load(str(dest))
+            table = to_gather_block_quantized(proto, job.io.vocab_size)
+            onnx.save(proto, str(dest), save_as_external_data=False)
+        else:
+            word = word_gather(fp32_proto, job.io.vocab_size)
+            if word is None:
+                return
+            rows, dim = next(i.dims for i in fp32_proto.graph.initializer if i.name == word.input[0])
+            # quantize_dynamic's Gather: an int8 table with one scale + zero point for the whole tensor.
+            table = table_entry(rows, dim, 8, op="DequantizeLinear + Gather", group_size=dim, qparam_bytes=0,
+                                scheme="per-tensor (scale + zero point)")
+        job.details.update(embedding_bits=bits, embedding_table=table)
 
     def _fallback(self, job: ExportJob, fp32: Path, proto, weight_nodes: dict[str, str], plan: Optional[dict]):
         quant = job.quant
@@ -202,9 +229,11 @@ def calibration_plan(quant, calib) -> dict:
 
 
 def quantize_file(fp32: Path, dest: Path, quant, calib, io: IOSpec, proto, excluded: list[str], tmp: Path,
-                  plan: Optional[dict]) -> None:
+                  plan: Optional[dict], keep_fp32: Optional[list[str]] = None) -> None:
     """onnxruntime int8 of the fp32 file into dest, with the `excluded` nodes left fp32. plan: calibration_plan()
-    for static activations (None for dynamic). Runs in tmp: the quantizers write temp files into the CWD."""
+    for static activations (None for dynamic). Runs in tmp: the quantizers write temp files into the CWD.
+    keep_fp32: nodes left for a later rewrite (the 4-bit table), excluded without changing which nodes
+    quantize_dynamic picks otherwise (an explicit node list would leave the pooler's Gemm fp32)."""
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
@@ -219,6 +248,8 @@ def quantize_file(fp32: Path, dest: Path, quant, calib, io: IOSpec, proto, exclu
         if quant.activations == "dynamic":
             # embeddings unset and nothing excluded: quantize_dynamic's own choice of nodes (every MatMul + Gather).
             kw = {"nodes_to_quantize": nodes} if quant.embeddings is not None or excluded else {}
+            if keep_fp32:
+                kw["nodes_to_exclude"] = keep_fp32
             # The "Please consider to run pre-processing" warning is expected: pre-processing is skipped on purpose.
             quantize_dynamic(fp32, dest, per_channel=quant.per_channel, reduce_range=quant.reduce_range,
                              weight_type=qt[quant.weight_type], use_external_data_format=False, **kw)
@@ -235,7 +266,7 @@ def quantize_file(fp32: Path, dest: Path, quant, calib, io: IOSpec, proto, exclu
             quantize_static(fp32, dest, reader, quant_format=QuantFormat.QDQ, per_channel=quant.per_channel,
                             reduce_range=quant.reduce_range, activation_type=qt[quant.activation_type],
                             weight_type=qt[quant.weight_type], nodes_to_quantize=nodes, calibrate_method=method,
-                            use_external_data_format=False, extra_options=extra)
+                            use_external_data_format=False, extra_options=extra, nodes_to_exclude=keep_fp32)
     except Exception as e:  # noqa: BLE001 - any quantizer failure is a runtime failure of this export
         raise RuntimeFailure(f"onnxruntime quantize_{quant.activations} failed: {type(e).__name__}: {e}") from e
     finally:

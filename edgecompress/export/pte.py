@@ -20,7 +20,8 @@ Writes ONE file, model.pte, plus io.json.
   intent asks; prepare/convert come from torchao (torch.ao.quantization.quantize_pt2e is gone). Dynamic quant
   has no activation ranges to learn, but observers still need one forward: calib batches, else io.example_inputs.
   The word-embedding table is stored as 8-bit rows (quant/embedding.py: quantized_decomposed::embedding_byte from
-  ExecuTorch's quantized-kernels library) unless the intent says `embeddings: false`: it is most of a small
+  ExecuTorch's quantized-kernels library; embedding_4bit with a scale per 32 values for `embedding_bits: 4`)
+  unless the intent says `embeddings: false`: it is most of a small
   student's file (default student: 33.0 -> 10.9 MiB). LayerNorm and the lookups stay on portable kernels (not
   delegated): listed in details.
 - Beyond dynamic, PT2E's XNNPACKQuantizer realizes the rest of the intent:
@@ -32,7 +33,7 @@ Writes ONE file, model.pte, plus io.json.
   lookup-table weights, so the clustered weights are written dense fp32 (noted), the table included. The
   profile's u8/s8 flavour is ONNX Runtime's knob: XNNPACK's quantizer is symmetric s8 weights / s8 activations by
   construction.
-- Runtimes: a file with an 8-bit table needs the quantized kernels registered: load() imports
+- Runtimes: a file with an 8- or 4-bit table needs the quantized kernels registered: load() imports
   executorch.kernels.quantized; the native runner links libexecutorch_kernels_quantized. details["kernel_ops"]
   lists every operator the file calls outside its XNNPACK delegate.
 - Lowering is slow: measured on 2 x86 cores, 13-16 s for the 2-layer tiny test BERT; for a 3-layer MiniLM-size
@@ -56,6 +57,12 @@ from edgecompress.export.quant import fallback
 from edgecompress.export.quant.embedding import quantize_word_embeddings
 
 _CALIB_BATCHES = 4  # dynamic quant learns nothing from data; a few forwards only exercise the observers
+
+
+def _table_note(table: dict) -> str:
+    op = table["op"].replace(".", "::")
+    group = "" if table["group_size"] == table["dim"] else f", a scale per {table['group_size']} values"
+    return f"; embeddings {table['bits']}-bit rows ({op}{group})"
 
 
 @contextmanager
@@ -90,12 +97,13 @@ class PteExporter(Exporter):
 
     def for_executorch(self, job: ExportJob, int8_table: bool):
         """The logits module that gets lowered: an eager-attention copy of job.model (module docstring: why), its
-        word-embedding table as 8-bit rows when int8_table. job.model is not modified."""
+        word-embedding table as quantize.embedding_bits rows when int8_table. job.model is not modified."""
         model, attention = eager_attention_copy(job.model)
         job.details["attention"] = attention
         job.details["embeddings_int8"] = int8_table
         if int8_table:
-            job.details["embedding_table"] = quantize_word_embeddings(model)
+            bits = job.quant.embedding_bits
+            job.details.update(embedding_bits=bits, embedding_table=quantize_word_embeddings(model, bits))
         return logits_module(model)
 
     def quantize_module(self, job: ExportJob, module):
@@ -118,7 +126,7 @@ class PteExporter(Exporter):
                          f"({'per channel' if quant.per_channel else 'per tensor'}), activations "
                          f"{quant.activations}" + (f" (calibrated on {job.details['calibration']['rows']} rows, "
                                                    f"minmax observers)" if quant.activations == "static" else "")
-                         + ("; embeddings 8-bit rows (quantized_decomposed::embedding_byte)" if int8_table
+                         + (_table_note(job.details["embedding_table"]) if int8_table
                             else "; embeddings stay fp32 (embeddings: false)")
                          + (f"; fp32 fallback for {len(excluded)} layer(s)" if quant.fallback is not None else ""))
         if quant.activations == "static" and quant.calibration.method != "minmax":
@@ -209,7 +217,7 @@ class PteExporter(Exporter):
     def load(self, path: Path, threads: int = 1) -> InferFn:
         """Load in the ExecuTorch runtime. NOTE: resizes the process-global XNNPACK threadpool to `threads`."""
         import torch
-        import executorch.kernels.quantized  # noqa: F401 - registers embedding_byte (8-bit table) in this runtime
+        import executorch.kernels.quantized  # noqa: F401 - registers embedding_byte/_4bit (the tables) here
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 

@@ -15,7 +15,9 @@ Writes ONE file, model.ptl, plus io.json. Needs nothing beyond torch (no extra).
   interpreter has no lookup-table weights, so the clustered weights are written dense fp32 (noted).
   Embeddings: the word-embedding table is quantized with float_qparams_weight_only_qconfig (8-bit rows, a float
   scale and zero point per row; quantized::embedding_byte, which the lite interpreter runs) unless the intent says
-  `embeddings: false`. It is most of a small student's file: default student 33.3 -> 11.1 MiB,
+  `embeddings: false`; `embedding_bits: 4` stores packed 4-bit rows with a scale per 32 values, looked up with
+  plain ops (quant/embedding.py unpacked_4bit_embedding: why not quantized::embedding_4bit). It is most of a small
+  student's file: default student 33.3 -> 11.1 MiB,
   same test accuracy (benchmarks/ship).
 - The lite interpreter deprecation warning ("consider switching to ExecuTorch") is expected and silenced.
 """
@@ -30,6 +32,12 @@ import numpy as np
 
 from edgecompress.export.base import ExportJob, Exporter, exporter, InferFn, IOSpec, check_inputs, logits_module, read_io_beside
 from edgecompress.export.quant import fallback
+from edgecompress.export.quant.embedding import group_size, unpacked_4bit_embedding
+from edgecompress.export.quant.table import table_entry
+
+# How the lite interpreter looks each table width up (4 bit: quant/embedding.py unpacked_4bit_embedding says why
+# not quantized::embedding_4bit).
+EMB_OPS = {8: "quantized::embedding_byte", 4: "aten::index_select on packed uint8 rows + nibble unpack"}
 
 
 def _is_xnnpack_missing(err: BaseException) -> bool:
@@ -55,13 +63,21 @@ class PtlExporter(Exporter):
             excluded = res.excluded
             job.details["fallback"] = res.to_json()
         table = int8_table(quant)
-        emb = "8-bit rows (quantized::embedding_byte)" if table else "stay fp32 (embeddings: false)"
+        bits = quant.embedding_bits
+        emb = f"{bits}-bit rows ({EMB_OPS[bits]})" if table else "stay fp32 (embeddings: false)"
         job.notes.append(f"int8: torch quantize_dynamic on nn.Linear, qint8 weights "
                          f"({'per channel' if quant.per_channel else 'per tensor'}), activations dynamic; "
                          f"embeddings {emb}"
                          + (f"; fp32 fallback for {len(excluded)} layer(s)" if excluded else ""))
         job.details.update(quantizer="torch.ao.quantization.quantize_dynamic", per_channel=quant.per_channel,
                            embeddings_int8=table)
+        if table:
+            rows, dim = job.model.get_input_embeddings().weight.shape
+            group = group_size(dim, bits)
+            job.details.update(embedding_bits=bits, embedding_table=table_entry(
+                rows, dim, bits, op=EMB_OPS[bits], group_size=group, scheme=("per-row" if group == dim else
+                                                                           f"per {group}-value group")
+                + " asymmetric (float scale + zero point)"))
         return logits_module(quantize(job.model, quant, excluded))
 
     def lower(self, job: ExportJob, module):
@@ -128,14 +144,17 @@ def quantize(model, quant, excluded: Optional[list[str]] = None):
                       if isinstance(m, torch.nn.Linear) and n not in excluded}
     else:
         spec = {torch.nn.Linear: qconfig}
-    if int8_table(quant):
+    if int8_table(quant) and quant.embedding_bits == 8:
         emb = model.get_input_embeddings()
         spec[next(n for n, m in model.named_modules() if m is emb)] = float_qparams_weight_only_qconfig
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning)
         # deepcopy: never mutate the caller's model (quantize_dynamic swaps modules in place otherwise).
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
+        out = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
+    if int8_table(quant) and quant.embedding_bits == 4:
+        out.set_input_embeddings(unpacked_4bit_embedding(out.get_input_embeddings()))
+    return out
 
 
 def torch_infer(model) -> InferFn:

@@ -41,8 +41,8 @@ def test_only_the_word_table_is_swapped_and_logits_stay_close(tiny_bert):
         ref = tiny_bert(input_ids=ids, attention_mask=mask).logits
         out = model(input_ids=ids, attention_mask=mask).logits
     # assert
-    assert info == {"rows": 1100, "dim": 32, "bits": 8, "scheme": "per-row asymmetric (float scale + zero point)",
-                    "op": OP}
+    assert info == {"rows": 1100, "dim": 32, "bits": 8, "group_size": 32, "op": OP, "stored_bytes": 1100 * 40,
+                    "scheme": "per-row asymmetric (float scale + zero point)"}
     assert isinstance(model.bert.embeddings.position_embeddings, torch.nn.Embedding)  # fp32 still
     assert model.get_input_embeddings().weight.dtype == torch.int8
     assert tiny_bert.get_input_embeddings().weight.dtype == torch.float32  # the deep copy was swapped, not this
