@@ -84,7 +84,7 @@ for _spec in (
                                 "onnx/pte"),)),
     FormatSpec("pte", ".pte", "executorch", "pte", ("executorch", "torchao"), "edgecompress.export.pte",
                fixed_batch=True, native_runner=True,
-               revision=2),  # 2: eager attention, no-op expands dropped, 8-bit word table by default
+               revision=3),  # 2: eager attention, no-op expands dropped, 8-bit word table by default; 3: 8-bit position table
     # litert-torch pulls ~750 MB (jax): its own extra, named in the error when missing.
     FormatSpec("tflite", ".tflite", "tflite", "tflite", ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
                "edgecompress.export.tflite", fixed_batch=True,

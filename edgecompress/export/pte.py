@@ -22,7 +22,8 @@ Writes ONE file, model.pte, plus io.json.
   The word-embedding table is stored as 8-bit rows (quant/embedding.py: quantized_decomposed::embedding_byte from
   ExecuTorch's quantized-kernels library; embedding_4bit with a scale per 32 values for `embedding_bits: 4`)
   unless the intent says `embeddings: false`: it is most of a small
-  student's file (default student: 33.0 -> 10.9 MiB). LayerNorm and the lookups stay on portable kernels (not
+  student's file (default student: 33.0 -> 10.9 MiB). The absolute-position table goes to 8-bit rows with it (an
+  eighth of a trimmed-vocabulary student's file in fp32). LayerNorm and the lookups stay on portable kernels (not
   delegated): listed in details.
 - Beyond dynamic, PT2E's XNNPACKQuantizer realizes the rest of the intent:
   static: `get_symmetric_quantization_config(is_dynamic=False)`, observers fed `calibration.samples` train rows,
@@ -54,7 +55,7 @@ from edgecompress.errors import RuntimeFailure
 from edgecompress.export.base import (ExportJob, Exporter, exporter, InferFn, IOSpec, check_inputs, logits_module,
                                       read_io_beside)
 from edgecompress.export.quant import fallback
-from edgecompress.export.quant.embedding import quantize_word_embeddings
+from edgecompress.export.quant.embedding import quantize_position_embeddings, quantize_word_embeddings
 
 _CALIB_BATCHES = 4  # dynamic quant learns nothing from data; a few forwards only exercise the observers
 
@@ -97,13 +98,15 @@ class PteExporter(Exporter):
 
     def for_executorch(self, job: ExportJob, int8_table: bool):
         """The logits module that gets lowered: an eager-attention copy of job.model (module docstring: why), its
-        word-embedding table as quantize.embedding_bits rows when int8_table. job.model is not modified."""
+        word-embedding table as quantize.embedding_bits rows and its position table as 8-bit rows when int8_table.
+        job.model is not modified."""
         model, attention = eager_attention_copy(job.model)
         job.details["attention"] = attention
         job.details["embeddings_int8"] = int8_table
         if int8_table:
             bits = job.quant.embedding_bits
-            job.details.update(embedding_bits=bits, embedding_table=quantize_word_embeddings(model, bits))
+            job.details.update(embedding_bits=bits, embedding_table=quantize_word_embeddings(model, bits),
+                               position_table=quantize_position_embeddings(model))
         return logits_module(model)
 
     def quantize_module(self, job: ExportJob, module):
