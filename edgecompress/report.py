@@ -145,8 +145,26 @@ def embedding_table(report: dict) -> list[str]:
                     f"{fmt_value(s.get('test_cosine_to_teacher'), '{:.4f}')}."]
 
 
+MIB = 2 ** 20
+
+
+def bytes_line(r: dict) -> str | None:
+    """Where a file's bytes go: its word-embedding table (as stored) and the rest (encoder, head, other tables)."""
+    fb, table = r.get("file_bytes") or {}, r.get("embedding_table") or {}
+    if "embedding_table" not in fb:
+        return None
+    bits = table.get("bits", 32)
+    per = f"a scale per {table['group_size']} values" if table.get("group_size", 0) < table["dim"] else "a scale per row"
+    grid = "fp32" if bits >= 32 else f"{bits}-bit, {per}"
+    return (f"{fb['file'] / MIB:.2f} MiB = word embeddings {fb['embedding_table'] / MIB:.2f} MiB ({table['rows']:,} x "
+            f"{table['dim']}, {grid}) + the rest {fb['rest'] / MIB:.2f} MiB")
+
+
 def _tail(report: dict) -> list[str]:
     lines: list[str] = []
+    sizes = [(r["label"], bytes_line(r)) for r in report["rows"]]
+    if any(line for _, line in sizes):
+        lines += ["", "## Where the bytes go"] + [f"- {label}: {line}" for label, line in sizes if line]
     notes = [(r["label"], n) for r in report["rows"] for n in r.get("notes", [])]
     if notes:
         lines += ["", "## Notes"] + [f"- {label}: {n}" for label, n in notes]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from edgecompress.graph import BASELINE
-from edgecompress.report import MIN_COSINE_TO_TORCH, MIN_LABEL_AGREEMENT, fmt_value
+from edgecompress.report import MIN_COSINE_TO_TORCH, MIN_LABEL_AGREEMENT, bytes_line, fmt_value
 
 # A wide table wrapped at 80 columns by a pipe or CI log is unreadable; 120 keeps one row per line there.
 PIPE_WIDTH = 120
@@ -78,6 +78,8 @@ def lines(report: dict, run_dir: Path) -> list[str]:
         out += ([f"bundle:  {bundle}  (model, tokenizer.json, README.txt)"] if _embedding(report) else
                 [f"bundle:  {bundle}  (model, tokenizer.json, labels.json, README.txt)",
                  f"classes: {', '.join(report.get('labels') or [])}"])
+        if bytes_line(pick):
+            out.append(f"bytes:   {bytes_line(pick)}")
         out += ["", "next:", f"  edgecompress predict {shlex.quote(str(bundle))} {shlex.quote(EXAMPLE_TEXT)}"
                 + (" --json" if _embedding(report) else ""),
                 f"  edgecompress bench {shlex.quote(str(bundle))} --profile {shlex.quote(_device_profile(report))} "

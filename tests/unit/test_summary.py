@@ -100,3 +100,16 @@ def test_an_embedding_file_verifies_by_its_cosine_to_torch():
     judge_rows(runner, rows)
     # assert
     assert [r.get("verified") for r in rows] == [None, True, False]
+
+
+def test_summary_says_where_the_best_files_bytes_go():
+    # setup: a 4-bit word table of 8,854 x 256 with a scale per 32 values
+    row = _row("pte-int8", 3.0, True)
+    row["file_bytes"] = {"file": 4 * 2 ** 20, "embedding_table": 2 ** 20, "rest": 3 * 2 ** 20}
+    row["embedding_table"] = {"rows": 8854, "dim": 256, "bits": 4, "group_size": 32}
+    out = io.StringIO()
+    # execute
+    print_summary(_report([row], "pte-int8"), Path("runs/demo"), file=out)
+    # assert
+    assert ("bytes:   4.00 MiB = word embeddings 1.00 MiB (8,854 x 256, 4-bit, a scale per 32 values) + the rest "
+            "3.00 MiB") in out.getvalue().splitlines()
