@@ -132,7 +132,7 @@ def build_student(teacher, cfg: DistillCfg):
 def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optional[Teacher] = None) -> StageResult:
     """A new student built from `model` (the teacher's: this stage starts from the teacher) and trained against
     teacher.model. Distill is the recipe's first stage, so `tokenizer` is the teacher's; the student reads it too
-    unless student.vocab_min_count trims the student's vocabulary (the returned tokenizer is the student's)."""
+    unless student.vocab trims the student's vocabulary (the returned tokenizer is the student's)."""
     if teacher is None:
         raise UserInputError("distill needs a teacher; set teacher.source")
     t_model = teacher.model
@@ -144,9 +144,9 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
     student = build_student(model, cfg)
     init_report = getattr(student, "init_report", None)
     s_tok, extra = tokenizer, {}
-    if cfg.student.vocab_min_count is not None:
-        s_tok, extra["vocab"] = trim_to_corpus(student, tokenizer, ctx.splits["train"].texts,
-                                               cfg.student.vocab_min_count)
+    if cfg.student.vocab is not None:
+        v = cfg.student.vocab
+        s_tok, extra["vocab"] = trim_to_corpus(student, tokenizer, ctx.splits["train"].texts, v.min_count, v.max_tokens)
     train_ctx = ctx
     if cfg.augment is not None:
         rows = ctx.splits["train"].subset(cfg.train.max_train_samples, ctx.seed)

@@ -24,6 +24,7 @@ import re
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Optional
 
 from edgecompress.errors import UserInputError
 
@@ -34,9 +35,11 @@ def token_counts(tokenizer, texts: list[str]) -> Counter:
     return Counter(i for ids in enc for i in ids)
 
 
-def kept_ids(tokenizer, counts: Counter, min_count: int) -> list[int]:
-    """Old ids to keep, ascending (so [PAD]=0 stays 0 in BERT vocabularies): specials + added + frequent."""
-    keep = set(tokenizer.all_special_ids) | {i for i, c in counts.items() if c >= min_count}
+def kept_ids(tokenizer, counts: Counter, min_count: int, max_tokens: Optional[int] = None) -> list[int]:
+    """Old ids to keep, ascending (so [PAD]=0 stays 0 in BERT vocabularies): specials + added + the corpus tokens
+    seen at least min_count times, at most max_tokens of them (the most frequent)."""
+    frequent = [i for i, c in counts.most_common() if c >= min_count][:max_tokens]
+    keep = set(tokenizer.all_special_ids) | set(frequent)
     keep |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
     return sorted(keep)
 
@@ -188,16 +191,17 @@ def trim_embeddings(model, keep: list[int], pad_token_id: int | None) -> None:
         model.config.pad_token_id = pad_token_id
 
 
-def trim_to_corpus(model, tokenizer, texts: list[str], min_count: int):
-    """Trim `model`'s word embeddings in place to the tokens `texts` use at least `min_count` times (plus what the
-    tokenizer needs to segment them as before); returns the tokenizer over the new ids and what was done."""
+def trim_to_corpus(model, tokenizer, texts: list[str], min_count: int = 1, max_tokens: Optional[int] = None):
+    """Trim `model`'s word embeddings in place to the tokens `texts` use at least `min_count` times, at most
+    `max_tokens` of them (plus what the tokenizer needs to segment them as before); returns the tokenizer over the
+    new ids and what was done."""
     vocab_before = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab_before:
         raise UserInputError(f"vocabulary trimming: the tokenizer has {len(tokenizer)} tokens but the embedding only "
                              f"{vocab_before}")
     counts = token_counts(tokenizer, texts)
-    keep = completed_ids(tokenizer, kept_ids(tokenizer, counts, min_count))
+    keep = completed_ids(tokenizer, kept_ids(tokenizer, counts, min_count, max_tokens))
     new_tok = trimmed_tokenizer(tokenizer, keep)
     trim_embeddings(model, keep, new_tok.pad_token_id)
     return new_tok, {"vocab_size_before": vocab_before, "vocab_size": len(keep), "corpus_texts": len(texts),
-                     "min_count": min_count, "corpus_tokens": int(sum(counts.values()))}
+                     "min_count": min_count, "max_tokens": max_tokens, "corpus_tokens": int(sum(counts.values()))}

@@ -65,7 +65,7 @@ def test_student_reads_a_trimmed_vocabulary_from_its_first_step(tiny_vocab_bert,
     # setup
     ctx = StageContext(small_splits, 64, seed=0)
     teacher = Teacher(tiny_vocab_bert, minilm_tokenizer)
-    cfg = DistillCfg(student=StudentCfg(from_teacher_layers=[0], vocab_min_count=2),
+    cfg = DistillCfg(student=StudentCfg(from_teacher_layers=[0], vocab={"min_count": 2}),
                      augment=AugmentCfg(rows=500), train=TrainCfg(epochs=1, learning_rate=1e-3, batch_size=16))
     # execute
     res = distill(tiny_vocab_bert, minilm_tokenizer, cfg, ctx, teacher)
@@ -80,6 +80,19 @@ def test_student_reads_a_trimmed_vocabulary_from_its_first_step(tiny_vocab_bert,
 
 def test_trimmed_student_vocabulary_with_matches_is_refused():
     # execute / assert
-    with pytest.raises(ValueError, match="vocab_min_count"):
-        DistillCfg(student=StudentCfg(vocab_min_count=2),
+    with pytest.raises(ValueError, match="student.vocab"):
+        DistillCfg(student=StudentCfg(vocab={"max_tokens": 500}),
                    matches=[{"teacher_layer": 0, "student_layer": 0, "feature": "hidden"}])
+
+
+def test_max_tokens_keeps_the_most_frequent_tokens(minilm_tokenizer):
+    # setup
+    from collections import Counter
+    from edgecompress.compress.vocabulary import kept_ids
+    counts = Counter({2000: 9, 2001: 5, 2002: 5, 2003: 1})
+    # execute
+    capped = kept_ids(minilm_tokenizer, counts, 1, max_tokens=2)
+    floor = kept_ids(minilm_tokenizer, counts, 5)
+    # assert: specials always; the cap takes the most frequent
+    specials = set(minilm_tokenizer.all_special_ids)
+    assert set(capped) - specials == {2000, 2001} and set(floor) - specials == {2000, 2001, 2002}
