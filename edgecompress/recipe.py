@@ -17,9 +17,10 @@ from edgecompress.device.protocol import BenchSettings
 from edgecompress.errors import UserInputError
 from edgecompress.formats import Format, Precision
 from edgecompress.registry import STAGES
-from edgecompress.stage_configs import (DEFAULT_STUDENT_ARCH, KD_ALPHA, KD_TEMPERATURE, DistillCfg, KDLoss,  # noqa: F401 - re-exported
-                                        MatchCfg, PruneCfg, StageCfg, StageConfig, StructuredPruneCfg, StudentArchCfg,
-                                        StudentCfg, TrainCfg, VocabTrimCfg)
+from edgecompress.stage_configs import (DEFAULT_STUDENT_ARCH, DEFAULT_STUDENT_VOCAB_UNSEEN, KD_ALPHA,  # noqa: F401 - re-exported
+                                        KD_TEMPERATURE, AugmentCfg, DistillCfg, KDLoss, MatchCfg, PruneCfg, StageCfg,
+                                        StageConfig, StructuredPruneCfg, StudentArchCfg, StudentCfg, StudentVocabCfg,
+                                        TrainCfg, VocabTrimCfg)
 from edgecompress.tasks import Task
 
 PACKAGED_TEACHER = "packaged:all-MiniLM-L6-v2"
@@ -247,14 +248,23 @@ def check_task_settings(r) -> None:
             raise ValueError(f"stages[{i}] ({s.kind}): {why}")
 
 
+def default_stages() -> list:
+    """Distil the default student (a trimmed table where the data covers held-out text; small train splits
+    augmented), then prune 30%."""
+    student = StudentCfg(config=DEFAULT_STUDENT_ARCH, vocab=StudentVocabCfg(max_unseen=DEFAULT_STUDENT_VOCAB_UNSEEN))
+    return [DistillCfg(student=student, augment=AugmentCfg()), PruneCfg()]
+
+
 class Recipe(Cfg):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
     task: Task = Field("classification", description="what the student is trained to do (tasks.py)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="numpy and torch seeds must fit 32 bits")
     teacher: TeacherCfg = TeacherCfg()
     data: DataCfg = DataCfg()
-    stages: list[StageCfg] = Field(default_factory=lambda: [DistillCfg(), PruneCfg()])
-    quantize: QuantSpec = QuantSpec()
+    # The default recipe's sections (edgecompress/recipes/default.yaml is exactly these): a recipe that writes its
+    # own stages or quantize section starts from the stage and QuantSpec field defaults instead.
+    stages: list[StageCfg] = Field(default_factory=lambda: default_stages())
+    quantize: QuantSpec = QuantSpec(embedding_bits=4)
     export: ExportCfg = ExportCfg()
     bench: BenchCfg = BenchCfg()
     profile: str = "host"

@@ -30,7 +30,7 @@ from edgecompress.compress.adaptor import Adapted, adapt, eager_attention, hidde
 from edgecompress.compress.base import StageContext, StageResult, Teacher, register_stage
 from edgecompress.compress.kd import kd_loss, split_metrics, val_score
 from edgecompress.compress.train import is_distributed, train
-from edgecompress.compress.vocabulary import trim_to_corpus
+from edgecompress.compress.vocabulary import token_counts, tokens_for_coverage, trim_to_corpus
 from edgecompress.compute import on_device
 from edgecompress.errors import UserInputError
 from edgecompress.families import canonical, family_of
@@ -145,8 +145,7 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
     init_report = getattr(student, "init_report", None)
     s_tok, extra = tokenizer, {}
     if cfg.student.vocab is not None:
-        v = cfg.student.vocab
-        s_tok, extra["vocab"] = trim_to_corpus(student, tokenizer, ctx.splits["train"].texts, v.min_count, v.max_tokens)
+        s_tok, extra["vocab"] = _student_vocab(student, tokenizer, cfg.student.vocab, ctx)
     train_ctx = ctx
     if cfg.augment is not None:
         rows = ctx.splits["train"].subset(cfg.train.max_train_samples, ctx.seed)
@@ -171,6 +170,25 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
     progress.log(f"  distilled student: {metrics['params']:,} params, "
                  + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if k.startswith("test_")))
     return StageResult(student, s_tok, metrics)
+
+
+def _student_vocab(student, tokenizer, v, ctx: StageContext):
+    """Trim the student's table (in place) as student.vocab says; returns its tokenizer and what was done."""
+    texts = ctx.splits["train"].texts
+    max_tokens = v.max_tokens
+    if v.max_unseen is not None:
+        max_tokens, unseen = tokens_for_coverage(tokenizer, token_counts(tokenizer, texts),
+                                                 ctx.splits["validation"].texts, v.max_unseen, v.min_count, v.max_tokens)
+        if max_tokens is None:
+            progress.log(f"  student vocabulary not trimmed: the train split's tokens leave {unseen:.1%} of the "
+                         f"validation text's tokens out (max_unseen {v.max_unseen:.1%}); the table keeps the "
+                         f"teacher's {len(tokenizer):,} tokens")
+            return tokenizer, {"trimmed": False, "validation_unseen": round(unseen, 4), "max_unseen": v.max_unseen}
+    new_tok, info = trim_to_corpus(student, tokenizer, texts, v.min_count, max_tokens)
+    if v.max_unseen is not None:
+        info.update(validation_unseen=round(unseen, 4), max_unseen=v.max_unseen)
+    progress.log(f"  student vocabulary: {info['vocab_size']:,} of {info['vocab_size_before']:,} tokens")
+    return new_tok, {"trimmed": True, **info}
 
 
 def _train_phases(wrapper: Distiller, teacher: Teacher, tokenizer, cfg: DistillCfg, ctx: StageContext,

@@ -205,3 +205,19 @@ def trim_to_corpus(model, tokenizer, texts: list[str], min_count: int = 1, max_t
     trim_embeddings(model, keep, new_tok.pad_token_id)
     return new_tok, {"vocab_size_before": vocab_before, "vocab_size": len(keep), "corpus_texts": len(texts),
                      "min_count": min_count, "max_tokens": max_tokens, "corpus_tokens": int(sum(counts.values()))}
+
+
+def tokens_for_coverage(tokenizer, counts: Counter, heldout: list[str], max_unseen: float, min_count: int = 1,
+                        max_tokens: Optional[int] = None) -> tuple[Optional[int], float]:
+    """The fewest of the corpus's most frequent tokens (seen >= min_count, at most max_tokens) that leave at most
+    `max_unseen` of the held-out texts' tokens outside the table, and the share they leave; (None, share of the
+    largest allowed table) when even that leaves more."""
+    held = token_counts(tokenizer, heldout)
+    total = sum(held.values()) or 1
+    covered = sum(held[i] for i in set(tokenizer.all_special_ids))
+    ranked = [i for i, c in counts.most_common() if c >= min_count][:max_tokens]
+    for n, i in enumerate(ranked, start=1):
+        covered += held.get(i, 0)
+        if 1 - covered / total <= max_unseen:
+            return n, 1 - covered / total
+    return None, 1 - covered / total

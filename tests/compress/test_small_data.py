@@ -96,3 +96,29 @@ def test_max_tokens_keeps_the_most_frequent_tokens(minilm_tokenizer):
     # assert: specials always; the cap takes the most frequent
     specials = set(minilm_tokenizer.all_special_ids)
     assert set(capped) - specials == {2000, 2001} and set(floor) - specials == {2000, 2001, 2002}
+
+
+def test_coverage_rule_trims_to_the_fewest_tokens_or_keeps_the_whole_table(small_splits, minilm_tokenizer):
+    # setup
+    from edgecompress.compress.vocabulary import token_counts, tokens_for_coverage
+    train, val = small_splits["train"].texts, small_splits["validation"].texts
+    counts = token_counts(minilm_tokenizer, train)
+    # execute
+    loose, loose_unseen = tokens_for_coverage(minilm_tokenizer, counts, val, 0.5)
+    tight, tight_unseen = tokens_for_coverage(minilm_tokenizer, counts, val, 1e-6)
+    # assert: a loose bound takes a few of the most frequent tokens; one the corpus cannot meet keeps nothing out
+    assert loose is not None and loose < len(counts) and loose_unseen <= 0.5
+    assert tight is None and tight_unseen > 0.0
+
+
+def test_distill_keeps_the_teachers_table_when_the_corpus_cannot_cover_validation(tiny_vocab_bert, minilm_tokenizer,
+                                                                                   small_splits):
+    # setup: 320 train rows cannot leave only 0.1% of validation tokens unseen
+    ctx = StageContext(small_splits, 64, seed=0)
+    cfg = DistillCfg(student=StudentCfg(from_teacher_layers=[0], vocab={"max_unseen": 0.001}),
+                     train=TrainCfg(epochs=1, learning_rate=1e-3, batch_size=32))
+    # execute
+    res = distill(tiny_vocab_bert, minilm_tokenizer, cfg, ctx, Teacher(tiny_vocab_bert, minilm_tokenizer))
+    # assert
+    assert res.metrics["vocab"]["trimmed"] is False and res.tokenizer is minilm_tokenizer
+    assert res.model.get_input_embeddings().num_embeddings == 30522
