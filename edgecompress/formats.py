@@ -94,10 +94,6 @@ for _spec in (
                         Refusal("weights", "codebook",
                                 "tflite int8 has linear int8 weights only; use weights: linear, or drop tflite "
                                 "from export.formats"),
-                        Refusal("embedding_bits", 4,
-                                "the tflite exporter's EMBEDDING_LOOKUP is int8 (a 4-bit lookup is not wired or "
-                                "checked in the TFLite runtime); use embedding_bits: 8, or drop tflite from "
-                                "export.formats"),
                         # ai-edge-quantizer's recipe could leave layers fp32, but no search drives it yet: refused
                         # rather than silently ignored.
                         Refusal("fallback", SET,

@@ -53,12 +53,9 @@ def test_4bit_table_needs_a_quantized_table_and_linear_weights(bad):
     assert QuantSpec(**bad).embedding_bits == 8
 
 
-def test_tflite_refuses_4bit_in_one_line():
-    # execute
-    why = FORMATS["tflite"].refusal(QuantSpec(embedding_bits=4))
-    # assert
-    assert why.startswith("tflite cannot realize quantize.embedding_bits: 4") and "\n" not in why
-    assert all(FORMATS[f].refusal(QuantSpec(embedding_bits=4)) is None for f in ("onnx", "ptl", "pte"))
+def test_every_format_accepts_4bit_tables():
+    # execute / assert: .pte/.ptl/.onnx have 4-bit lookups; .tflite realizes the intent as 8 bit and notes it
+    assert all(FORMATS[f].refusal(QuantSpec(embedding_bits=4)) is None for f in ("onnx", "ptl", "pte", "tflite"))
 
 
 def test_packing_is_what_executorchs_embedding_4bit_reads():

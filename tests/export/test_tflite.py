@@ -190,3 +190,14 @@ def test_signature_batch_follows_the_constructor(tiny_bert, fp32_export, tmp_pat
     assert IOSpec.read(tmp_path / IO_FILE).static_shape == (3, IO.max_seq_len)
     assert result.details["static_shape"] == [3, IO.max_seq_len]
     assert any("int32 [3, 64]" in n for n in result.notes)
+
+
+def test_4bit_table_intent_is_realized_as_8bit_and_noted(tiny_bert, fp32_export, tmp_path, monkeypatch):
+    # setup
+    fp32_bytes = fp32_export[0].file.read_bytes()
+    monkeypatch.setattr(TfliteExporter, "convert", lambda self, module, io, tmp: fp32_bytes)
+    # execute
+    res = TfliteExporter().export(tiny_bert, IO, QuantSpec(embedding_bits=4), None, tmp_path)
+    # assert
+    assert res.details["embedding_bits"] == 8
+    assert any("embedding_bits 4 realized as 8" in n for n in res.notes)
