@@ -250,9 +250,9 @@ def check_task_settings(r) -> None:
 
 def default_stages() -> list:
     """Distil the default student (a trimmed table where the data covers held-out text; small train splits
-    augmented), then prune 30%."""
+    augmented), 3 epochs."""
     student = StudentCfg(config=DEFAULT_STUDENT_ARCH, vocab=StudentVocabCfg(max_unseen=DEFAULT_STUDENT_VOCAB_UNSEEN))
-    return [DistillCfg(student=student, augment=AugmentCfg()), PruneCfg()]
+    return [DistillCfg(student=student, augment=AugmentCfg(), train=TrainCfg(epochs=3, learning_rate=2e-4, batch_size=32))]
 
 
 class Recipe(Cfg):

@@ -73,7 +73,7 @@ def test_packaged_vader_names_its_classes_and_only_export_ids_change():
     assert named.splits["train"].label_names == ["negative", "positive"]
     assert all(n.config["labels"] == ["negative", "positive"] for n in named.graph if n.step == "export")
     assert changed == {n.label for n in named.graph if n.job is not None}
-    assert {"teacher", "1-distill", "2-prune"}.isdisjoint(changed)
+    assert {"teacher", "1-distill"}.isdisjoint(changed)
 
 
 def test_plan_refuses_label_names_of_the_wrong_length_in_one_line(tmp_path):

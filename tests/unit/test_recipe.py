@@ -13,7 +13,7 @@ def test_default_yaml_equals_schema_defaults():
     r = load_recipe(DEFAULT_RECIPE_PATH)
     # assert: the file users copy is exactly what `run` with no argument does
     assert r == Recipe()
-    assert [s.kind for s in r.stages] == ["distill", "prune"]
+    assert [s.kind for s in r.stages] == ["distill"]
 
 
 @pytest.mark.parametrize("data, needle", [
