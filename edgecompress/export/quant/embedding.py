@@ -130,6 +130,7 @@ def quantize_position_embeddings(model) -> dict | None:
     """Swap, in place, the absolute-position table (where the family has one) for 8-bit rows. It is small beside
     a full vocabulary but not beside a trimmed one: 512 x 256 fp32 is 0.5 MiB, an eighth of the default student's
     .pte. 8 bit, not the word table's 4: every input reads every row up to its length. None: no table."""
+    import torch
     from edgecompress.families import attr, family_of
 
     path = family_of(model).position_embeddings
@@ -137,7 +138,9 @@ def quantize_position_embeddings(model) -> dict | None:
         return None
     parent_path, _, name = path.rpartition(".")
     parent = attr(model.base_model, parent_path) if parent_path else model.base_model
-    emb = getattr(parent, name)
+    emb = getattr(parent, name, None)
+    if not isinstance(emb, torch.nn.Embedding):  # e.g. DeBERTa-v2 without position_biased_input: no table
+        return None
     setattr(parent, name, quantized_embedding(emb, 8))
     rows, dim = emb.weight.shape
     return {"rows": int(rows), "dim": int(dim), "bits": 8, "op": OPS[8]}
