@@ -135,8 +135,7 @@ def test_plan_says_where_the_trainings_run(capsys):
     import json
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0 and summary["compute"] == {"device": "cpu", "precision": "fp32", "device_name": "cpu",
-                                              "trainings": {"teacher:finetune": "fp32", "distill": "fp32",
-                                                            "prune": "fp32"}}
+                                              "trainings": {"teacher:finetune": "fp32", "distill": "fp32"}}
 
 
 def test_plan_names_the_precision_of_each_training_qat_in_fp32():
