@@ -68,9 +68,9 @@ def run_case(recipe: str, data: str, work: Path) -> dict:
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     home = work / f"home-{spec['name']}"
     home.mkdir()
-    from edgecompress.paths import native
-    if native().exists():
-        (home / "native").symlink_to(native())
+    from edgecompress.paths import native_dir
+    if native_dir().exists():
+        (home / "native").symlink_to(native_dir())
     env = {**os.environ, "EDGECOMPRESS_HOME": str(home)}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "edgecompress", "run", str(path), "--json", "--out", str(work)],
@@ -88,7 +88,8 @@ def summarize(report: dict, seconds: float) -> dict:
             "peak_rss_mb", "verified", "runner", "file_mb_by_component")
     return {"cold_seconds": round(seconds, 1), "best": report["best"],
             "teacher_test_accuracy": report["teacher"].get("test_accuracy"),
-            "student": {k: report["student"].get(k) for k in ("test_accuracy", "params", "vocab_size")},
+            "student": {"test_accuracy": report["student"].get("test_accuracy"), "params": report["student"].get("params"),
+                        "vocab_size": (report["student"].get("vocab") or {}).get("vocab_size")},
             "rows": {label: {k: r.get(k) for k in keep if k in r} for label, r in rows.items()}}
 
 
@@ -97,13 +98,16 @@ def markdown(results: dict) -> str:
              "`python benchmarks/default/run.py` (cold runs in a fresh store, one after another, nothing else on the "
              "machine). Best = the fastest file that verifies. Bar: "
              f">= {BAR['speedup']:.0f}x lower p50 than the fp32 teacher ONNX, >= {BAR['smaller']:.0f}x smaller, "
-             f">= {BAR['of_teacher']:.0%} of the teacher's test accuracy, cold run <= {BAR['cold_s'] / 60:.0f} min.", "",
+             f">= {BAR['of_teacher']:.0%} of the teacher's test accuracy, cold run <= {BAR['cold_s'] / 60:.0f} min on the full "
+             "data; on 3,000 rows (the teacher fine-tuned on them too) >= 98% of that teacher.", "",
              "| case | best | teacher acc | best acc | % of teacher | p50 ms | faster | MiB | smaller | cold s | bar |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for case, r in sorted(results.items()):
         b = r["rows"].get(r["best"] or "", {})
-        ok = (b.get("speedup_vs_teacher", 0) >= BAR["speedup"] and b.get("size_ratio_vs_teacher", 0) >= BAR["smaller"]
-              and b.get("accuracy_vs_teacher", 0) >= BAR["of_teacher"] and r["cold_seconds"] <= BAR["cold_s"])
+        # The bar: on the full data every number; on 3,000 rows the share of the teacher's accuracy.
+        ok = b.get("accuracy_vs_teacher", 0) >= BAR["of_teacher"] and (case.endswith(":3k") or (
+            b.get("speedup_vs_teacher", 0) >= BAR["speedup"] and b.get("size_ratio_vs_teacher", 0) >= BAR["smaller"]
+            and r["cold_seconds"] <= BAR["cold_s"]))
         lines.append(f"| {case} | {r['best']} | {r['teacher_test_accuracy']:.4f} | {b.get('test_accuracy', 0):.4f} | "
                      f"{b.get('accuracy_vs_teacher', 0):.1%} | {b.get('p50_ms', 0):.2f} | "
                      f"{b.get('speedup_vs_teacher', 0):.2f}x | {b.get('file_mb', 0):.2f} | "
