@@ -175,16 +175,17 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
 def _student_vocab(student, tokenizer, v, ctx: StageContext):
     """Trim the student's table (in place) as student.vocab says; returns its tokenizer and what was done."""
     texts = ctx.splits["train"].texts
+    counts = token_counts(tokenizer, texts)  # once: the coverage rule and the trim read the same counts
     max_tokens = v.max_tokens
     if v.max_unseen is not None:
-        max_tokens, unseen = tokens_for_coverage(tokenizer, token_counts(tokenizer, texts),
-                                                 ctx.splits["validation"].texts, v.max_unseen, v.min_count, v.max_tokens)
+        max_tokens, unseen = tokens_for_coverage(tokenizer, counts, ctx.splits["validation"].texts, v.max_unseen,
+                                                 v.min_count, v.max_tokens)
         if max_tokens is None:
             progress.log(f"  student vocabulary not trimmed: the train split's tokens leave {unseen:.1%} of the "
                          f"validation text's tokens out (max_unseen {v.max_unseen:.1%}); the table keeps the "
                          f"teacher's {len(tokenizer):,} tokens")
             return tokenizer, {"trimmed": False, "validation_unseen": round(unseen, 4), "max_unseen": v.max_unseen}
-    new_tok, info = trim_to_corpus(student, tokenizer, texts, v.min_count, max_tokens)
+    new_tok, info = trim_to_corpus(student, tokenizer, texts, v.min_count, max_tokens, counts)
     if v.max_unseen is not None:
         info.update(validation_unseen=round(unseen, 4), max_unseen=v.max_unseen)
     progress.log(f"  student vocabulary: {info['vocab_size']:,} of {info['vocab_size_before']:,} tokens")

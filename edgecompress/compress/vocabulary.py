@@ -35,11 +35,14 @@ def token_counts(tokenizer, texts: list[str]) -> Counter:
     return Counter(i for ids in enc for i in ids)
 
 
+def ranked_ids(counts: Counter, min_count: int, max_tokens: Optional[int] = None) -> list[int]:
+    """The corpus tokens seen at least min_count times, most frequent first, at most max_tokens of them."""
+    return [i for i, c in counts.most_common() if c >= min_count][:max_tokens]
+
+
 def kept_ids(tokenizer, counts: Counter, min_count: int, max_tokens: Optional[int] = None) -> list[int]:
-    """Old ids to keep, ascending (so [PAD]=0 stays 0 in BERT vocabularies): specials + added + the corpus tokens
-    seen at least min_count times, at most max_tokens of them (the most frequent)."""
-    frequent = [i for i, c in counts.most_common() if c >= min_count][:max_tokens]
-    keep = set(tokenizer.all_special_ids) | set(frequent)
+    """Old ids to keep, ascending (so [PAD]=0 stays 0 in BERT vocabularies): specials + added + ranked_ids."""
+    keep = set(tokenizer.all_special_ids) | set(ranked_ids(counts, min_count, max_tokens))
     keep |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
     return sorted(keep)
 
@@ -191,15 +194,16 @@ def trim_embeddings(model, keep: list[int], pad_token_id: int | None) -> None:
         model.config.pad_token_id = pad_token_id
 
 
-def trim_to_corpus(model, tokenizer, texts: list[str], min_count: int = 1, max_tokens: Optional[int] = None):
+def trim_to_corpus(model, tokenizer, texts: list[str], min_count: int = 1, max_tokens: Optional[int] = None,
+                   counts: Optional[Counter] = None):
     """Trim `model`'s word embeddings in place to the tokens `texts` use at least `min_count` times, at most
     `max_tokens` of them (plus what the tokenizer needs to segment them as before); returns the tokenizer over the
-    new ids and what was done."""
+    new ids and what was done. counts: token_counts(tokenizer, texts) when the caller has it already."""
     vocab_before = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab_before:
         raise UserInputError(f"vocabulary trimming: the tokenizer has {len(tokenizer)} tokens but the embedding only "
                              f"{vocab_before}")
-    counts = token_counts(tokenizer, texts)
+    counts = token_counts(tokenizer, texts) if counts is None else counts
     keep = completed_ids(tokenizer, kept_ids(tokenizer, counts, min_count, max_tokens))
     new_tok = trimmed_tokenizer(tokenizer, keep)
     trim_embeddings(model, keep, new_tok.pad_token_id)
@@ -215,8 +219,7 @@ def tokens_for_coverage(tokenizer, counts: Counter, heldout: list[str], max_unse
     held = token_counts(tokenizer, heldout)
     total = sum(held.values()) or 1
     covered = sum(held[i] for i in set(tokenizer.all_special_ids))
-    ranked = [i for i, c in counts.most_common() if c >= min_count][:max_tokens]
-    for n, i in enumerate(ranked, start=1):
+    for n, i in enumerate(ranked_ids(counts, min_count, max_tokens), start=1):
         covered += held.get(i, 0)
         if 1 - covered / total <= max_unseen:
             return n, 1 - covered / total
