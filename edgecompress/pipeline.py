@@ -93,6 +93,7 @@ def _one_line(e: Exception) -> str:
 
 def _row(label: str, exp: Artifact, ver: Artifact, bench: Artifact) -> dict:
     m, v, b = exp.metrics, ver.metrics, bench.metrics
+    details = m.get("details") or {}
     return {"label": label, "format": m["format"], "precision": m["precision"], "runtime": m["runtime"],
             "test_accuracy": v.get("test_accuracy"), "test_accuracy_by_domain": v.get("test_accuracy_by_domain"),
             "test_accuracy_by_class": v.get("test_accuracy_by_class"),
@@ -103,8 +104,7 @@ def _row(label: str, exp: Artifact, ver: Artifact, bench: Artifact) -> dict:
             "e2e_p50_ms": b.get("e2e_p50_ms"), "e2e_p90_ms": b.get("e2e_p90_ms"),
             "tokenize_p50_ms": b.get("tokenize_p50_ms"),
             "load_ms": b.get("load_ms"), "peak_rss_mb": b.get("peak_rss_mb"), "file_mb": m["file_mb"],
-            "file_bytes": (m.get("details") or {}).get("file_bytes"),
-            "embedding_table": (m.get("details") or {}).get("embedding_table"),
+            "file_bytes": details.get("file_bytes"), "embedding_table": details.get("embedding_table"),
             "threads": b.get("threads"), "runner": b.get("runner", "python"), "notes": m.get("notes", []),
             "export_id": exp.id, "verify_id": ver.id, "bench_id": bench.id,
             "export_path": str(exp.path)}

@@ -89,8 +89,8 @@ class QuantSpec(Cfg):
     # and zero point per row, tflite EMBEDDING_LOOKUP); False keeps it fp32. The table is about half of a
     # MiniLM-size model.
     embeddings: Optional[bool] = None
-    # The word-embedding table's bits when it is quantized: 4 halves it again (pte embedding_4bit, ptl
-    # quantized::embedding_4bit, onnx GatherBlockQuantized); formats without a 4-bit lookup refuse it (formats.py).
+    # The word-embedding table's bits when it is quantized: 4 halves it again (pte embedding_4bit, ptl packed rows
+    # unpacked by plain ops, onnx GatherBlockQuantized); tflite has no 4-bit lookup here and keeps 8 (noted).
     embedding_bits: Literal[8, 4] = 8
     calibration: CalibrationCfg = CalibrationCfg()
     qat: Optional[TrainCfg] = Field(None, description="fake-quant fine-tuning under distillation before export")

@@ -153,11 +153,10 @@ def bytes_line(r: dict) -> str | None:
     fb, table = r.get("file_bytes") or {}, r.get("embedding_table") or {}
     if "embedding_table" not in fb:
         return None
-    bits = table.get("bits", 32)
-    per = f"a scale per {table['group_size']} values" if table.get("group_size", 0) < table["dim"] else "a scale per row"
-    grid = "fp32" if bits >= 32 else f"{bits}-bit, {per}"
+    per = ("one scale for the table" if table.get("scheme", "").startswith("per-tensor")  # onnx's 8-bit Gather
+           else f"a scale per {table['group_size']} values" if table["group_size"] < table["dim"] else "a scale per row")
     return (f"{fb['file'] / MIB:.2f} MiB = word embeddings {fb['embedding_table'] / MIB:.2f} MiB ({table['rows']:,} x "
-            f"{table['dim']}, {grid}) + the rest {fb['rest'] / MIB:.2f} MiB")
+            f"{table['dim']}, {table['bits']}-bit, {per}) + the rest {fb['rest'] / MIB:.2f} MiB")
 
 
 def _tail(report: dict) -> list[str]:

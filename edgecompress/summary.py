@@ -78,8 +78,8 @@ def lines(report: dict, run_dir: Path) -> list[str]:
         out += ([f"bundle:  {bundle}  (model, tokenizer.json, README.txt)"] if _embedding(report) else
                 [f"bundle:  {bundle}  (model, tokenizer.json, labels.json, README.txt)",
                  f"classes: {', '.join(report.get('labels') or [])}"])
-        if bytes_line(pick):
-            out.append(f"bytes:   {bytes_line(pick)}")
+        if (where := bytes_line(pick)) is not None:
+            out.append(f"bytes:   {where}")
         out += ["", "next:", f"  edgecompress predict {shlex.quote(str(bundle))} {shlex.quote(EXAMPLE_TEXT)}"
                 + (" --json" if _embedding(report) else ""),
                 f"  edgecompress bench {shlex.quote(str(bundle))} --profile {shlex.quote(_device_profile(report))} "

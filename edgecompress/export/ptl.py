@@ -32,8 +32,7 @@ import numpy as np
 
 from edgecompress.export.base import ExportJob, Exporter, exporter, InferFn, IOSpec, check_inputs, logits_module, read_io_beside
 from edgecompress.export.quant import fallback
-from edgecompress.export.quant.embedding import group_size, unpacked_4bit_embedding
-from edgecompress.export.quant.table import table_entry
+from edgecompress.export.quant.embedding import rows_entry, unpacked_4bit_embedding
 
 # How the lite interpreter looks each table width up (4 bit: quant/embedding.py unpacked_4bit_embedding says why
 # not quantized::embedding_4bit).
@@ -73,11 +72,7 @@ class PtlExporter(Exporter):
                            embeddings_int8=table)
         if table:
             rows, dim = job.model.get_input_embeddings().weight.shape
-            group = group_size(dim, bits)
-            job.details.update(embedding_bits=bits, embedding_table=table_entry(
-                rows, dim, bits, op=EMB_OPS[bits], group_size=group, scheme=("per-row" if group == dim else
-                                                                           f"per {group}-value group")
-                + " asymmetric (float scale + zero point)"))
+            job.details.update(embedding_bits=bits, embedding_table=rows_entry(rows, dim, bits, EMB_OPS[bits]))
         return logits_module(quantize(job.model, quant, excluded))
 
     def lower(self, job: ExportJob, module):

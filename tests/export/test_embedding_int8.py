@@ -9,7 +9,9 @@ import copy
 
 import torch
 
-from edgecompress.export.quant.embedding import OP, QMAX, QMIN, int8_embedding, quantize_word_embeddings
+from edgecompress.export.quant.embedding import GRID, OPS, quantized_embedding, quantize_word_embeddings
+
+QMIN, QMAX = GRID[8]
 
 
 def test_rows_round_trip_within_half_a_step_and_zero_stays_zero():
@@ -20,7 +22,7 @@ def test_rows_round_trip_within_half_a_step_and_zero_stays_zero():
         emb.weight[3] = 0.0              # a padding-like row
         emb.weight[4] = emb.weight[4].abs() + 1.0  # a row that never reaches 0: the grid still holds 0
     # execute
-    q = int8_embedding(emb)
+    q = quantized_embedding(emb, 8)
     deq = (q.weight.float() - q.zero_points[:, None]) * q.scales[:, None]
     out = q(torch.arange(50).view(2, 25))
     # assert
@@ -41,7 +43,7 @@ def test_only_the_word_table_is_swapped_and_logits_stay_close(tiny_bert):
         ref = tiny_bert(input_ids=ids, attention_mask=mask).logits
         out = model(input_ids=ids, attention_mask=mask).logits
     # assert
-    assert info == {"rows": 1100, "dim": 32, "bits": 8, "group_size": 32, "op": OP, "stored_bytes": 1100 * 40,
+    assert info == {"rows": 1100, "dim": 32, "bits": 8, "group_size": 32, "op": OPS[8], "stored_bytes": 1100 * 40,
                     "scheme": "per-row asymmetric (float scale + zero point)"}
     assert isinstance(model.bert.embeddings.position_embeddings, torch.nn.Embedding)  # fp32 still
     assert model.get_input_embeddings().weight.dtype == torch.int8
@@ -72,7 +74,7 @@ def test_the_table_is_exportable_with_a_dynamic_sequence(tiny_bert):
 def test_buffers_have_the_dtypes_the_kernel_checks():
     # setup: ExecuTorch's embedding_byte takes int8/uint8 rows, float scales, zero points of the scales' dtype
     # execute
-    q = int8_embedding(torch.nn.Embedding(10, 8))
+    q = quantized_embedding(torch.nn.Embedding(10, 8), 8)
     # assert
     assert q.weight.dtype == torch.int8 and tuple(q.weight.shape) == (10, 8)
     assert q.scales.dtype == q.zero_points.dtype == torch.float32

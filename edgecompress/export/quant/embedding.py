@@ -27,8 +27,6 @@ from edgecompress.export.quant.table import table_entry
 
 GRID = {8: (-128, 127), 4: (-8, 7)}
 OPS = {8: "quantized_decomposed.embedding_byte", 4: "quantized_decomposed.embedding_4bit"}  # as in edge targets
-OP = OPS[8]
-QMIN, QMAX = GRID[8]
 GROUP4 = 32
 
 
@@ -59,6 +57,21 @@ def quantize_rows(weight, bits: int):
     return (u[:, 0::2] << 4) | u[:, 1::2], scale.contiguous(), zero.contiguous()
 
 
+def rows_entry(rows: int, dim: int, bits: int, op: str) -> dict:
+    """The details entry of a table quantize_rows stored (the .pte's and the .ptl's: the same grid and groups)."""
+    group = group_size(dim, bits)
+    scheme = ("per-row" if group == dim else f"per {group}-value group") + " asymmetric (float scale + zero point)"
+    return table_entry(rows, dim, bits, op=op, scheme=scheme, group_size=group)
+
+
+def _store_rows(module, weight, bits: int) -> None:
+    """Register quantize_rows' stored rows, scales and zero points as the module's buffers."""
+    stored, scales, zero_points = quantize_rows(weight, bits)
+    module.register_buffer("weight", stored)
+    module.register_buffer("scales", scales)
+    module.register_buffer("zero_points", zero_points)
+
+
 def quantized_embedding(emb, bits: int = 8):
     """A module replacing `emb` (nn.Embedding) whose forward runs the `bits` op on the quantized rows of its table."""
     import torch
@@ -70,10 +83,7 @@ def quantized_embedding(emb, bits: int = 8):
     class QuantizedEmbedding(torch.nn.Module):
         def __init__(self, weight: torch.Tensor):
             super().__init__()
-            stored, scales, zero_points = quantize_rows(weight, bits)
-            self.register_buffer("weight", stored)
-            self.register_buffer("scales", scales)
-            self.register_buffer("zero_points", zero_points)
+            _store_rows(self, weight, bits)
 
         def forward(self, indices):
             return op.default(self.weight, self.scales, self.zero_points, qmin, qmax, indices)
@@ -94,10 +104,7 @@ def unpacked_4bit_embedding(emb):
     class Unpacked4bitEmbedding(torch.nn.Module):
         def __init__(self, weight: torch.Tensor):
             super().__init__()
-            stored, scales, zero_points = quantize_rows(weight, 4)
-            self.register_buffer("weight", stored)
-            self.register_buffer("scales", scales)
-            self.register_buffer("zero_points", zero_points)
+            _store_rows(self, weight, 4)
 
         def forward(self, indices):
             flat = indices.reshape(-1)
@@ -110,10 +117,6 @@ def unpacked_4bit_embedding(emb):
     return Unpacked4bitEmbedding(emb.weight).eval()
 
 
-def int8_embedding(emb):
-    return quantized_embedding(emb, 8)
-
-
 def quantize_word_embeddings(model, bits: int = 8) -> dict:
     """Swap, in place, the model's input (word) embedding for its `bits` version (the position table:
     quantize_position_embeddings; the token-type table, 2 rows, stays fp32). Returns what was done, for the export
@@ -121,9 +124,7 @@ def quantize_word_embeddings(model, bits: int = 8) -> dict:
     emb = model.get_input_embeddings()
     model.set_input_embeddings(quantized_embedding(emb, bits))
     rows, dim = emb.weight.shape
-    group = group_size(dim, bits)
-    scheme = ("per-row" if group == dim else f"per {group}-value group") + " asymmetric (float scale + zero point)"
-    return table_entry(rows, dim, bits, op=OPS[bits], scheme=scheme, group_size=group)
+    return rows_entry(rows, dim, bits, OPS[bits])
 
 
 def quantize_position_embeddings(model) -> dict | None:

@@ -18,11 +18,6 @@ def table_entry(rows: int, dim: int, bits: int, *, op: str, scheme: str, group_s
             "op": op, "stored_bytes": int(stored)}
 
 
-def fp32_entry(rows: int, dim: int) -> dict:
-    return {"rows": int(rows), "dim": int(dim), "bits": 32, "group_size": int(dim), "scheme": "fp32", "op": "gather",
-            "stored_bytes": int(rows * dim * 4)}
-
-
 def bytes_by_component(path: Path, table: Optional[dict]) -> dict:
     """{file, embedding_table, rest} in bytes; without a table entry only the file's size is known."""
     total = Path(path).stat().st_size
