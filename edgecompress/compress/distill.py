@@ -158,7 +158,7 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
     res = phases[-1][1]
     history = [{**h, "phase": name} for name, r in phases for h in r.history]
     metrics = {"train_seconds": round(sum(r.seconds for _, r in phases), 1), "history": history,
-               ("val_accuracy" if ctx.embedding is None else "val_cosine_to_teacher"): res.best_val_accuracy, "stopped_early": res.stopped_early,
+               **_val_metrics(student, s_tok, ctx, teacher, res), "stopped_early": res.stopped_early,
                "params": count_params(student), "teacher_params": count_params(t_model),
                "projection_params_dropped": sum(p.numel() for p in wrapper.proj.parameters()),
                "matches": [m.model_dump() for m in cfg.matches], "schedule": cfg.schedule,
@@ -170,6 +170,14 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
     progress.log(f"  distilled student: {metrics['params']:,} params, "
                  + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if k.startswith("test_")))
     return StageResult(student, s_tok, metrics)
+
+
+def _val_metrics(student, tokenizer, ctx: StageContext, teacher: Teacher, res) -> dict:
+    """The distilled student's validation score: the best epoch's class accuracy as training measured it, or for
+    embeddings the restored best student's split_metrics (recall@10 too, which training does not compute)."""
+    if ctx.embedding is None:
+        return {"val_accuracy": res.best_val_accuracy}
+    return split_metrics(student, tokenizer, ctx, teacher, "validation")
 
 
 def _student_vocab(student, tokenizer, v, ctx: StageContext):

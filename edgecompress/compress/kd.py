@@ -83,20 +83,32 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
 
 def split_metrics(model, tokenizer, ctx: StageContext, teacher: Optional[Teacher], split: str) -> dict:
     """How good `model` is on a split, in its task's terms: class accuracy (val_accuracy, test_accuracy), or for
-    embeddings the mean cosine of its vectors to the teacher's (val_cosine_to_teacher, ...)."""
+    embeddings the mean cosine of its vectors to the teacher's (val_cosine_to_teacher, ...) and recall@10 of the
+    teacher's ten nearest rows of the split among its own ten (val_recall_at_10, ...: what fit selects on)."""
     from edgecompress.compress.train import accuracy
-    batches = ctx.eval_batches(tokenizer, split)
     prefix = {"validation": "val"}.get(split, split)
     if ctx.embedding is None:
-        return {f"{prefix}_accuracy": accuracy(model, batches, ctx.placement)}
+        return {f"{prefix}_accuracy": accuracy(model, ctx.eval_batches(tokenizer, split), ctx.placement)}
+    from edgecompress.retrieval import recall_at_k
+    vecs, ref = _vectors(model, tokenizer, ctx, teacher, split)
+    return {f"{prefix}_cosine_to_teacher": _mean_cosine(vecs, ref),
+            f"{prefix}_recall_at_10": recall_at_k(vecs, ref, 10)}
+
+
+def _vectors(model, tokenizer, ctx: StageContext, teacher: Optional[Teacher], split: str):
+    """The student's and the teacher's vectors of every row of a split, in row order."""
+    return predict_logits(model, ctx.eval_batches(tokenizer, split), ctx.placement), ctx.teacher_outputs(teacher, split)
+
+
+def _mean_cosine(vecs: np.ndarray, ref: np.ndarray) -> float:
     from edgecompress.retrieval import row_cosine
-    vecs = predict_logits(model, batches, ctx.placement)
-    return {f"{prefix}_cosine_to_teacher": float(row_cosine(vecs, ctx.teacher_outputs(teacher, split)).mean())}
+    return float(row_cosine(vecs, ref).mean())
 
 
 def val_score(tokenizer, ctx: StageContext, teacher: Optional[Teacher]):
     """The training loop's validation score for this task: None (class accuracy, train's default) or, for
-    embeddings, a function model -> mean cosine to the teacher on the validation split."""
+    embeddings, a function model -> mean cosine to the teacher on the validation split. Cosine, not recall: it is
+    computed each epoch, and recall's all-pairs neighbour search is what the stage reports once at its end."""
     if ctx.embedding is None:
         return None
-    return lambda m: split_metrics(m, tokenizer, ctx, teacher, "validation")["val_cosine_to_teacher"]
+    return lambda m: _mean_cosine(*_vectors(m, tokenizer, ctx, teacher, "validation"))
