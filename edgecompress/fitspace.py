@@ -58,14 +58,20 @@ def default_widths(t_hidden: int, head_dim: int) -> list[int]:
     return sorted({max(1, round(t_hidden * f / head_dim)) * head_dim for f in (1 / 3, 1 / 2, 2 / 3)})
 
 
-def candidates(space, teacher_config: dict) -> list[Candidate]:
+def candidates(space, teacher_config: dict, keep_width: bool = False) -> list[Candidate]:
     """Every combination of the space (recipe.FitCfg) that can be sliced from this teacher, cheapest first. Depths
-    and widths left unset scale with the teacher."""
+    and widths left unset scale with the teacher. keep_width: the task's student keeps the teacher's width
+    (tasks.TaskSpec.keeps_teacher_width), so the only width is the teacher's."""
     t_hidden, t_heads, t_layers = (teacher_config["hidden_size"], teacher_config["num_attention_heads"],
                                    teacher_config["num_hidden_layers"])
     head_dim = t_hidden // t_heads
-    widths = space.widths or default_widths(t_hidden, head_dim)
+    widths = space.widths or ([t_hidden] if keep_width else default_widths(t_hidden, head_dim))
     depths = space.depths or [d for d in (2, 3, 4) if d <= t_layers] or [t_layers]
+    narrower = [w for w in widths if w != t_hidden] if keep_width else []
+    if narrower:
+        raise UserInputError(f"fit.widths: {narrower[0]}: this task's student keeps the teacher's width {t_hidden} "
+                             f"(its output is distilled onto the teacher's); leave fit.widths unset or use "
+                             f"[{t_hidden}]")
     for w in widths:
         if w % head_dim or w > t_hidden:
             raise UserInputError(f"fit.widths: {w} is not a multiple of the teacher's head size {head_dim} up to its "

@@ -84,7 +84,8 @@ def make_plan(recipe: Recipe) -> Plan:
             check_layer_map(s, cfg)  # student layers/width and the teacher->student match map
     from edgecompress.fitspace import candidates, space_of
     space = space_of(recipe) if recipe.fit is not None else None
-    cands = candidates(space, cfg) if space else None  # every width/depth of the space can be sliced from this teacher
+    # every width/depth of the space can be sliced from this teacher (and is one this task's student may have)
+    cands = candidates(space, cfg, task_row(recipe).keeps_teacher_width) if space else None
     from edgecompress.compress.structured import check_plan as check_pruning  # no torch: heads/neurons left
     check_pruning(recipe.stages, cfg)
     from edgecompress.profiles import load_profile
