@@ -220,7 +220,6 @@ _CLASSIFICATION_ONLY = (
     ("quantize.qat", lambda r: r.quantize.qat is not None, "distils class logits; drop it for task: embedding"),
     ("quantize.fallback", lambda r: r.quantize.fallback is not None,
      "ranks layers by class accuracy; drop it for task: embedding"),
-    ("fit", lambda r: r.fit is not None, "is not available for task: embedding yet; drop the fit section"),
 )
 
 

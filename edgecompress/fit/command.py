@@ -67,20 +67,19 @@ def _setup(args):
     from edgecompress.fitspace import candidates, space_of
     from edgecompress.model_dir import check_model_dir, resolve_model_dir
     from edgecompress.recipe import load_recipe, parse_recipe
+    from edgecompress.tasks import task_row
     from edgecompress.transports.targets import parse_target
     budgets = parse_budgets(args.budget)
     recipe = load_recipe(args.recipe)
-    if recipe.task != "classification":  # the search ranks by class accuracy; retrieval ranking is not built yet
-        raise UserInputError(f"{args.recipe}: fit is not available for task: {recipe.task} yet; run the recipe with "
-                             f"edgecompress run")
     if args.profile:
-        recipe = parse_recipe({**recipe.model_dump(mode="json"), "profile": args.profile}, "recipe")
+        recipe = parse_recipe({**recipe.model_dump(mode="json", exclude_unset=True), "profile": args.profile}, "recipe")
     space = space_of(recipe)
     if args.top_k is not None:
         if args.top_k < 1:
             raise UserInputError("--top-k must be >= 1")
         space = space.model_copy(update={"top_k": args.top_k})
-    cands = candidates(space, check_model_dir(resolve_model_dir(recipe.teacher.source)))
+    cands = candidates(space, check_model_dir(resolve_model_dir(recipe.teacher.source)),
+                       task_row(recipe).keeps_teacher_width)
     # a candidate of each format plans (exporters x quantization x profile, stages); the cheapest one's is the search's
     plans = {fmt: search_plan(recipe, next(c for c in cands if c.format == fmt)) for fmt in space.formats}
     plan = plans[cands[0].format]
@@ -103,7 +102,8 @@ def fit_command(args) -> int:
     with to_log(out_dir / "fit.log", enabled=not getattr(args, "debug", False)), make_transport(reach) as transport:
         doc = _run(Runner(plan, out_dir / "search"), space, budgets, transport, target, out_dir, args.remeasure)
     from edgecompress.fit.report import write
-    write(doc, out_dir)
+    from edgecompress.tasks import task_row
+    write(doc, out_dir, task_row(plan.recipe))
     progress.log(f"report: {out_dir / 'report.md'}")
     print(doc["verdict"])
     sys.stdout.flush()
@@ -111,7 +111,8 @@ def fit_command(args) -> int:
 
 
 def _run(runner, space, budgets, transport, target: str, out_dir: Path, remeasure: bool = False) -> dict:
-    from edgecompress.fit.search import FitSearch, closest
+    from edgecompress.fit.report import teacher_key
+    from edgecompress.fit.search import FitSearch
     s = FitSearch(runner, space, budgets, transport, target, remeasure)
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -128,8 +129,7 @@ def _run(runner, space, budgets, transport, target: str, out_dir: Path, remeasur
     for r in feasible[:space.top_k]:
         progress.log(f"[fit] distilling {r['name']} with the recipe's protocol")
         t = s.train(r, out_dir / "runs")
-        r.update(test_accuracy=t["test_accuracy"], val_accuracy=t["val_accuracy"],
-                 **{f"final_{k}": v for k, v in t["final"].items()},
+        r.update(**t["scores"], **{f"final_{k}": v for k, v in t["final"].items()},
                  status="trained", why="; ".join(t["misses_after_training"]) or None)
         trained.append((r, t))
     for r in feasible[space.top_k:]:
@@ -137,30 +137,39 @@ def _run(runner, space, budgets, transport, target: str, out_dir: Path, remeasur
             f"; not measured: no larger than {r['inferred_from']}, which meets every budget"
             if r.get("inferred_from") else ""))
     phases["train"] = time.perf_counter() - t0
-    best = s.select(trained)
     doc = {"name": runner.recipe.name, "target": target, "profile": runner.plan.profile.name, "budgets": budgets,
-           "emulated": s.out.emulated, "teacher_accuracy": s.out.teacher_accuracy, "rank_by": space.rank_by,
+           "emulated": s.out.emulated, teacher_key(s.task): s.out.teacher_score, "rank_by": space.rank_by,
            "cost_model": s.out.cost_model, "phases_s": {k: round(v, 1) for k, v in phases.items()}, "rows": rows,
            "winner": None}
-    if best is not None:
-        row, t = best
-        row["status"] = "winner"
-        for other, _ in trained:
-            if other is not row and other["status"] == "trained":
-                key = s.out.chosen_on
-                split = "validation" if key == "val_accuracy" else "test"
-                a, b = other[key], row[key]
-                other["why"] = other["why"] or (f"less accurate on {split} ({a:.4f} < {b:.4f})" if a < b else
-                                                f"as accurate ({a:.4f}); the winner ranked higher by {s.space.rank_by}")
-        (out_dir / "recipe.yaml").write_text(yaml.safe_dump(t["recipe"].model_dump(mode="json"), sort_keys=False))
-        kept = (f" ({row['test_accuracy'] / s.out.teacher_accuracy:.1%} of the teacher)"
-                if s.out.teacher_accuracy else "")
-        doc.update(winner=row["name"], verdict=f"found {row['name']}: test accuracy {row['test_accuracy']:.4f}{kept}, "
-                   + ", ".join(f"{k} {row.get('final_' + k):.3g}" for k in budgets if row.get("final_" + k) is not None)
-                   + (f" (emulated target: {', '.join(EMULATION_SKEWED)} not judged)" if s.out.emulated else "")
-                   + f"; reproduce with: edgecompress run {out_dir / 'recipe.yaml'}")
-    else:
-        near = closest(rows, budgets)
-        doc["verdict"] = ("no candidate meets the budgets; closest: " + (f"{near['name']} ({near['why']})" if near
-                                                                        else "none measured"))
+    doc.update(_verdict(s, s.select(trained), trained, rows, out_dir))
     return doc
+
+
+def _verdict(s, best, trained: list, rows: list[dict], out_dir: Path) -> dict:
+    """The winner (its recipe written beside the report) and the one-line verdict; each other trained candidate
+    says why it lost. Scores are named as the task names them (tasks.Score)."""
+    from edgecompress.fit.search import closest
+    if best is None:
+        near = closest(rows, s.budgets)
+        return {"verdict": "no candidate meets the budgets; closest: " + (f"{near['name']} ({near['why']})" if near
+                                                                         else "none measured")}
+    sc, metric, key = s.task.score, s.task.metric, s.out.chosen_on
+    row, t = best
+    row["status"] = "winner"
+    split = "validation" if key == sc.val else "test"
+    for other, _ in trained:
+        if other is not row and other["status"] == "trained":
+            a, b = other[key], row[key]
+            other["why"] = other["why"] or (f"{sc.worse} on {split} ({a:.4f} < {b:.4f})" if a < b else
+                                            f"{sc.same} ({a:.4f}); the winner ranked higher by {s.space.rank_by}")
+    # As the user would write it: a full dump would mark every default as written, and some are refused as written
+    # on another task (a distill's alpha on an embedding recipe).
+    (out_dir / "recipe.yaml").write_text(yaml.safe_dump(t["recipe"].model_dump(mode="json", exclude_unset=True),
+                                                        sort_keys=False))
+    ref = s.out.teacher_score
+    kept = f" ({row[metric] / ref:.1%} {sc.of_teacher})" if ref else ""
+    return {"winner": row["name"],
+            "verdict": f"found {row['name']}: {sc.name} {row[metric]:.4f}{kept}, "
+            + ", ".join(f"{k} {row.get('final_' + k):.3g}" for k in s.budgets if row.get("final_" + k) is not None)
+            + (f" (emulated target: {', '.join(EMULATION_SKEWED)} not judged)" if s.out.emulated else "")
+            + f"; reproduce with: edgecompress run {out_dir / 'recipe.yaml'}"}

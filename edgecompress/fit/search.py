@@ -1,5 +1,6 @@
 """The fit search: measure candidates on the target (no training), rank the ones that meet the budgets, distil the top
-k with the recipe's full protocol, and keep the most accurate one that still meets every budget after compression.
+k with the recipe's full protocol, and keep the best one that still meets every budget after compression: best by
+the task's validation score (tasks.Score: class accuracy, or recall@10 of the teacher's neighbours for embeddings).
 
 Cost is measured, not guessed: a dense model's latency does not depend on its weights' values, so a student whose
 weights are sliced from the teacher (modeling.student_from_config) runs as fast as the trained one will. Every
@@ -9,7 +10,7 @@ killed fit resumes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,7 @@ from edgecompress.errors import RuntimeFailure
 from edgecompress.fit.cost import CostModel
 from edgecompress.fitspace import Candidate, at_least, candidates, clearly_misses, judged, misses
 from edgecompress.formats import FORMATS
+from edgecompress.tasks import task_row
 
 
 @dataclass
@@ -25,9 +27,9 @@ class Outcome:
     """What the search found: a row per candidate (measured, skipped, trained) and what it was judged on."""
     rows: list[dict] = field(default_factory=list)
     cost_model: dict = field(default_factory=dict)
-    teacher_accuracy: Optional[float] = None
+    teacher_score: Optional[float] = None  # the teacher's value of the task's metric (1.0 where it is the reference)
     emulated: bool = False
-    chosen_on: str = "val_accuracy"  # the accuracy select() compared; test only where a run reported no validation
+    chosen_on: str = ""  # the score select() compared: the task's validation score; test only where a run had none
 
 
 def probe_order(cands: list[Candidate], probe: int) -> list[Candidate]:
@@ -46,6 +48,7 @@ class FitSearch:
         self.remeasure = remeasure  # latency is of the device now: a busy or changed device wants fresh numbers
         self.transport, self.target = transport, target
         self.recipe = runner.recipe
+        self.task = task_row(self.recipe)
         self.out = Outcome()
         self._keep: dict[int, list[int]] = {}
 
@@ -57,9 +60,11 @@ class FitSearch:
         self.teacher_art = self.session.artifact("teacher")
         self.teacher = self.session.load_model(self.teacher_art)
         self.tokenizer = load_artifact_tokenizer(self.teacher_art)
-        self.out.teacher_accuracy = self.teacher_art.metrics.get("test_accuracy")
+        ref = self.task.score.teacher
+        self.out.teacher_score = self.teacher_art.metrics.get(ref) if ref else 1.0
         from edgecompress.families import family_of
-        self.cands = candidates(self.space, family_of(self.teacher).dims(self.teacher.config))  # canonical names
+        self.cands = candidates(self.space, family_of(self.teacher).dims(self.teacher.config),  # canonical names
+                                self.task.keeps_teacher_width)
         return self.cands
 
     def kept(self, min_count: int) -> tuple[list[int], object]:
@@ -164,13 +169,14 @@ class FitSearch:
     # -- phase 2: rank ---------------------------------------------------------------------------------------
     def rank(self, feasible: list[dict]) -> list[dict]:
         """Feasible candidates, most promising first. capacity: transformer weights (what distillation can fill);
-        proxy: validation accuracy after a short distillation (proxy_train_samples rows, one epoch)."""
+        proxy: the task's validation score after a short distillation (proxy_train_samples rows, one epoch)."""
         for r in feasible:
             r["capacity"] = self._cand(r).encoder_params()
         if self.space.rank_by == "proxy":
+            key = f"proxy_{self.task.score.val}"
             for r in feasible:
-                r["proxy_val_accuracy"] = self.proxy(self._cand(r))
-            return sorted(feasible, key=lambda r: (-r["proxy_val_accuracy"], -r["capacity"]))
+                r[key] = self.proxy(self._cand(r))
+            return sorted(feasible, key=lambda r: (-r[key], -r["capacity"]))
         return sorted(feasible, key=lambda r: (-r["capacity"], r.get("p90_ms") or 0))
 
     @staticmethod
@@ -178,22 +184,26 @@ class FitSearch:
         return Candidate(row["layers"], row["hidden"], row["heads"], row["ffn"], row["min_count"], row["format"])
 
     def proxy(self, c: Candidate) -> float:
-        """A short distillation of the sliced student; its validation accuracy, cached with the measurements."""
+        """A short distillation of the sliced student; its validation score, cached with the measurements."""
         from edgecompress.compress.base import Teacher
         from edgecompress.compress.distill import distill
         from edgecompress.recipe import DistillCfg, StudentCfg, TrainCfg
         n = self.space.proxy_train_samples
         cfg = DistillCfg(student=StudentCfg(config=c.arch()), train=TrainCfg(
             epochs=1, learning_rate=2e-4, batch_size=32, max_train_samples=n))
+        key = self.task.score.val
+        config = {"candidate": c.arch(), "distill": cfg.model_dump()}
+        # An embedding's distillation loss lives in the run's context, not in cfg: part of the id, added only where
+        # there is one so a classifier's cached proxies keep theirs.
+        if self.ctx.embedding is not None:
+            config["embedding_loss"] = asdict(self.ctx.embedding)
 
         def build(tmp: Path) -> None:
             import torch
             torch.manual_seed(self.recipe.seed)
             res = distill(self.teacher, self.tokenizer, cfg, self.ctx, Teacher(self.teacher, self.tokenizer))
-            (tmp / "metrics.json").write_text(json.dumps({"val_accuracy": res.metrics["val_accuracy"]}))
-        art = self._execute(f"fit-proxy-{c.name}", "fit-proxy", {"candidate": c.arch(), "distill": cfg.model_dump()},
-                            build)
-        return art.metrics["val_accuracy"]
+            (tmp / "metrics.json").write_text(json.dumps({key: res.metrics[key]}))
+        return self._execute(f"fit-proxy-{c.name}", "fit-proxy", config, build).metrics[key]
 
     # -- phase 3: train the top k with the recipe's protocol, measure again ------------------------------------
     def train(self, row: dict, runs_dir: Path) -> dict:
@@ -217,17 +227,19 @@ class FitSearch:
             raise RuntimeFailure(f"measuring the trained {c.name} on {self.target} failed: {m.get('error')}")
         final = {k: m.get(k) for k in ("p50_ms", "p90_ms", "load_ms", "peak_rss_mb", "file_mb")}
         miss = misses(final, self.budgets, self.out.emulated)
-        return {"recipe": recipe, "final": final, "test_accuracy": exp_row["test_accuracy"],
-                "val_accuracy": report["student"].get("val_accuracy"),
+        # scores: the file's metric on test (verify's) and the compressed torch student's on validation
+        metric, val = self.task.metric, self.task.score.val
+        return {"recipe": recipe, "final": final, "scores": {metric: exp_row[metric], val: report["student"].get(val)},
                 "misses_after_training": miss, "export_path": str(exp)}
 
     def select(self, trained: list[tuple[dict, dict]]) -> Optional[tuple[dict, dict]]:
-        """The most accurate trained candidate that still meets every budget after compression. Accuracy here is the
-        validation split's: choosing on the test split would make the reported test accuracy optimistic."""
+        """The trained candidate with the best score that still meets every budget after compression. The score is
+        the validation split's: choosing on the test split would make the reported test score optimistic."""
         ok = [(row, t) for row, t in trained if not t["misses_after_training"]]
-        key = "val_accuracy" if all(t.get("val_accuracy") is not None for _, t in ok) else "test_accuracy"
+        metric, val = self.task.metric, self.task.score.val
+        key = val if all(t["scores"].get(val) is not None for _, t in ok) else metric
         self.out.chosen_on = key
-        return max(ok, key=lambda rt: (rt[1][key], rt[1]["test_accuracy"])) if ok else None
+        return max(ok, key=lambda rt: (rt[1]["scores"][key], rt[1]["scores"][metric])) if ok else None
 
 
 def _most_telling(pending: list[dict]) -> int:
@@ -259,9 +271,13 @@ def recipe_for(r, c: Candidate):
     trim = next((s for s in r.stages if s.kind == "trim_vocab"), VocabTrimCfg())  # its corpus/recovery as written
     rest = [s for s in r.stages if s.kind not in ("distill", "trim_vocab")]
     stages = [distill] + ([trim.model_copy(update={"min_count": c.min_count})] if c.min_count else []) + rest
-    data = r.model_dump(mode="json", exclude={"fit"})
-    data.update(name=f"{r.name}-fit-{c.name}".replace(".", "_"), stages=[s.model_dump(mode="json") for s in stages],
-                export={**data["export"], "formats": [c.format], "precisions": ["int8"]})
+    # Only what the user (or the candidate) set: a recipe reads some fields' being written, not just their values
+    # (data.label_column asks for labels, a distill's alpha is refused on an embedding recipe, a quantize
+    # per_channel overrides the profile's), and a full dump would write them all.
+    data = r.model_dump(mode="json", exclude={"fit"}, exclude_unset=True)
+    data.update(name=f"{r.name}-fit-{c.name}".replace(".", "_"),
+                stages=[{"kind": s.kind, **s.model_dump(mode="json", exclude_unset=True)} for s in stages],
+                export={**data.get("export", {}), "formats": [c.format], "precisions": ["int8"]})
     return parse_recipe(data, f"fit candidate {c.name}")
 
 

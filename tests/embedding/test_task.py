@@ -134,17 +134,6 @@ def test_embedding_ids_cover_pooling_and_loss_and_not_the_labels():
     assert json.dumps(plan.graph["teacher"].config, default=str)  # the id's config stays JSON
 
 
-def test_fit_on_an_embedding_recipe_is_refused_before_any_work(capsys):
-    # setup
-    from edgecompress.cli import main
-    from pathlib import Path
-    recipe = Path(__file__).resolve().parents[2] / "edgecompress" / "recipes" / "embed.yaml"
-    # execute
-    code = main(["fit", str(recipe), "--budget", "p90_ms=5"])
-    # assert
-    assert code == 2 and "fit is not available for task: embedding" in capsys.readouterr().err
-
-
 def _txt_data(folder, texts):
     folder.mkdir(parents=True, exist_ok=True)
     for i, split in enumerate(("train", "validation", "test")):
