@@ -78,6 +78,7 @@ def make_plan(recipe: Recipe) -> Plan:
     splits = load_splits(recipe.data, task_row(recipe).needs_labels or "label_column" in recipe.data.model_fields_set)
     n_labels = num_labels(splits)
     teacher_head, extra = _task_head(recipe, teacher_dir, cfg, n_labels)
+    check_embedding_dim(recipe, cfg, len(splits["train"]))
     for s in recipe.stages:
         if s.kind == "distill":
             from edgecompress.modeling import check_layer_map
@@ -112,7 +113,9 @@ def _task_head(recipe: Recipe, teacher_dir: Path, cfg: dict, n_labels: int) -> t
         pooling = resolve_pooling(teacher_dir, e.pooling, e.normalize)
         return pooling, {"teacher_extra": {"task": "embedding", "pooling": pooling.mode,
                                            "normalize": pooling.normalize},
-                         "stage_extra": {"embedding_loss": {"loss": e.loss, "mse_weight": e.mse_weight}},
+                         # embedding.dim only where set: the ids of runs without it stay as they were
+                         "stage_extra": {"embedding_loss": {"loss": e.loss, "mse_weight": e.mse_weight},
+                                         **({"embedding_dim": e.dim} if e.dim is not None else {})},
                          "teacher_int8": True}
     head = cfg.get("_head_labels")
     if head is not None and head != n_labels:
@@ -122,6 +125,23 @@ def _task_head(recipe: Recipe, teacher_dir: Path, cfg: dict, n_labels: int) -> t
         raise UserInputError(f"{teacher_dir}: the model has no classification head and teacher.finetune is null; "
                              "set teacher.finetune so edgecompress trains one")
     return n_labels, {}
+
+
+def check_embedding_dim(recipe: Recipe, cfg: dict, train_rows: int) -> None:
+    """embedding.dim projects the student's pooled vector down: at most the student's width (the distill stage's
+    student.config.hidden_size, else the teacher's), and PCA of the train split needs at least that many rows."""
+    dim = recipe.embedding.dim if recipe.task == "embedding" and recipe.embedding is not None else None
+    if dim is None:
+        return
+    from edgecompress.modeling import derive_arch, teacher_dims
+    d = next(s for s in recipe.stages if s.kind == "distill")  # the recipe refused embedding.dim without one
+    width = (derive_arch(cfg, d.student.config) if d.student.config is not None else teacher_dims(cfg))["hidden_size"]
+    if dim > width:
+        raise UserInputError(f"embedding.dim {dim} exceeds the student's width {width}; set embedding.dim to at most "
+                             f"{width} (null keeps the width)")
+    if dim > train_rows:
+        raise UserInputError(f"embedding.dim {dim} exceeds the train split's {train_rows} rows its PCA is fitted on; "
+                             f"lower embedding.dim or add train rows")
 
 
 def check_formats(recipe: Recipe, profile, formats=None, precisions=None, field: str = "export.formats") -> None:

@@ -48,8 +48,7 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
     subset = cfg.max_train_samples
     teacher_logits = None
     if teacher is not None:
-        teacher_logits = torch.from_numpy(predict_logits(
-            teacher.model, ctx.eval_batches(teacher.tokenizer, "train", subset), ctx.placement))
+        teacher_logits = torch.from_numpy(ctx.teacher_targets(teacher, "train", subset))
 
     def loss_fn(m, inputs, labels, idx):
         logits = m(**inputs).logits
@@ -83,7 +82,8 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
 
 def split_metrics(model, tokenizer, ctx: StageContext, teacher: Optional[Teacher], split: str) -> dict:
     """How good `model` is on a split, in its task's terms: class accuracy (val_accuracy, test_accuracy), or for
-    embeddings the mean cosine of its vectors to the teacher's (val_cosine_to_teacher, ...)."""
+    embeddings the mean cosine of its vectors to the teacher's (val_cosine_to_teacher, ...; with embedding.dim to the
+    teacher's through the PCA map: the targets it trains toward)."""
     from edgecompress.compress.train import accuracy
     batches = ctx.eval_batches(tokenizer, split)
     prefix = {"validation": "val"}.get(split, split)
@@ -91,7 +91,7 @@ def split_metrics(model, tokenizer, ctx: StageContext, teacher: Optional[Teacher
         return {f"{prefix}_accuracy": accuracy(model, batches, ctx.placement)}
     from edgecompress.retrieval import row_cosine
     vecs = predict_logits(model, batches, ctx.placement)
-    return {f"{prefix}_cosine_to_teacher": float(row_cosine(vecs, ctx.teacher_outputs(teacher, split)).mean())}
+    return {f"{prefix}_cosine_to_teacher": float(row_cosine(vecs, ctx.teacher_targets(teacher, split)).mean())}
 
 
 def val_score(tokenizer, ctx: StageContext, teacher: Optional[Teacher]):
