@@ -148,3 +148,30 @@ def test_dim_changes_the_students_id_and_not_the_teachers():
     base, small = ids(_embed()), ids(_embed(embedding={"dim": 128}))
     # assert
     assert small["teacher"] == base["teacher"] and small["1-distill"] != base["1-distill"]
+
+
+def test_a_run_with_dim_verifies_its_files_against_the_teachers_neighbours(tmp_path):
+    # setup: distill to DIM dims, then trim the vocabulary (its recovery trains toward the same mapped targets)
+    import json
+    from edgecompress.zoo import write_small_vader
+    from tests._cli import run_recipe
+    recipe = {"name": "dim", "task": "embedding", "embedding": {"dim": DIM},
+              "teacher": {"source": str(save_tiny_embedder(tmp_path / "t", "bert", texts=corpus_texts(400))),
+                          "finetune": None},
+              "data": {"source": str(write_small_vader(tmp_path / "data", 96, 48)), "max_seq_len": 32},
+              "stages": [{"kind": "distill", "student": {"from_teacher_layers": [0]}, "train": {"epochs": 1}},
+                         {"kind": "trim_vocab", "recovery": {"epochs": 1, "batch_size": 16}}],
+              "export": {"formats": ["onnx"], "precisions": ["fp32"], "max_seq_len": 32,
+                         "parity_shapes": [[1, 17], [3, 29]]},
+              "bench": {"threads": 1, "seq_len": 16, "warmup_runs": 1, "runs": 3}}
+    # execute
+    proc = run_recipe(tmp_path, recipe, "--quiet", timeout=600)
+    # assert: the teacher's file keeps its width and its cosine; the student's is DIM wide, judged by the PCA cosine
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = tmp_path / "runs" / "dim"
+    rows = {r["label"]: r for r in json.loads((runs / "report.json").read_text())["rows"]}
+    assert rows["teacher-onnx-fp32"]["dim"] == 32 and rows["teacher-onnx-fp32"]["cosine_to_teacher_mean"] > 0.999
+    student = rows["onnx-fp32"]
+    assert student["dim"] == DIM and student.get("cosine_to_teacher_mean") is None
+    assert 0 < student["cosine_to_pca_teacher_mean"] <= 1 and 0 <= student["recall_at_10"] <= 1
+    assert json.loads((runs / "artifacts" / "onnx-fp32" / "io.json").read_text())["num_labels"] == DIM
