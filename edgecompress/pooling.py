@@ -52,7 +52,20 @@ def declared_pooling(folder: Path) -> Optional[Pooling]:
     if len(on) != 1 or others:
         raise UserInputError(f"{cfg_file}: pooling {', '.join(on + others) or 'none'}; edgecompress exports exactly "
                              f"one of mean, cls, max pooling: re-save the model with one")
+    if "Dense" in types and not _saved_projection(Path(folder)):
+        # A Dense module changes every vector after pooling; reading the folder without it would distil a student
+        # toward vectors the model never produces.
+        raise UserInputError(f"{modules_file}: a Dense module after pooling is supported only in a folder edgecompress "
+                             f"saved (config.json embedding_dim); use the encoder without its Dense module")
     return Pooling(on[0], "Normalize" in types)
+
+
+def _saved_projection(folder: Path) -> bool:
+    """The folder's config.json carries embedding_dim: its Dense module is the embedder's own projection, which
+    loading the encoder restores (embedding.py)."""
+    cfg_file = folder / "config.json"
+    cfg = _read_json(cfg_file, "model config") if cfg_file.is_file() else {}
+    return isinstance(cfg, dict) and bool(cfg.get("embedding_dim"))
 
 
 def resolve_pooling(folder: Path, mode: str = "auto", normalize: Optional[bool] = None) -> Pooling:

@@ -78,6 +78,23 @@ def test_a_student_with_dim_distils_saves_reloads_and_loads_in_sentence_transfor
     np.testing.assert_allclose(peer, ours, atol=1e-5)
     assert [m["path"] for m in __import__("json").loads((tmp_path / "s" / "modules.json").read_text())] == \
         ["", "1_Pooling", "2_Dense", "3_Normalize"]
+    assert resolve_pooling(tmp_path / "s") == resolve_pooling(folder)  # the saved student reads back as a teacher
+
+
+def test_a_teacher_folder_with_a_foreign_dense_module_is_refused(folder, tmp_path):
+    # setup: a sentence-transformers folder whose Dense module the encoder's config.json knows nothing of
+    import json
+    import shutil
+    from edgecompress.pooling import _write_dense
+    other = tmp_path / "dense"
+    shutil.copytree(folder, other)
+    _write_dense(other / "2_Dense", np.eye(4, 32, dtype=np.float32))
+    modules = json.loads((other / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (other / "modules.json").write_text(json.dumps(modules))
+    # execute / assert
+    with pytest.raises(UserInputError, match="a Dense module after pooling is supported only"):
+        resolve_pooling(other)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "ptl"])
