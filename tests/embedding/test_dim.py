@@ -192,3 +192,4 @@ def test_a_run_with_dim_verifies_its_files_against_the_teachers_neighbours(tmp_p
     assert student["dim"] == DIM and student.get("cosine_to_teacher_mean") is None
     assert 0 < student["cosine_to_pca_teacher_mean"] <= 1 and 0 <= student["recall_at_10"] <= 1
     assert json.loads((runs / "artifacts" / "onnx-fp32" / "io.json").read_text())["num_labels"] == DIM
+    assert f"{student['cosine_to_pca_teacher_mean']:.3f} (PCA)" in (runs / "report.md").read_text()
