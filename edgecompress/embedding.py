@@ -1,4 +1,4 @@
-"""The embedding task: a sentence encoder whose forward is `encoder -> pooled -> (L2-normalised)` vector.
+"""The embedding task: a sentence encoder whose forward is `encoder -> pooled -> (projected) -> (L2-normalised)` vector.
 
 The model is the family's own headless encoder class (BertModel, RobertaModel, ...) with only `forward` overridden,
 so everything that works on a transformers model works on it unchanged: slicing a student from its layers
@@ -6,7 +6,9 @@ so everything that works on a transformers model works on it unchanged: slicing 
 Its output is returned where a classifier returns logits (`.logits`, or `[0]` with return_dict=False), so the
 distiller's adaptor, the exporters' wrapper and parity read it without knowing the task. The pooling lives in the
 model's config (`embedding_pooling`, `embedding_normalize`), so a saved student carries it, and every saved folder is
-also a sentence-transformers folder (modules.json, 1_Pooling).
+also a sentence-transformers folder (modules.json, 1_Pooling). embedding.dim adds `embedding_projection`, a bias-free
+nn.Linear between pooling and normalisation (config `embedding_dim`; a `2_Dense` module in the sentence-transformers
+folder), made by modeling.set_embedding_projection.
 """
 from __future__ import annotations
 
@@ -38,6 +40,14 @@ def embedder_class(base: type) -> type:
         return _CLASSES[base]
     from transformers.modeling_outputs import SequenceClassifierOutput
 
+    def __init__(self, config, *args, **kw):
+        base.__init__(self, config, *args, **kw)
+        dim = getattr(config, "embedding_dim", None)
+        if dim:  # from_pretrained then fills the weight from the saved folder
+            import torch
+            from edgecompress.modeling import set_embedding_projection
+            set_embedding_projection(self, torch.zeros(int(dim), _width(config)))
+
     def forward(self, input_ids=None, attention_mask=None, output_hidden_states=None, output_attentions=None,
                 return_dict=None, **kw):
         import torch
@@ -46,18 +56,24 @@ def embedder_class(base: type) -> type:
         out = base.forward(self, input_ids=input_ids, attention_mask=attention_mask,
                            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
                            return_dict=True, **kw)
-        vec = pool(out.last_hidden_state, attention_mask, self.config.embedding_pooling,
-                   bool(self.config.embedding_normalize))
+        vec = pool(out.last_hidden_state, attention_mask, self.config.embedding_pooling, False)
+        if getattr(self, "embedding_projection", None) is not None:  # embedding.dim: before the normalisation
+            vec = self.embedding_projection(vec)
+        if self.config.embedding_normalize:
+            import torch.nn.functional as F
+            vec = F.normalize(vec, p=2.0, dim=-1)
         if return_dict is False:
             return (vec,)
         return SequenceClassifierOutput(logits=vec, hidden_states=out.hidden_states, attentions=out.attentions)
 
     def save_pretrained(self, save_directory, *args, **kw):
         base.save_pretrained(self, save_directory, *args, **kw)
-        write_st_folder(Path(save_directory), pooling_of(self), output_dim(self))
+        proj = getattr(self, "embedding_projection", None)
+        write_st_folder(Path(save_directory), pooling_of(self), _width(self.config),
+                        None if proj is None else proj.weight.detach().float().cpu().numpy())
 
     _CLASSES[base] = type(f"{base.__name__}Embedder", (base,), {
-        "forward": forward, "save_pretrained": save_pretrained, "__module__": __name__,
+        "__init__": __init__, "forward": forward, "save_pretrained": save_pretrained, "__module__": __name__,
         "__doc__": f"{base.__name__} whose forward returns the pooled sentence vector (edgecompress.embedding)."})
     return _CLASSES[base]
 
@@ -66,9 +82,15 @@ def pooling_of(model) -> Pooling:
     return Pooling(model.config.embedding_pooling, bool(model.config.embedding_normalize))
 
 
+def _width(config) -> int:
+    """The encoder's hidden size: what pooling yields, before any projection."""
+    from edgecompress.families import family_for
+    return int(family_for(config.model_type).dims(config)["hidden_size"])
+
+
 def output_dim(model) -> int:
-    from edgecompress.families import family_of
-    return int(family_of(model).dims(model.config)["hidden_size"])
+    """The vector's width: embedding.dim where the model has a projection, else the encoder's."""
+    return int(getattr(model.config, "embedding_dim", None) or _width(model.config))
 
 
 def load_embedder(path: Path, pooling: Pooling | None = None):
@@ -113,5 +135,5 @@ class Embedding:
 
     @staticmethod
     def io_fields(model) -> dict:
-        """What io.json says of the output: one `embedding` of the encoder's width per row."""
+        """What io.json says of the output: one `embedding` of output_dim floats per row."""
         return {"num_labels": output_dim(model), "output_name": "embedding"}

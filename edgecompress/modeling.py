@@ -306,3 +306,21 @@ def check_layer_map(cfg, teacher_config: dict, where: str = "stages.distill") ->
     if cfg.schedule == "two_phase" and not cfg.matches:
         raise UserInputError(f"{where}.schedule: two_phase needs matches (its first phase trains only them); "
                              "add matches or use schedule: joint")
+
+
+def set_embedding_projection(model, weight) -> None:
+    """Give an embedder (embedding.py) its output projection, pooled width -> weight.shape[0] dims (embedding.dim).
+
+    The one place that makes the module: the embedder's __init__ calls it again from config.embedding_dim, so
+    save_pretrained/from_pretrained round-trip it, and the exporters trace it as part of forward. No bias, on purpose:
+    the map then commutes with scaling, so normalise(W x) is the same for the student's unnormalised pooled vector and
+    for the teacher's normalised one (with a bias the PCA start would not be the PCA solution); sentence-transformers'
+    PCA recipe uses a bias-free Dense for the same reason."""
+    import torch
+    from torch import nn
+    dim, width = weight.shape
+    lin = nn.Linear(int(width), int(dim), bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.as_tensor(weight, dtype=lin.weight.dtype))
+    model.config.embedding_dim = int(dim)
+    model.embedding_projection = lin

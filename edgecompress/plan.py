@@ -78,6 +78,7 @@ def make_plan(recipe: Recipe) -> Plan:
     splits = load_splits(recipe.data, task_row(recipe).needs_labels or "label_column" in recipe.data.model_fields_set)
     n_labels = num_labels(splits)
     teacher_head, extra = _task_head(recipe, teacher_dir, cfg, n_labels)
+    check_embedding_dim(recipe, cfg, len(splits["train"]))
     for s in recipe.stages:
         if s.kind == "distill":
             from edgecompress.modeling import check_layer_map
@@ -113,7 +114,9 @@ def _task_head(recipe: Recipe, teacher_dir: Path, cfg: dict, n_labels: int) -> t
         pooling = resolve_pooling(teacher_dir, e.pooling, e.normalize)
         return pooling, {"teacher_extra": {"task": "embedding", "pooling": pooling.mode,
                                            "normalize": pooling.normalize},
-                         "stage_extra": {"embedding_loss": {"loss": e.loss, "mse_weight": e.mse_weight}},
+                         # embedding.dim only where set: the ids of runs without it stay as they were
+                         "stage_extra": {"embedding_loss": {"loss": e.loss, "mse_weight": e.mse_weight},
+                                         **({"embedding_dim": e.dim} if e.dim is not None else {})},
                          "teacher_int8": True}
     head = cfg.get("_head_labels")
     if head is not None and head != n_labels:
@@ -123,6 +126,32 @@ def _task_head(recipe: Recipe, teacher_dir: Path, cfg: dict, n_labels: int) -> t
         raise UserInputError(f"{teacher_dir}: the model has no classification head and teacher.finetune is null; "
                              "set teacher.finetune so edgecompress trains one")
     return n_labels, {}
+
+
+def check_embedding_dim(recipe: Recipe, cfg: dict, train_rows: int) -> None:
+    """An embedding student's vector is distilled onto the teacher's element by element: a narrower student needs
+    embedding.dim (the teacher's vectors through a PCA map of that width). embedding.dim is at most the student's
+    width (the distill stage's student.config.hidden_size, else the teacher's), and PCA of the train split needs at
+    least that many rows."""
+    d = next((s for s in recipe.stages if s.kind == "distill"), None)
+    if recipe.task != "embedding" or d is None:
+        return
+    from edgecompress.modeling import derive_arch, teacher_dims
+    width = (derive_arch(cfg, d.student.config) if d.student.config is not None else teacher_dims(cfg))["hidden_size"]
+    t_width = teacher_dims(cfg)["hidden_size"]
+    dim = recipe.embedding.dim if recipe.embedding is not None else None
+    if dim is None:
+        if width != t_width:
+            raise UserInputError(f"stages.distill.student: width {width} differs from the teacher's {t_width}, and an "
+                                 f"embedding student's vector is distilled onto the teacher's; set embedding.dim: "
+                                 f"{min(width, t_width)} (the teacher's vectors through PCA) or keep the width")
+        return
+    if dim > width:
+        raise UserInputError(f"embedding.dim {dim} exceeds the student's width {width}; set embedding.dim to at most "
+                             f"{width} (null keeps the width)")
+    if dim > train_rows:
+        raise UserInputError(f"embedding.dim {dim} exceeds the train split's {train_rows} rows its PCA is fitted on; "
+                             f"lower embedding.dim or add train rows")
 
 
 def check_formats(recipe: Recipe, profile, formats=None, precisions=None, field: str = "export.formats") -> None:

@@ -52,7 +52,20 @@ def declared_pooling(folder: Path) -> Optional[Pooling]:
     if len(on) != 1 or others:
         raise UserInputError(f"{cfg_file}: pooling {', '.join(on + others) or 'none'}; edgecompress exports exactly "
                              f"one of mean, cls, max pooling: re-save the model with one")
+    if "Dense" in types and not _saved_projection(Path(folder)):
+        # A Dense module changes every vector after pooling; reading the folder without it would distil a student
+        # toward vectors the model never produces.
+        raise UserInputError(f"{modules_file}: a Dense module after pooling is supported only in a folder edgecompress "
+                             f"saved (config.json embedding_dim); use the encoder without its Dense module")
     return Pooling(on[0], "Normalize" in types)
+
+
+def _saved_projection(folder: Path) -> bool:
+    """The folder's config.json carries embedding_dim: its Dense module is the embedder's own projection, which
+    loading the encoder restores (embedding.py)."""
+    cfg_file = folder / "config.json"
+    cfg = _read_json(cfg_file, "model config") if cfg_file.is_file() else {}
+    return isinstance(cfg, dict) and bool(cfg.get("embedding_dim"))
 
 
 def resolve_pooling(folder: Path, mode: str = "auto", normalize: Optional[bool] = None) -> Pooling:
@@ -74,17 +87,35 @@ def resolve_pooling(folder: Path, mode: str = "auto", normalize: Optional[bool] 
     return declared
 
 
-def write_st_folder(folder: Path, pooling: Pooling, dim: int) -> None:
-    """modules.json + 1_Pooling/config.json (+ 2_Normalize) beside a saved encoder: the folder sentence-transformers
-    and `declared_pooling` read."""
+def write_st_folder(folder: Path, pooling: Pooling, width: int, projection=None) -> None:
+    """modules.json + 1_Pooling/config.json (+ 2_Dense, the projection [dim, width] of embedding.dim) (+ Normalize)
+    beside a saved encoder: the folder sentence-transformers and `declared_pooling` read. The Dense module is written
+    as sentence-transformers writes its own (config.json + model.safetensors with `linear.weight`, no bias, identity
+    activation), so it loads the same vectors; numpy in, so this module stays torch-free."""
     folder = Path(folder)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if projection is not None:
+        _write_dense(folder / "2_Dense", projection)
+        modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
     if pooling.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (folder / "2_Normalize").mkdir(exist_ok=True)
+        i = len(modules)
+        modules.append({"idx": i, "name": str(i), "path": f"{i}_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+        (folder / f"{i}_Normalize").mkdir(exist_ok=True)
     (folder / "modules.json").write_text(json.dumps(modules, indent=2))
     (folder / "1_Pooling").mkdir(exist_ok=True)
-    cfg = {"word_embedding_dimension": dim, **{k: m == pooling.mode for k, m in _ST_MODE_KEYS.items()},
+    cfg = {"word_embedding_dimension": width, **{k: m == pooling.mode for k, m in _ST_MODE_KEYS.items()},
            "pooling_mode_mean_sqrt_len_tokens": False}
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def _write_dense(sub: Path, weight) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+    w = np.ascontiguousarray(weight, dtype=np.float32)
+    sub.mkdir(exist_ok=True)
+    (sub / "config.json").write_text(json.dumps({"in_features": int(w.shape[1]), "out_features": int(w.shape[0]),
+                                                 "bias": False,
+                                                 "activation_function": "torch.nn.modules.linear.Identity"}, indent=2))
+    save_file({"linear.weight": w}, str(sub / "model.safetensors"))

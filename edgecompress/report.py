@@ -89,6 +89,14 @@ def fmt_value(x, fmt="{:.2f}") -> str:
     return "—" if x is None else fmt.format(x)
 
 
+def teacher_cosine(row: dict) -> str:
+    """An embedding row's cosine to the teacher: to its own vectors at equal width, else (embedding.dim) to them
+    through the PCA map, marked as such: the two are not the same number."""
+    if row.get("cosine_to_teacher_mean") is None and row.get("cosine_to_pca_teacher_mean") is not None:
+        return f"{row['cosine_to_pca_teacher_mean']:.3f} (PCA)"
+    return fmt_value(row.get("cosine_to_teacher_mean"), "{:.3f}")
+
+
 def to_markdown(report: dict) -> str:
     rec = report["recipe"]
     lines = [f"# edgecompress report: {rec['name']}", "",
@@ -132,7 +140,7 @@ def embedding_table(report: dict) -> list[str]:
     for r in report["rows"]:
         lines.append(
             f"| {r['label']} | {r['runtime']} | {r.get('runner', 'python')} | {r.get('dim', '—')} | "
-            f"{fmt_value(r.get('recall_at_10'), '{:.3f}')} | {fmt_value(r.get('cosine_to_teacher_mean'), '{:.3f}')} | "
+            f"{fmt_value(r.get('recall_at_10'), '{:.3f}')} | {teacher_cosine(r)} | "
             f"{fmt_value(r.get('knn_label_accuracy'), '{:.3f}')} ({fmt_value(r.get('teacher_knn_label_accuracy'), '{:.3f}')}) | "
             f"{fmt_value(r.get('knn_domain_accuracy'), '{:.3f}')} ({fmt_value(r.get('teacher_knn_domain_accuracy'), '{:.3f}')}) | "
             f"{fmt_value(r.get('cosine_to_torch_min'), '{:.4f}')} | {fmt_value(r.get('p50_ms'))} | "
@@ -141,7 +149,8 @@ def embedding_table(report: dict) -> list[str]:
     s = report["student"]
     return lines + ["", "recall@10: of the teacher's ten nearest test sentences (leave-one-out, cosine), the share "
                     "among the file's ten; kNN: leave-one-out 10-NN vote of the label/domain, the teacher's own in "
-                    "brackets. Student after compression (torch fp32): cos to teacher on test "
+                    "brackets; (PCA): an embedding.dim file's cosine to the teacher's vectors through the PCA "
+                    "map. Student after compression (torch fp32): cos to teacher on test "
                     f"{fmt_value(s.get('test_cosine_to_teacher'), '{:.4f}')}."]
 
 

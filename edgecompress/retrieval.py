@@ -54,3 +54,21 @@ def rank(query: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     sims = unit(corpus) @ unit(np.asarray(query).reshape(1, -1))[0]
     order = np.argsort(-sims, kind="stable")
     return order, sims[order]
+
+
+def pca_map(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """[dim, width]: the top `dim` right singular vectors of the *uncentred* [rows, width] matrix, i.e. the
+    dim-dimensional subspace that keeps the most of the vectors' dot products. Uncentred on purpose: subtracting the
+    mean changes every cosine (MiniLM's unit vectors on VADER share a mean of norm 0.34), and measured on VADER's test
+    split it kept fewer of the teacher's own neighbours (recall@10 at 128 dims: 0.77 uncentred, 0.68 centred; README)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if not 1 <= dim <= min(x.shape):
+        raise ValueError(f"PCA to {dim} dims needs at least {dim} rows and {dim} columns, got {x.shape}")
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return vt[:dim].astype(np.float32)
+
+
+def project(vectors: np.ndarray, weight: np.ndarray, normalize: bool) -> np.ndarray:
+    """Vectors through a [dim, width] map (then L2-normalised when asked): what the embedder's projection does."""
+    out = np.asarray(vectors, dtype=np.float32) @ np.asarray(weight, dtype=np.float32).T
+    return unit(out).astype(np.float32) if normalize else out

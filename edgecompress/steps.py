@@ -59,7 +59,7 @@ class Session:
         e = self.recipe.embedding_cfg
         self.ctx = StageContext(self.splits, self.recipe.data.max_seq_len, self.recipe.seed, plan.placement,
                                 kd=self.recipe.kd, embedding=EmbeddingLoss(e.loss, e.mse_weight)
-                                if self.recipe.task == "embedding" else None)
+                                if self.recipe.task == "embedding" else None, embedding_dim=e.dim)
         self.artifacts: dict[str, Artifact] = {}
         self._teacher = None
 
@@ -194,10 +194,12 @@ def build_verify(s: Session, node: Step) -> Build:
         infer = EXPORTERS.get(exp.metrics["format"])().load(file, threads=r.bench.threads)
         test = s.splits["test"].subset(r.export.max_test_samples, r.seed)
         # The teacher's outputs for the same rows, computed only by a task that judges against them (embedding).
+        # target: the same through embedding.dim's map (what a projected student is compared with at equal width).
         reference = lambda: s.ctx.teacher_outputs(s.teacher(), "test", r.export.max_test_samples)  # noqa: E731
+        target = lambda: s.ctx.teacher_targets(s.teacher(), "test", r.export.max_test_samples)  # noqa: E731
         with progress.status(f"verifying {node.job}"):
             metrics = verify_file(infer, read_io_beside(file), model, tokenizer, test,
-                                  shapes=r.export.parity_shapes, seed=r.seed, reference=reference)
+                                  shapes=r.export.parity_shapes, seed=r.seed, reference=reference, target=target)
         write_metrics(tmp, metrics)
     return build
 

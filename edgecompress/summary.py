@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from edgecompress.graph import BASELINE
-from edgecompress.report import MIN_COSINE_TO_TORCH, MIN_LABEL_AGREEMENT, bytes_line, fmt_value
+from edgecompress.report import MIN_COSINE_TO_TORCH, MIN_LABEL_AGREEMENT, bytes_line, fmt_value, teacher_cosine
 
 # A wide table wrapped at 80 columns by a pipe or CI log is unreadable; 120 keeps one row per line there.
 PIPE_WIDTH = 120
@@ -34,7 +34,8 @@ def _table(report: dict):
         base = r["label"] == BASELINE
         best = r["label"] == report.get("best")
         t.add_row("★" if best else "", r["label"], r.get("runner", "python"), fmt_value(r.get(quality[0][1]), quality[0][2]),
-                  fmt_value(r.get(quality[1][1]), quality[1][2]), fmt_value(r.get("p50_ms")),
+                  teacher_cosine(r) if _embedding(report) else fmt_value(r.get(quality[1][1]), quality[1][2]),
+                  fmt_value(r.get("p50_ms")),
                   fmt_value(r.get("speedup_vs_teacher"), "{:.2f}×"), fmt_value(r.get("file_mb")),
                   fmt_value(r.get("size_ratio_vs_teacher"), "{:.1f}×"), fmt_value(r.get("peak_rss_mb"), "{:.0f}"),
                   "baseline" if base else ("yes" if r.get("verified") else "no"),

@@ -60,9 +60,9 @@ def evaluate(infer, tokenizer, split, max_seq_len: int, model=None) -> dict:
     return out
 
 
-def verify_file(infer, io, model, tokenizer, test_split, *, shapes, seed: int, reference=None) -> dict:
+def verify_file(infer, io, model, tokenizer, test_split, *, shapes, seed: int, reference=None, target=None) -> dict:
     """The verify step's metrics: parity at `shapes` + accuracy on `test_split`, both in the file's runtime.
-    reference: unused (the labels are what a classifier is judged against)."""
+    reference, target: unused (the labels are what a classifier is judged against)."""
     from edgecompress.export import parity
     par = parity.compare(model, infer, io, shapes=shapes, seed=seed)
     return {"parity": par, **evaluate(infer, tokenizer, test_split, io.max_seq_len, model=model)}
@@ -82,12 +82,15 @@ def file_outputs(infer, tokenizer, split, max_seq_len: int, model=None) -> tuple
     return out, ref
 
 
-def verify_embedding_file(infer, io, model, tokenizer, test_split, *, shapes, seed: int, reference) -> dict:
+def verify_embedding_file(infer, io, model, tokenizer, test_split, *, shapes, seed: int, reference,
+                          target=None) -> dict:
     """An embedding file judged in its runtime: parity (cosine) to the torch model at `shapes`, and on the held-out
-    rows, against the teacher's vectors (reference(): [rows, dim], the same rows): recall@10 of the teacher's ten
-    nearest neighbours among the file's ten (corpus and queries both embedded by the file), mean cosine to the
-    teacher where the widths match, and leave-one-out kNN@10 accuracy of the label and the domain beside the
-    teacher's own."""
+    rows, against the teacher's vectors (reference(): [rows, teacher width], the same rows): recall@10 of the teacher's
+    ten nearest neighbours among the file's ten (corpus and queries both embedded by the file) and leave-one-out
+    kNN@10 accuracy of the label and the domain beside the teacher's own: both compare neighbour sets, so they hold at
+    any width. A cosine to the teacher needs equal widths: cosine_to_teacher_mean where the file keeps the teacher's
+    width; with embedding.dim, cosine_to_pca_teacher_mean instead, against target() (the teacher's vectors through the
+    fixed PCA map the student was distilled toward), never mixed under one key."""
     from edgecompress.export import parity
     from edgecompress.retrieval import knn_accuracy, recall_at_k, row_cosine
     par = parity.compare(model, infer, io, shapes=shapes, seed=seed)
@@ -102,6 +105,10 @@ def verify_embedding_file(infer, io, model, tokenizer, test_split, *, shapes, se
         out["teacher_knn_label_accuracy"] = knn_accuracy(teacher, test_split.labels)
     if teacher.shape[1] == vecs.shape[1]:
         out["cosine_to_teacher_mean"] = float(row_cosine(vecs, teacher).mean())
+    elif target is not None:
+        mapped = np.asarray(target(), dtype=np.float32)
+        if mapped.shape[1] == vecs.shape[1]:
+            out["cosine_to_pca_teacher_mean"] = float(row_cosine(vecs, mapped).mean())
     if test_split.domains:
         out["knn_domain_accuracy"] = knn_accuracy(vecs, test_split.domains)
         out["teacher_knn_domain_accuracy"] = knn_accuracy(teacher, test_split.domains)

@@ -48,10 +48,14 @@ class StageContext:
     placement: Placement = CPU  # device + precision of every model-over-data pass (compute.py)
     kd: KDLoss = KDLoss()  # the recipe's KD loss (Recipe.kd): recovery trains on what distillation used
     embedding: Optional[EmbeddingLoss] = None  # task: embedding (the model outputs vectors); None: class logits
+    embedding_dim: Optional[int] = None  # embedding.dim: students output this many dims; targets go through the map
     # Token ids per (tokenizer, split, subset): a split is tokenized once per run, not once per epoch and pass. The
     # entry keeps its tokenizer alive, so the id() in the key cannot be reused by another tokenizer.
     _encoded: dict = field(default_factory=dict, repr=False, compare=False)
     _teacher_out: dict = field(default_factory=dict, repr=False, compare=False)  # (split, subset) -> teacher outputs
+    # embedding.dim's map, fitted once. A copy made with dataclasses.replace shares this dict (distill's augmented
+    # context resets only the two caches above), so every copy reads the map of the run's own train split.
+    _target_map: dict = field(default_factory=dict, repr=False, compare=False)
 
     def batches(self, tokenizer, split: str, batch_size: int, *, shuffle: bool, epoch: int = 0,
                 subset: Optional[int] = None):
@@ -77,6 +81,43 @@ class StageContext:
             from edgecompress.compress.train import predict_logits
             self._teacher_out[key] = predict_logits(teacher.model, self.eval_batches(teacher.tokenizer, split, subset),
                                                     self.placement)
+        return self._teacher_out[key]
+
+    # -- embedding.dim: the one place that knows the targets are the teacher's vectors through a fixed map ----------
+    def target_map(self, teacher: "Teacher"):
+        """[dim, teacher width]: PCA (retrieval.pca_map) of the teacher's outputs on the whole train split, as the
+        teacher emits them (L2-normalised for a normalising teacher: those unit vectors are what the map is applied
+        to, and their dot products are the cosines retrieval ranks by). Distill initialises the student's projection
+        from it, so training starts from the PCA solution."""
+        if "map" not in self._target_map:
+            from edgecompress.retrieval import pca_map
+            self._target_map["map"] = pca_map(self.teacher_outputs(teacher, "train"), self.embedding_dim)
+        return self._target_map["map"]
+
+    def to_target(self, teacher: "Teacher", vectors):
+        """Teacher vectors (numpy or a torch tensor, [rows, width]) as the student's targets: unchanged, or with
+        embedding.dim through the fixed map and re-normalised where the teacher normalises, so the loss and the
+        cosines compare equal widths."""
+        if self.embedding_dim is None:
+            return vectors
+        normalize = bool(getattr(teacher.model.config, "embedding_normalize", False))
+        if not hasattr(vectors, "detach"):
+            from edgecompress.retrieval import project
+            return project(vectors, self.target_map(teacher), normalize)
+        import torch
+        import torch.nn.functional as F
+        w = torch.as_tensor(self.target_map(teacher), device=vectors.device)
+        out = vectors.float() @ w.T
+        return F.normalize(out, p=2.0, dim=-1) if normalize else out
+
+    def teacher_targets(self, teacher: "Teacher", split: str, subset: Optional[int] = None):
+        """What a student's outputs are trained and judged against on a split: teacher_outputs through to_target
+        (computed once per run)."""
+        if self.embedding_dim is None:
+            return self.teacher_outputs(teacher, split, subset)
+        key = ("target", split, subset)
+        if key not in self._teacher_out:
+            self._teacher_out[key] = self.to_target(teacher, self.teacher_outputs(teacher, split, subset))
         return self._teacher_out[key]
 
 

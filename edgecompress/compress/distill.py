@@ -144,6 +144,8 @@ def distill(model, tokenizer, cfg: DistillCfg, ctx: StageContext, teacher: Optio
     student = build_student(model, cfg)
     init_report = getattr(student, "init_report", None)
     s_tok, extra = tokenizer, {}
+    if ctx.embedding_dim is not None:  # before any augmented copy of ctx: the map is fitted on the run's train split
+        extra["embedding_projection"] = _init_projection(student, teacher, ctx, (init_report or {}).get("hidden_dims"))
     if cfg.student.vocab is not None:
         s_tok, extra["vocab"] = _student_vocab(student, tokenizer, cfg.student.vocab, ctx)
     train_ctx = ctx
@@ -180,6 +182,22 @@ def _val_metrics(student, tokenizer, ctx: StageContext, teacher: Teacher, res) -
     return split_metrics(student, tokenizer, ctx, teacher, "validation")
 
 
+def _init_projection(student, teacher: Teacher, ctx: StageContext, init_dims) -> dict:
+    """embedding.dim: the student's projection starts as the targets' fixed PCA map (ctx.target_map), so training
+    starts from the PCA solution. A narrower student reads the map's columns of the teacher dims it kept (the
+    slicing init's hidden_dims); a random-width student has no such correspondence and takes the first columns."""
+    from edgecompress.modeling import set_embedding_projection
+    w = ctx.target_map(teacher)
+    sw = hidden_width(student)
+    exact = sw == w.shape[1]
+    if not exact:
+        w = w[:, np.asarray(init_dims)] if init_dims is not None and len(init_dims) == sw else w[:, :sw]
+    set_embedding_projection(student, torch.from_numpy(np.ascontiguousarray(w)))
+    progress.log(f"  embedding projection: {sw} -> {w.shape[0]} dims, PCA of the teacher's train vectors")
+    return {"dim": int(w.shape[0]), "width": sw, "init": "pca" if exact else "pca columns of the kept dims",
+            "fit_rows": len(ctx.teacher_outputs(teacher, "train"))}
+
+
 def _student_vocab(student, tokenizer, v, ctx: StageContext):
     """Trim the student's table (in place) as student.vocab says; returns its tokenizer and what was done."""
     texts = ctx.splits["train"].texts
@@ -213,7 +231,7 @@ def _train_phases(wrapper: Distiller, teacher: Teacher, tokenizer, cfg: DistillC
     def cached_teacher_logits():
         # Teacher outputs for every train row, once, in the teacher's own ids, indexed by the row index every
         # student batch carries (the student may read other ids: a trimmed vocabulary).
-        return torch.from_numpy(train_ctx.teacher_outputs(teacher, "train", subset))
+        return torch.from_numpy(train_ctx.teacher_targets(teacher, "train", subset))
 
     def loss_fn_for(use_matches: bool, use_logits: bool):
         def loss_fn(m, inputs, labels, idx):
@@ -228,6 +246,8 @@ def _train_phases(wrapper: Distiller, teacher: Teacher, tokenizer, cfg: DistillC
                 if not use_matches:
                     t_logits = cached_teacher_logits()[torch.from_numpy(np.asarray(idx))].to(s.logits.device)
                 if ctx.embedding is not None:  # the pooled vectors; labels unused
+                    if use_matches:  # the live teacher's vectors; the cached ones are targets already
+                        t_logits = ctx.to_target(teacher, t_logits)
                     kd, kparts = ctx.embedding(s.logits, t_logits)
                 else:
                     kd, kparts = kd_loss(s.logits, t_logits, labels, cfg.alpha, cfg.temperature)

@@ -48,8 +48,7 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
     subset = cfg.max_train_samples
     teacher_logits = None
     if teacher is not None:
-        teacher_logits = torch.from_numpy(predict_logits(
-            teacher.model, ctx.eval_batches(teacher.tokenizer, "train", subset), ctx.placement))
+        teacher_logits = torch.from_numpy(ctx.teacher_targets(teacher, "train", subset))
 
     def loss_fn(m, inputs, labels, idx):
         logits = m(**inputs).logits
@@ -83,21 +82,17 @@ def recover(model, tokenizer, cfg: TrainCfg, ctx: StageContext, teacher: Optiona
 
 def split_metrics(model, tokenizer, ctx: StageContext, teacher: Optional[Teacher], split: str) -> dict:
     """How good `model` is on a split, in its task's terms: class accuracy (val_accuracy, test_accuracy), or for
-    embeddings the mean cosine of its vectors to the teacher's (val_cosine_to_teacher, ...) and recall@10 of the
-    teacher's ten nearest rows of the split among its own ten (val_recall_at_10, ...: what fit selects on)."""
+    embeddings the mean cosine of its vectors to the teacher's (val_cosine_to_teacher, ...; with embedding.dim to the
+    teacher's through the PCA map: the targets it trains toward) and recall@10 of the teacher's ten nearest rows of
+    the split among its own ten (val_recall_at_10, ...: what fit selects on; neighbour sets compare at any width)."""
     from edgecompress.compress.train import accuracy
     prefix = {"validation": "val"}.get(split, split)
     if ctx.embedding is None:
         return {f"{prefix}_accuracy": accuracy(model, ctx.eval_batches(tokenizer, split), ctx.placement)}
     from edgecompress.retrieval import recall_at_k
-    vecs, ref = _vectors(model, tokenizer, ctx, teacher, split)
-    return {f"{prefix}_cosine_to_teacher": _mean_cosine(vecs, ref),
-            f"{prefix}_recall_at_10": recall_at_k(vecs, ref, 10)}
-
-
-def _vectors(model, tokenizer, ctx: StageContext, teacher: Optional[Teacher], split: str):
-    """The student's and the teacher's vectors of every row of a split, in row order."""
-    return predict_logits(model, ctx.eval_batches(tokenizer, split), ctx.placement), ctx.teacher_outputs(teacher, split)
+    vecs = predict_logits(model, ctx.eval_batches(tokenizer, split), ctx.placement)
+    return {f"{prefix}_cosine_to_teacher": _mean_cosine(vecs, ctx.teacher_targets(teacher, split)),
+            f"{prefix}_recall_at_10": recall_at_k(vecs, ctx.teacher_outputs(teacher, split), 10)}
 
 
 def _mean_cosine(vecs: np.ndarray, ref: np.ndarray) -> float:
@@ -111,4 +106,5 @@ def val_score(tokenizer, ctx: StageContext, teacher: Optional[Teacher]):
     computed each epoch, and recall's all-pairs neighbour search is what the stage reports once at its end."""
     if ctx.embedding is None:
         return None
-    return lambda m: _mean_cosine(*_vectors(m, tokenizer, ctx, teacher, "validation"))
+    return lambda m: _mean_cosine(predict_logits(m, ctx.eval_batches(tokenizer, "validation"), ctx.placement),
+                                  ctx.teacher_targets(teacher, "validation"))
