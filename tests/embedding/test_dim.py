@@ -157,6 +157,16 @@ def test_plan_refuses_a_dim_wider_than_the_student(stage, dim, width):
         make_plan(parse_recipe(_embed(embedding={"dim": dim}, stages=[stage])))
 
 
+def test_plan_refuses_a_narrower_student_without_dim_and_takes_it_with_dim():
+    # setup
+    from edgecompress.plan import make_plan
+    narrow = [{"kind": "distill", "student": {"config": {"num_hidden_layers": 2, "hidden_size": 256}}}]
+    # execute / assert: without a dim the 256-wide vector has nothing to be compared with
+    with pytest.raises(UserInputError, match="width 256 differs from the teacher's 384.*set embedding.dim: 256"):
+        make_plan(parse_recipe(_embed(stages=narrow)))
+    assert make_plan(parse_recipe(_embed(stages=narrow, embedding={"dim": 256}))) is not None
+
+
 def test_dim_changes_the_students_id_and_not_the_teachers():
     # setup
     from edgecompress.plan import make_plan
