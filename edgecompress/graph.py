@@ -103,8 +103,11 @@ def export_config(r, fmt: str, precision: str, quant, labels: list[str]) -> dict
 
 
 def verify_config(r, data_id: str) -> dict:
-    return {"parity_shapes": [list(s) for s in r.export.parity_shapes], "max_test_samples": r.export.max_test_samples,
-            "threads": r.bench.threads, "seed": r.seed, "data": data_id}
+    cfg = {"parity_shapes": [list(s) for s in r.export.parity_shapes], "max_test_samples": r.export.max_test_samples,
+           "threads": r.bench.threads, "seed": r.seed, "data": data_id}
+    if r.task == "embedding":  # 2: verify also measures the share of vectors that agree with torch (report judges it)
+        cfg["embedding_verify"] = 2
+    return cfg
 
 
 def bench_config(r, runner: str, data_id: Optional[str] = None) -> dict:

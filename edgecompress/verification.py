@@ -92,13 +92,14 @@ def verify_embedding_file(infer, io, model, tokenizer, test_split, *, shapes, se
     width; with embedding.dim, cosine_to_pca_teacher_mean instead, against target() (the teacher's vectors through the
     fixed PCA map the student was distilled toward), never mixed under one key."""
     from edgecompress.export import parity
-    from edgecompress.retrieval import knn_accuracy, recall_at_k, row_cosine
+    from edgecompress.retrieval import knn_accuracy, recall_at_k, row_cosine, vector_agreement
     par = parity.compare(model, infer, io, shapes=shapes, seed=seed)
     vecs, torch_vecs = file_outputs(infer, tokenizer, test_split, io.max_seq_len, model)
     teacher = np.asarray(reference(), dtype=np.float32)
     out = {"parity": par, "test_samples": len(test_split), "dim": int(vecs.shape[1]),
            "cosine_to_torch_mean": float(row_cosine(vecs, torch_vecs).mean()),
            "cosine_to_torch_min": float(row_cosine(vecs, torch_vecs).min()),
+           "vector_agreement_vs_torch": vector_agreement(vecs, torch_vecs),
            "recall_at_10": recall_at_k(vecs, teacher, 10)}
     if test_split.label_names:  # unlabelled text has no label to probe
         out["knn_label_accuracy"] = knn_accuracy(vecs, test_split.labels)
