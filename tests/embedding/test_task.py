@@ -90,7 +90,9 @@ def test_recall_at_k_and_knn_accuracy():
 
 
 def _embed_recipe(**over):
-    base = {"task": "embedding", "teacher": {"finetune": None}, "stages": [{"kind": "distill"}]}
+    # A full-width student: the default one is narrower, which an embedding needs embedding.dim for.
+    base = {"task": "embedding", "teacher": {"finetune": None},
+            "stages": [{"kind": "distill", "student": {"from_teacher_layers": [0, 2, 4]}}]}
     return {**base, **over}
 
 
