@@ -41,7 +41,8 @@ def judge_rows(runner, rows: list[dict]) -> list[str]:
         if teacher_acc is not None and r.get("test_accuracy") is not None:
             res["accuracy_drop"] = teacher_acc - r["test_accuracy"]
         misses = [c.message for c in check_budgets(res, runner.plan.profile, f"{r['format']}-{r['precision']}")]
-        agree = r.get("label_agreement_vs_torch", r.get("vector_agreement_vs_torch"))
+        agree = next((r[k] for k in ("label_agreement_vs_torch", "vector_agreement_vs_torch") if r.get(k) is not None),
+                     None)
         faithful = agree is not None and agree >= MIN_LABEL_AGREEMENT
         r["verified"] = not misses and faithful
         out += misses

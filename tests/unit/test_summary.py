@@ -92,9 +92,11 @@ def test_an_embedding_file_verifies_by_the_share_of_its_vectors_that_agree_with_
     rows = [{"label": "teacher-onnx-fp32", "format": "onnx", "precision": "fp32", "p50_ms": 30.0, "file_mb": 86.0,
              "test_accuracy": None},
             {"label": "onnx-int8", "format": "onnx", "precision": "int8", "p50_ms": 5.0, "file_mb": 10.0,
-             "test_accuracy": None, "cosine_to_torch_min": 0.954, "vector_agreement_vs_torch": 0.999},
+             "test_accuracy": None, "label_agreement_vs_torch": None, "cosine_to_torch_min": 0.954,
+             "vector_agreement_vs_torch": 0.999},
             {"label": "ptl-int8", "format": "ptl", "precision": "int8", "p50_ms": 4.0, "file_mb": 10.0,
-             "test_accuracy": None, "cosine_to_torch_min": 0.5, "vector_agreement_vs_torch": 0.97}]
+             "test_accuracy": None, "label_agreement_vs_torch": None, "cosine_to_torch_min": 0.5,
+             "vector_agreement_vs_torch": 0.97}]
     runner = SimpleNamespace(plan=SimpleNamespace(profile=load_profile("host")), recipe=None, lineage=[])
     # execute
     judge_rows(runner, rows)
