@@ -54,8 +54,10 @@ def test_every_format_is_verified_against_torch_and_the_teacher(embed_run):
     for label, r in rows.items():
         assert r["dim"] == 32 and 0 <= r["recall_at_10"] <= 1 and r["p50_ms"] > 0 and r["file_mb"] > 0
         assert r["cosine_to_torch_min"] > 0.98, label
+        assert label == "teacher-onnx-fp32" or (r["verified"] and r["vector_agreement_vs_torch"] == 1.0), label
         assert r["teacher_knn_label_accuracy"] == rows["teacher-onnx-fp32"]["knn_label_accuracy"]
         assert r["knn_domain_accuracy"] is not None and r["test_accuracy"] is None
+    assert report["best"] in rows
     pruned = json.loads((tmp_path / "runs" / "tinyembed" / "artifacts" / "2-prune" / "manifest.json").read_text())
     assert pruned["metrics"]["sparsity"] == pytest.approx(0.2, abs=0.01)
     assert "val_cosine_to_teacher" in pruned["metrics"] and "val_accuracy" not in pruned["metrics"]
