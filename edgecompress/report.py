@@ -134,16 +134,16 @@ def to_markdown(report: dict) -> str:
 def embedding_table(report: dict) -> list[str]:
     """task: embedding: per file, what it keeps of the teacher's retrieval, beside its speed and size."""
     lines = ["| artifact | runtime | runner | dim | recall@10 of teacher's neighbours | cos to teacher | kNN label "
-             "(teacher) | kNN domain (teacher) | rows agreeing with torch (min cos) | p50 ms | speedup | peak RSS MiB | file MiB | "
-             "smaller |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(teacher) | kNN domain (teacher) | rows agreeing with torch (min cos) | p50 ms | speedup | peak RSS MiB | "
+             "file MiB | smaller |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(
             f"| {r['label']} | {r['runtime']} | {r.get('runner', 'python')} | {r.get('dim', '—')} | "
             f"{fmt_value(r.get('recall_at_10'), '{:.3f}')} | {teacher_cosine(r)} | "
             f"{fmt_value(r.get('knn_label_accuracy'), '{:.3f}')} ({fmt_value(r.get('teacher_knn_label_accuracy'), '{:.3f}')}) | "
             f"{fmt_value(r.get('knn_domain_accuracy'), '{:.3f}')} ({fmt_value(r.get('teacher_knn_domain_accuracy'), '{:.3f}')}) | "
-            f"{fmt_value(r.get('vector_agreement_vs_torch'), '{:.1%}')} ({fmt_value(r.get('cosine_to_torch_min'), '{:.3f}')}) | "
-            f"{fmt_value(r.get('p50_ms'))} | "
+            f"{fmt_value(r.get('vector_agreement_vs_torch'), '{:.1%}')} "
+            f"({fmt_value(r.get('cosine_to_torch_min'), '{:.3f}')}) | {fmt_value(r.get('p50_ms'))} | "
             f"{fmt_value(r.get('speedup_vs_teacher'), '{:.2f}x')} | {fmt_value(r.get('peak_rss_mb'), '{:.0f}')} | "
             f"{r['file_mb']:.2f} | {fmt_value(r.get('size_ratio_vs_teacher'), '{:.1f}x')} |")
     s = report["student"]

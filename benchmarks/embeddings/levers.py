@@ -1,4 +1,5 @@
-"""Which student and which trim buy the teacher's neighbours: a probe outside the pipeline, so one lever moves at a time.
+"""Which student and which trim buy the teacher's neighbours: a probe outside the pipeline, so one lever moves at a
+time.
 
 A student sliced from the packaged MiniLM's layers is trained toward the teacher's cached, normalised mean-pooled
 vectors on VADER's train sentences (loss: 3 x (1 - cos), what `embedding.loss: both` is on unit vectors), AdamW with
@@ -14,7 +15,8 @@ trim_to_corpus). --rows: the train text grown with masked/word-swapped variants 
 KL between the student's and the teacher's softmax similarities to the teacher's train vectors (tau 0.05).
 --alias N: not a pipeline option (a probe of the next lever): the student keeps the N most frequent train tokens'
 rows, and every other token id reads the kept row nearest to its own teacher row (cosine; word-start and continuation
-pieces apart), so text segments exactly as the teacher's. The table's rows are runs of this script; a row whose "stopped_after" is set was cut short.
+pieces apart), so text segments exactly as the teacher's. The table's rows are runs of this script; a row whose
+"stopped_after" is set was cut short.
 """
 from __future__ import annotations
 
@@ -86,7 +88,8 @@ def scores(student, tok, split, teacher_vecs, remap=None) -> dict:
     from edgecompress.retrieval import knn_accuracy, recall_at_k, row_cosine
     s = embed(student.eval(), tok, split, remap)
     student.train()
-    return {"recall_at_10": recall_at_k(s, teacher_vecs, 10), "cosine_to_teacher": float(row_cosine(s, teacher_vecs).mean()),
+    return {"recall_at_10": recall_at_k(s, teacher_vecs, 10),
+            "cosine_to_teacher": float(row_cosine(s, teacher_vecs).mean()),
             "knn_sentiment": knn_accuracy(s, split.labels), "knn_domain": knn_accuracy(s, split.domains)}
 
 
@@ -131,7 +134,8 @@ def train(a) -> dict:
     opt = torch.optim.AdamW(student.parameters(), lr=a.lr, weight_decay=0.01)
     total = -(-len(train_split) // a.batch_size) * a.epochs
     warm = int(0.06 * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / max(1, warm), (total - s) / max(1, total - warm)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / max(1, warm), (total - s) / max(1, total - warm)))
     res = {"args": {k: v for k, v in vars(a).items() if k not in ("collect", "threads")}, "vocab": vocab, "epochs": []}
     t0 = time.time()
     student.train()
@@ -149,7 +153,8 @@ def train(a) -> dict:
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             opt.step()
             sched.step()
-        res["epochs"].append({**scores(student, s_tok, splits["test"], t_test, remap), "seconds": round(time.time() - t0)})
+        res["epochs"].append({**scores(student, s_tok, splits["test"], t_test, remap),
+                              "seconds": round(time.time() - t0)})
         print(a.name, ep + 1, res["epochs"][-1], flush=True)
     return res
 

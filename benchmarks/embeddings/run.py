@@ -78,8 +78,8 @@ def main() -> int:
     dirs = args.collect if args.collect else [run(r, args.out) for r in [*(LADDER if args.ladder else []), SHIPPED]]
     if not args.collect:
         arts = dirs[-1] / "artifacts"
-        subprocess.run([sys.executable, str(HERE / "peer.py"), str(arts / "teacher-onnx-int8"), str(arts / "onnx-int8")],
-                       check=False)
+        subprocess.run([sys.executable, str(HERE / "peer.py"), str(arts / "teacher-onnx-int8"),
+                        str(arts / "onnx-int8")], check=False)
     table = [row for d in dirs for row in rows(d)]
     (HERE / "results.json").write_text(json.dumps(table, indent=2))
     (HERE / "results.md").write_text(markdown(table))
