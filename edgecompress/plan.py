@@ -79,6 +79,7 @@ def make_plan(recipe: Recipe) -> Plan:
     n_labels = num_labels(splits)
     teacher_head, extra = _task_head(recipe, teacher_dir, cfg, n_labels)
     check_embedding_dim(recipe, cfg, len(splits["train"]))
+    check_embedding_group(recipe, cfg)
     for s in recipe.stages:
         if s.kind == "distill":
             from edgecompress.modeling import check_layer_map
@@ -152,6 +153,25 @@ def check_embedding_dim(recipe: Recipe, cfg: dict, train_rows: int) -> None:
     if dim > train_rows:
         raise UserInputError(f"embedding.dim {dim} exceeds the train split's {train_rows} rows its PCA is fitted on; "
                              f"lower embedding.dim or add train rows")
+
+
+def check_embedding_group(recipe: Recipe, cfg: dict) -> None:
+    """A 4-bit table group the recipe names divides the width of every table it quantizes (the teacher's and each
+    distilled student's word embeddings); the default 32 falls back per format where it does not (a whole row on
+    .pte/.ptl, 16 values on .onnx)."""
+    q = recipe.quantize
+    if q.embedding_bits != 4 or "embedding_group_size" not in q.model_fields_set:
+        return
+    from edgecompress.modeling import derive_arch, teacher_dims
+    widths = {"the teacher's": cfg.get("embedding_size") or teacher_dims(cfg)["hidden_size"]}
+    for st in recipe.stages:
+        if st.kind == "distill" and st.student.config is not None:
+            arch = derive_arch(cfg, st.student.config)
+            widths["the student's"] = cfg.get("embedding_size") or arch["hidden_size"]  # a factorized table keeps it
+    for who, width in widths.items():
+        if width % q.embedding_group_size:
+            raise UserInputError(f"quantize.embedding_group_size {q.embedding_group_size} does not divide "
+                                 f"{who} table width {width}; pick a power of 2 that divides it (16, 32, 64, 128)")
 
 
 def check_formats(recipe: Recipe, profile, formats=None, precisions=None, field: str = "export.formats") -> None:

@@ -115,7 +115,7 @@ class OnnxExporter(Exporter):
         bits = job.quant.embedding_bits
         if bits == 4:
             proto = onnx.load(str(dest))
-            table = to_gather_block_quantized(proto, job.io.vocab_size)
+            table = to_gather_block_quantized(proto, job.io.vocab_size, job.quant.embedding_group_size)
             onnx.save(proto, str(dest), save_as_external_data=False)
         else:
             word = word_gather(fp32_proto, job.io.vocab_size)

@@ -105,7 +105,8 @@ class PteExporter(Exporter):
         job.details["embeddings_int8"] = int8_table
         if int8_table:
             bits = job.quant.embedding_bits
-            job.details.update(embedding_bits=bits, embedding_table=quantize_word_embeddings(model, bits),
+            table = quantize_word_embeddings(model, bits, job.quant.embedding_group_size)
+            job.details.update(embedding_bits=bits, embedding_table=table,
                                position_table=quantize_position_embeddings(model))
         return logits_module(model)
 

@@ -72,7 +72,8 @@ class PtlExporter(Exporter):
                            embeddings_int8=table)
         if table:
             rows, dim = job.model.get_input_embeddings().weight.shape
-            job.details.update(embedding_bits=bits, embedding_table=rows_entry(rows, dim, bits, EMB_OPS[bits]))
+            job.details.update(embedding_bits=bits, embedding_table=rows_entry(rows, dim, bits, EMB_OPS[bits],
+                                                                               quant.embedding_group_size))
         return logits_module(quantize(job.model, quant, excluded))
 
     def lower(self, job: ExportJob, module):
@@ -148,7 +149,7 @@ def quantize(model, quant, excluded: Optional[list[str]] = None):
         # deepcopy: never mutate the caller's model (quantize_dynamic swaps modules in place otherwise).
         out = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
     if int8_table(quant) and quant.embedding_bits == 4:
-        out.set_input_embeddings(unpacked_4bit_embedding(out.get_input_embeddings()))
+        out.set_input_embeddings(unpacked_4bit_embedding(out.get_input_embeddings(), quant.embedding_group_size))
     return out
 
 

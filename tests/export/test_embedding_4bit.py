@@ -35,13 +35,13 @@ TABLE_OP = {"onnx": "com.microsoft::GatherBlockQuantized", "pte": "quantized_dec
 def exports(tiny_bert, tmp_path_factory):
     done: dict = {}
 
-    def get(fmt: str, bits: int):
-        if (fmt, bits) not in done:
+    def get(fmt: str, bits: int, group: int = 32):
+        if (fmt, bits, group) not in done:
             exporter = EXPORTERS.get(fmt)()
-            result = exporter.export(tiny_bert, IO, QuantSpec(per_channel=True, embedding_bits=bits), None,
-                                     tmp_path_factory.mktemp(f"{fmt}{bits}"))
-            done[fmt, bits] = (exporter, result)
-        return done[fmt, bits]
+            quant = QuantSpec(per_channel=True, embedding_bits=bits, embedding_group_size=group)
+            result = exporter.export(tiny_bert, IO, quant, None, tmp_path_factory.mktemp(f"{fmt}{bits}g{group}"))
+            done[fmt, bits, group] = (exporter, result)
+        return done[fmt, bits, group]
     return get
 
 
@@ -51,6 +51,44 @@ def test_4bit_table_needs_a_quantized_table_and_linear_weights(bad):
     with pytest.raises(ValueError, match="embedding_bits: 4"):
         QuantSpec(embedding_bits=4, **bad)
     assert QuantSpec(**bad).embedding_bits == 8
+
+
+def test_a_group_size_needs_a_4bit_table():
+    # execute / assert
+    with pytest.raises(ValueError, match="embedding_group_size groups the values of a 4-bit table row"):
+        QuantSpec(embedding_group_size=64)
+    assert QuantSpec(embedding_bits=4, embedding_group_size=64).embedding_group_size == 64
+
+
+@pytest.mark.parametrize("fmt", FORMATS_4BIT)
+def test_the_group_size_reaches_each_formats_table(exports, fmt, tiny_bert):
+    # setup: the tiny BERT's rows are 32 wide: groups of 16 are two scales a row where 32 is one
+    (exporter, sixteen), (_, default) = exports(fmt, 4, 16), exports(fmt, 4)
+    # execute
+    r = compare(tiny_bert, exporter.load(sixteen.file), IO, shapes=SHAPES, seed=7)
+    # assert: twice the qparams counted; the lookup in its runtime reads the rows as written
+    t16, t32 = sixteen.details["embedding_table"], default.details["embedding_table"]
+    assert (t16["group_size"], t32["group_size"]) == (16, 32)
+    assert t16["stored_bytes"] > t32["stored_bytes"]
+    if fmt == "onnx":
+        import onnx
+        gbq = next(n for n in onnx.load(str(sixteen.file)).graph.node if n.op_type == "GatherBlockQuantized")
+        assert {a.name: a.i for a in gbq.attribute}["block_size"] == 16
+    assert r["sqnr_db"] > MIN_SQNR_DB and r["label_agreement"] >= MIN_LABEL_AGREEMENT, r
+
+
+def test_plan_refuses_a_group_size_that_does_not_divide_a_tables_width():
+    # setup: the teacher's rows are 384 wide, the student's 320
+    from edgecompress.errors import UserInputError
+    from edgecompress.plan import make_plan
+    from edgecompress.recipe import parse_recipe
+    recipe = {"stages": [{"kind": "distill", "student": {"config": {"num_hidden_layers": 2, "hidden_size": 320}}}],
+              "quantize": {"embedding_bits": 4, "embedding_group_size": 128}}
+    # execute / assert
+    with pytest.raises(UserInputError, match="embedding_group_size 128 does not divide the student's table width 320"):
+        make_plan(parse_recipe(recipe))
+    recipe["quantize"]["embedding_group_size"] = 64
+    assert make_plan(parse_recipe(recipe)) is not None
 
 
 def test_every_format_accepts_4bit_tables():

@@ -9,9 +9,10 @@ QuantizedGroupEmbedding). The table is quantized once here, in torch; the .pte s
 
 Asymmetric (min/max -> [qmin, qmax], float zero point), the same grid as torch's float_qparams_weight_only_qconfig
 that the .ptl exporter uses: a row's values are not centred on 0, and a symmetric grid would waste up to half of
-its levels on the side a row does not reach. 8 bit: one scale per row. 4 bit: one scale per GROUP4 values of a
-row (2-D scales, which embedding_4bit accepts): 16 levels over a whole row lose more than a 32-value group does
-(MiniLM's rows, table SQNR: per row 19.2 dB, group 64 20.8, group 32 21.9). The qparams stay fp32 (8 bytes per
+its levels on the side a row does not reach. 8 bit: one scale per row. 4 bit: one scale per group of a row
+(quantize.embedding_group_size, GROUP4 by default; 2-D scales, which embedding_4bit accepts): 16 levels over a whole
+row lose more than a 32-value group does (MiniLM's rows, table SQNR: per row 19.2 dB, group 64 20.8, group 32 21.9;
+a wider group buys rows where a table must fit a byte budget). The qparams stay fp32 (8 bytes per
 group, 2 of the 6 bits a value costs): fp16 ones measured the same SQNR, but ExecuTorch's kernel wants the zero
 points in the output's dtype and its AOT check wants them in the scales' dtype, so fp16 scales would mean no zero
 points (symmetric: 20.6 dB).
@@ -30,21 +31,22 @@ OPS = {8: "quantized_decomposed.embedding_byte", 4: "quantized_decomposed.embedd
 GROUP4 = 32
 
 
-def group_size(dim: int, bits: int) -> int:
-    """Values per scale: the whole row at 8 bit; GROUP4 at 4 bit when it divides the row."""
-    return GROUP4 if bits == 4 and dim % GROUP4 == 0 else dim
+def group_size(dim: int, bits: int, group: int = GROUP4) -> int:
+    """Values per scale: the whole row at 8 bit; `group` at 4 bit when it divides the row."""
+    return group if bits == 4 and dim % group == 0 else dim
 
 
-def quantize_rows(weight, bits: int):
+def quantize_rows(weight, bits: int, group: int = GROUP4):
     """(stored rows, scales, zero points) of a [rows, dim] table on the `bits` grid, as the ExecuTorch ops read
-    them: int8 rows + [rows] qparams at 8 bit; packed uint8 [rows, dim/2] + [rows, dim/group] qparams at 4 bit."""
+    them: int8 rows + [rows] qparams at 8 bit; packed uint8 [rows, dim/2] + [rows, dim/group] qparams at 4 bit
+    (`group` values per scale where it divides the row)."""
     import torch
 
     qmin, qmax = GRID[bits]
     rows, dim = weight.shape
     if bits == 4 and dim % 2:
         raise ValueError(f"embedding_bits 4 packs two values per byte: the table's width {dim} must be even")
-    group = group_size(dim, bits)
+    group = group_size(dim, bits, group)
     w = weight.detach().float().reshape(rows, dim // group, group)
     lo = w.amin(dim=2).clamp(max=0.0)  # the grid includes 0, so a zero (padding) row stays exactly zero
     hi = w.amax(dim=2).clamp(min=0.0)
@@ -57,22 +59,22 @@ def quantize_rows(weight, bits: int):
     return (u[:, 0::2] << 4) | u[:, 1::2], scale.contiguous(), zero.contiguous()
 
 
-def rows_entry(rows: int, dim: int, bits: int, op: str) -> dict:
+def rows_entry(rows: int, dim: int, bits: int, op: str, group: int = GROUP4) -> dict:
     """The details entry of a table quantize_rows stored (the .pte's and the .ptl's: the same grid and groups)."""
-    group = group_size(dim, bits)
+    group = group_size(dim, bits, group)
     scheme = ("per-row" if group == dim else f"per {group}-value group") + " asymmetric (float scale + zero point)"
     return table_entry(rows, dim, bits, op=op, scheme=scheme, group_size=group)
 
 
-def _store_rows(module, weight, bits: int) -> None:
+def _store_rows(module, weight, bits: int, group: int) -> None:
     """Register quantize_rows' stored rows, scales and zero points as the module's buffers."""
-    stored, scales, zero_points = quantize_rows(weight, bits)
+    stored, scales, zero_points = quantize_rows(weight, bits, group)
     module.register_buffer("weight", stored)
     module.register_buffer("scales", scales)
     module.register_buffer("zero_points", zero_points)
 
 
-def quantized_embedding(emb, bits: int = 8):
+def quantized_embedding(emb, bits: int = 8, group: int = GROUP4):
     """A module replacing `emb` (nn.Embedding) whose forward runs the `bits` op on the quantized rows of its table."""
     import torch
     import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401 - defines the embedding ops
@@ -83,7 +85,7 @@ def quantized_embedding(emb, bits: int = 8):
     class QuantizedEmbedding(torch.nn.Module):
         def __init__(self, weight: torch.Tensor):
             super().__init__()
-            _store_rows(self, weight, bits)
+            _store_rows(self, weight, bits, group)
 
         def forward(self, indices):
             return op.default(self.weight, self.scales, self.zero_points, qmin, qmax, indices)
@@ -91,7 +93,7 @@ def quantized_embedding(emb, bits: int = 8):
     return QuantizedEmbedding(emb.weight).eval()
 
 
-def unpacked_4bit_embedding(emb):
+def unpacked_4bit_embedding(emb, group: int = GROUP4):
     """The 4-bit table as plain torch ops for the lite interpreter: gather the packed rows, then split the nibbles
     and dequantize only those. Why not quantized::embedding_4bit: torch 2.13's lite interpreter cannot load the
     quint4x2 tensor its packed params serialize (storage size checked at 1 byte per value: 'require a storage of
@@ -99,12 +101,12 @@ def unpacked_4bit_embedding(emb):
     import torch
 
     dim = emb.weight.shape[1]
-    group = group_size(dim, 4)
+    group = group_size(dim, 4, group)
 
     class Unpacked4bitEmbedding(torch.nn.Module):
         def __init__(self, weight: torch.Tensor):
             super().__init__()
-            _store_rows(self, weight, 4)
+            _store_rows(self, weight, 4, group)
 
         def forward(self, indices):
             flat = indices.reshape(-1)
@@ -117,14 +119,14 @@ def unpacked_4bit_embedding(emb):
     return Unpacked4bitEmbedding(emb.weight).eval()
 
 
-def quantize_word_embeddings(model, bits: int = 8) -> dict:
+def quantize_word_embeddings(model, bits: int = 8, group: int = GROUP4) -> dict:
     """Swap, in place, the model's input (word) embedding for its `bits` version (the position table:
     quantize_position_embeddings; the token-type table, 2 rows, stays fp32). Returns what was done, for the export
     details."""
     emb = model.get_input_embeddings()
-    model.set_input_embeddings(quantized_embedding(emb, bits))
+    model.set_input_embeddings(quantized_embedding(emb, bits, group))
     rows, dim = emb.weight.shape
-    return rows_entry(rows, dim, bits, OPS[bits])
+    return rows_entry(rows, dim, bits, OPS[bits], group)
 
 
 def quantize_position_embeddings(model) -> dict | None:

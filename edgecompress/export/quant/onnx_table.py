@@ -1,8 +1,8 @@
 """The word-embedding table of an .onnx file at 4 bits: its Gather becomes onnxruntime's contrib op
 GatherBlockQuantized (domain com.microsoft, CPU EP), which looks rows up in a uint4 table and dequantizes only those.
 
-Grid: asymmetric uint4 [0, 15] with an integer zero point, one scale + zero point per BLOCK values of a row (the op
-wants a power-of-2 block >= 16 along the quantized axis). quantize_dynamic has no 4-bit Gather, so the table's
+Grid: asymmetric uint4 [0, 15] with an integer zero point, one scale + zero point per block of a row
+(quantize.embedding_group_size; the op wants a power-of-2 block >= 16 along the quantized axis). quantize_dynamic has no 4-bit Gather, so the table's
 Gather is kept out of it and rewritten here, on the quantized file.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from edgecompress.export.quant.table import table_entry
 
 DOMAIN = "com.microsoft"
 OP = "com.microsoft::GatherBlockQuantized"
-BLOCKS = (32, 16)  # the first that divides the row; 32 as in the .pte and .ptl tables
+FALLBACK_BLOCK = 16  # where the recipe's group does not divide the row: the op's smallest block
 
 
 def word_gather(proto, vocab_size: int):
@@ -46,8 +46,9 @@ def _packed(values: np.ndarray) -> bytes:
     return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).tobytes()
 
 
-def to_gather_block_quantized(proto, vocab_size: int) -> dict:
-    """Rewrite, in place, the word table's Gather as a 4-bit GatherBlockQuantized; returns the details entry."""
+def to_gather_block_quantized(proto, vocab_size: int, block: int) -> dict:
+    """Rewrite, in place, the word table's Gather as a 4-bit GatherBlockQuantized with `block` values per scale
+    (quantize.embedding_group_size, as in the .pte and .ptl tables); returns the details entry."""
     from onnx import TensorProto, helper, numpy_helper
 
     node = word_gather(proto, vocab_size)
@@ -56,7 +57,7 @@ def to_gather_block_quantized(proto, vocab_size: int) -> dict:
     init = next(i for i in proto.graph.initializer if i.name == node.input[0])
     w = numpy_helper.to_array(init)
     rows, dim = w.shape
-    block = next((b for b in BLOCKS if dim % b == 0), None)
+    block = next((b for b in (block, FALLBACK_BLOCK) if dim % b == 0), None)
     if block is None:
         raise ValueError(f"GatherBlockQuantized needs the table's width {dim} to be a multiple of 16")
     q, scale, zero = quantize_uint4(w, block)
