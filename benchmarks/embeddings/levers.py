@@ -4,10 +4,12 @@ time.
 A student sliced from the packaged MiniLM's layers is trained toward the teacher's cached, normalised mean-pooled
 vectors on VADER's train sentences (loss: 3 x (1 - cos), what `embedding.loss: both` is on unit vectors), AdamW with
 linear warmup/decay as the pipeline's training loop; after each epoch, recall@10 of the teacher's neighbours and kNN
-accuracies on the held-out test split, by the fp32 torch student (no int8, no export: those are the run's rows).
+accuracies on the held-out test split, by the fp32 torch student (no export: those are the run's rows); after the
+last epoch also by an int8 copy (4-bit table with a scale + zero point per --group values, per-channel dynamic int8
+linears: the .pte's grid), as int8_*.
 
     python benchmarks/embeddings/levers.py NAME --layers 0,1,3,5 --epochs 2 [--lr 2e-4] [--trim-max 13000 | --trim-all |
-        --alias 13000] [--rows 25000] [--bank-w 1.0] [--batch-size 16]
+        --alias 13000] [--rows 25000] [--bank-w 1.0] [--batch-size 16] [--group 64]
     python benchmarks/embeddings/levers.py --collect        # levers.json + the markdown table from the NAME.json files
 
 --trim-max N / --trim-all: the student reads the train split's N most frequent tokens / all of them (the pipeline's
@@ -45,6 +47,7 @@ def parse():
     p.add_argument("--alias", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--group", type=int, default=32, help="4-bit table group of the int8 row (quantized_scores)")
     return p.parse_args()
 
 
@@ -91,6 +94,22 @@ def scores(student, tok, split, teacher_vecs, remap=None) -> dict:
     return {"recall_at_10": recall_at_k(s, teacher_vecs, 10),
             "cosine_to_teacher": float(row_cosine(s, teacher_vecs).mean()),
             "knn_sentiment": knn_accuracy(s, split.labels), "knn_domain": knn_accuracy(s, split.domains)}
+
+
+def quantized_scores(student, tok, split, teacher_vecs, group: int, remap=None) -> dict:
+    """scores() of an int8 copy: 4-bit word table (a scale + zero point per `group` values, the exporters' grid)
+    and per-channel dynamic int8 linears, as the .pte runs them."""
+    import copy
+
+    import torch
+    import edgecompress.export.quant.embedding as qe
+    q = copy.deepcopy(student).eval()
+    emb = q.get_input_embeddings().weight
+    packed, scale, zero = qe.quantize_rows(emb, 4, group)
+    nib = torch.stack(((packed >> 4).int(), (packed & 15).int()), -1).reshape(emb.shape[0], -1, group).float() - 8
+    emb.data.copy_(((nib - zero[..., None]) * scale[..., None]).reshape(emb.shape))
+    q = torch.ao.quantization.quantize_dynamic(q, {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig})
+    return {f"int8_{k}": v for k, v in scores(q, tok, split, teacher_vecs, remap).items()}
 
 
 def alias_map(teacher, tok, texts, n: int):
@@ -155,6 +174,8 @@ def train(a) -> dict:
             sched.step()
         res["epochs"].append({**scores(student, s_tok, splits["test"], t_test, remap),
                               "seconds": round(time.time() - t0)})
+        if ep + 1 == a.epochs:
+            res["epochs"][-1].update(quantized_scores(student, s_tok, splits["test"], t_test, a.group, remap))
         print(a.name, ep + 1, res["epochs"][-1], flush=True)
     return res
 
