@@ -105,8 +105,10 @@ def export_config(r, fmt: str, precision: str, quant, labels: list[str]) -> dict
 def verify_config(r, data_id: str) -> dict:
     cfg = {"parity_shapes": [list(s) for s in r.export.parity_shapes], "max_test_samples": r.export.max_test_samples,
            "threads": r.bench.threads, "seed": r.seed, "data": data_id}
-    if r.task == "embedding":  # 2: verify also measures the share of vectors that agree with torch (report judges it)
-        cfg["embedding_verify"] = 2
+    # embedding revisions: 2, verify measures the share of vectors that agree with torch (report judges it); 3, the
+    # recall of an int8 and a binary index of the file's vectors
+    if r.task == "embedding":
+        cfg["embedding_verify"] = 3
     return cfg
 
 

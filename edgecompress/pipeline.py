@@ -28,7 +28,8 @@ from edgecompress.steps import Session, json_default
 # What verify measures of an embedding file (verification.verify_embedding_file), carried into the report's rows.
 EMBEDDING_COLUMNS = ("recall_at_10", "cosine_to_teacher_mean", "cosine_to_pca_teacher_mean", "cosine_to_torch_mean",
                      "cosine_to_torch_min", "vector_agreement_vs_torch", "knn_label_accuracy",
-                     "teacher_knn_label_accuracy", "knn_domain_accuracy", "teacher_knn_domain_accuracy", "dim")
+                     "teacher_knn_label_accuracy", "knn_domain_accuracy", "teacher_knn_domain_accuracy", "dim",
+                     "index_int8_recall_at_10", "index_binary_rescored_recall_at_10", "index_bytes_per_vector")
 
 
 def _check_folder(folder: Path, what: str) -> None:

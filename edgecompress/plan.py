@@ -79,7 +79,6 @@ def make_plan(recipe: Recipe) -> Plan:
     n_labels = num_labels(splits)
     teacher_head, extra = _task_head(recipe, teacher_dir, cfg, n_labels)
     check_embedding_dim(recipe, cfg, len(splits["train"]))
-    check_embedding_group(recipe, cfg)
     for s in recipe.stages:
         if s.kind == "distill":
             from edgecompress.modeling import check_layer_map
@@ -88,6 +87,7 @@ def make_plan(recipe: Recipe) -> Plan:
     space = space_of(recipe) if recipe.fit is not None else None
     # every width/depth of the space can be sliced from this teacher (and is one this task's student may have)
     cands = candidates(space, cfg, task_row(recipe).keeps_teacher_width) if space else None
+    check_embedding_group(recipe, cfg, {c.hidden for c in cands or []})
     from edgecompress.compress.structured import check_plan as check_pruning  # no torch: heads/neurons left
     check_pruning(recipe.stages, cfg)
     from edgecompress.profiles import load_profile
@@ -155,10 +155,10 @@ def check_embedding_dim(recipe: Recipe, cfg: dict, train_rows: int) -> None:
                              f"lower embedding.dim or add train rows")
 
 
-def check_embedding_group(recipe: Recipe, cfg: dict) -> None:
-    """A 4-bit table group the recipe names divides the width of every table it quantizes (the teacher's and each
-    distilled student's word embeddings); the default 32 falls back per format where it does not (a whole row on
-    .pte/.ptl, 16 values on .onnx)."""
+def check_embedding_group(recipe: Recipe, cfg: dict, fit_widths: set[int]) -> None:
+    """A 4-bit table group the recipe names divides the width of every table it quantizes (the teacher's, each
+    distilled student's and each fit candidate's word embeddings); the default 32 falls back per format where it does
+    not (a whole row on .pte/.ptl, 16 values on .onnx)."""
     q = recipe.quantize
     if q.embedding_bits != 4 or "embedding_group_size" not in q.model_fields_set:
         return
@@ -168,10 +168,14 @@ def check_embedding_group(recipe: Recipe, cfg: dict) -> None:
         if st.kind == "distill" and st.student.config is not None:
             arch = derive_arch(cfg, st.student.config)
             widths["the student's"] = cfg.get("embedding_size") or arch["hidden_size"]  # a factorized table keeps it
+    fits = [w for w in sorted(fit_widths) if (cfg.get("embedding_size") or w) % q.embedding_group_size]
     for who, width in widths.items():
         if width % q.embedding_group_size:
             raise UserInputError(f"quantize.embedding_group_size {q.embedding_group_size} does not divide "
                                  f"{who} table width {width}; pick a power of 2 that divides it (16, 32, 64, 128)")
+    if fits:
+        raise UserInputError(f"quantize.embedding_group_size {q.embedding_group_size} does not divide the fit "
+                             f"candidates' table width {fits[0]}; pick a smaller group or list fit.widths it divides")
 
 
 def check_formats(recipe: Recipe, profile, formats=None, precisions=None, field: str = "export.formats") -> None:

@@ -9,6 +9,7 @@ from typing import Optional
 
 from edgecompress.artifact import versions
 from edgecompress.graph import BASELINE
+from edgecompress.retrieval import RESCORE
 
 
 
@@ -133,13 +134,14 @@ def to_markdown(report: dict) -> str:
 
 def embedding_table(report: dict) -> list[str]:
     """task: embedding: per file, what it keeps of the teacher's retrieval, beside its speed and size."""
-    lines = ["| artifact | runtime | runner | dim | recall@10 of teacher's neighbours | cos to teacher | kNN label "
-             "(teacher) | kNN domain (teacher) | rows agreeing with torch (min cos) | p50 ms | speedup | peak RSS MiB | "
-             "file MiB | smaller |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| artifact | runtime | runner | dim | recall@10 of teacher's neighbours | int8 / binary index | cos to "
+             "teacher | kNN label (teacher) | kNN domain (teacher) | rows agreeing with torch (min cos) | p50 ms | "
+             "speedup | peak RSS MiB | file MiB | smaller |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(
             f"| {r['label']} | {r['runtime']} | {r.get('runner', 'python')} | {r.get('dim', '—')} | "
-            f"{fmt_value(r.get('recall_at_10'), '{:.3f}')} | {teacher_cosine(r)} | "
+            f"{fmt_value(r.get('recall_at_10'), '{:.3f}')} | {fmt_value(r.get('index_int8_recall_at_10'), '{:.3f}')} / "
+            f"{fmt_value(r.get('index_binary_rescored_recall_at_10'), '{:.3f}')} | {teacher_cosine(r)} | "
             f"{fmt_value(r.get('knn_label_accuracy'), '{:.3f}')} ({fmt_value(r.get('teacher_knn_label_accuracy'), '{:.3f}')}) | "
             f"{fmt_value(r.get('knn_domain_accuracy'), '{:.3f}')} ({fmt_value(r.get('teacher_knn_domain_accuracy'), '{:.3f}')}) | "
             f"{fmt_value(r.get('vector_agreement_vs_torch'), '{:.1%}')} "
@@ -148,7 +150,10 @@ def embedding_table(report: dict) -> list[str]:
             f"{r['file_mb']:.2f} | {fmt_value(r.get('size_ratio_vs_teacher'), '{:.1f}x')} |")
     s = report["student"]
     return lines + ["", "recall@10: of the teacher's ten nearest test sentences (leave-one-out, cosine), the share "
-                    "among the file's ten; kNN: leave-one-out 10-NN vote of the label/domain, the teacher's own in "
+                    "among the file's ten; int8 / binary index: the same with the file's corpus vectors stored in "
+                    f"int8 (a scale per dimension) / in sign bits, the top {RESCORE * 10} by Hamming distance "
+                    "re-ranked against the int8 vectors (queries in float); kNN: leave-one-out 10-NN vote of the "
+                    "label/domain, the teacher's own in "
                     "brackets; (PCA): an embedding.dim file's cosine to the teacher's vectors through the PCA "
                     "map. Student after compression (torch fp32): cos to teacher on test "
                     f"{fmt_value(s.get('test_cosine_to_teacher'), '{:.4f}')}."]

@@ -46,6 +46,8 @@ def rows(run_dir: Path) -> list[dict]:
     base = next(r for r in rep["rows"] if r["label"] == "teacher-onnx-fp32")
     share = lambda r, k: r[k] / r[f"teacher_{k}"] if r.get(k) is not None else None  # noqa: E731
     return [{"run": rep["recipe"]["name"], "file": r["label"], "recall_at_10": r["recall_at_10"],
+             "index_int8_recall_at_10": r.get("index_int8_recall_at_10"),
+             "index_binary_rescored_recall_at_10": r.get("index_binary_rescored_recall_at_10"),
              "cosine_to_teacher": r.get("cosine_to_teacher_mean"), "knn_label": r.get("knn_label_accuracy"),
              "knn_label_vs_teacher": share(r, "knn_label_accuracy"), "knn_domain": r.get("knn_domain_accuracy"),
              "knn_domain_vs_teacher": share(r, "knn_domain_accuracy"), "p50_ms": r["p50_ms"],
@@ -56,11 +58,13 @@ def rows(run_dir: Path) -> list[dict]:
 
 
 def markdown(table: list[dict]) -> str:
-    head = ("| run | file | recall@10 | cos to teacher | kNN sentiment (% teacher) | kNN domain (% teacher) | p50 ms | "
-            "speed-up | MiB | smaller | rows agreeing with its torch model | verifies |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| run | file | recall@10 | int8 / binary index recall@10 | cos to teacher | kNN sentiment (% teacher) | "
+            "kNN domain (% teacher) | p50 ms | speed-up | MiB | smaller | rows agreeing with its torch model | "
+            "verifies |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     f = lambda v, s="{:.3f}": "—" if v is None else s.format(v)  # noqa: E731
-    lines = [f"| {r['run']} | {r['file']} | {f(r['recall_at_10'])} | {f(r['cosine_to_teacher'])} | "
+    lines = [f"| {r['run']} | {r['file']} | {f(r['recall_at_10'])} | {f(r.get('index_int8_recall_at_10'))} / "
+             f"{f(r.get('index_binary_rescored_recall_at_10'))} | {f(r['cosine_to_teacher'])} | "
              f"{f(r['knn_label'])} ({f(r['knn_label_vs_teacher'], '{:.1%}')}) | {f(r['knn_domain'])} "
              f"({f(r['knn_domain_vs_teacher'], '{:.1%}')}) | {r['p50_ms']:.2f} | {r['speedup']:.2f}x | "
              f"{r['file_mb']:.2f} | {r['smaller']:.1f}x | {f(r.get('agreeing_with_torch'), '{:.1%}')} | "

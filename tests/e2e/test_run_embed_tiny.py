@@ -57,12 +57,17 @@ def test_every_format_is_verified_against_torch_and_the_teacher(embed_run):
         assert label == "teacher-onnx-fp32" or (r["verified"] and r["vector_agreement_vs_torch"] == 1.0), label
         assert r["teacher_knn_label_accuracy"] == rows["teacher-onnx-fp32"]["knn_label_accuracy"]
         assert r["knn_domain_accuracy"] is not None and r["test_accuracy"] is None
+        assert 0 <= r["index_binary_rescored_recall_at_10"] <= 1 and 0 <= r["index_int8_recall_at_10"] <= 1
+        assert r["index_bytes_per_vector"] == {"float32": 128, "int8": 32, "binary": 4}
+    # the teacher's own vectors in an int8 index still find (almost) all of its neighbours
+    assert rows["teacher-onnx-fp32"]["index_int8_recall_at_10"] > 0.9
     assert report["best"] in rows
     pruned = json.loads((tmp_path / "runs" / "tinyembed" / "artifacts" / "2-prune" / "manifest.json").read_text())
     assert pruned["metrics"]["sparsity"] == pytest.approx(0.2, abs=0.01)
     assert "val_cosine_to_teacher" in pruned["metrics"] and "val_accuracy" not in pruned["metrics"]
     assert "test_cosine_to_teacher" in report["student"] and "test_accuracy" not in report["student"]
-    assert "recall@10 of teacher's neighbours" in (tmp_path / "runs" / "tinyembed" / "report.md").read_text()
+    md = (tmp_path / "runs" / "tinyembed" / "report.md").read_text()
+    assert "recall@10 of teacher's neighbours" in md and "int8 / binary index" in md
 
 
 PREDICT = """

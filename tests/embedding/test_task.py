@@ -9,7 +9,8 @@ import pytest
 from edgecompress.errors import UserInputError
 from edgecompress.pooling import Pooling, declared_pooling, resolve_pooling
 from edgecompress.recipe import parse_recipe
-from edgecompress.retrieval import knn_accuracy, recall_at_k, rank
+from edgecompress import retrieval
+from edgecompress.retrieval import binary_corpus, index_recall, int8_corpus, knn_accuracy, recall_at_k, rank
 from edgecompress.zoo import corpus_texts, minilm_dir, save_family_model, save_tiny_embedder
 
 TEXTS = ["a happy day at the beach", "the worst film of the year", "ok", "I would buy it again, great value"]
@@ -87,6 +88,26 @@ def test_recall_at_k_and_knn_accuracy():
     assert knn_accuracy(rng.normal(size=(60, 16)), labels) < 0.8
     order, sims = rank(vecs[0], vecs)
     assert order[0] == 0 and sims[0] == pytest.approx(1.0) and np.all(np.diff(sims) <= 1e-12)
+
+
+@pytest.mark.parametrize("dim", [16, 36])
+def test_an_int8_index_keeps_the_neighbours_and_bits_rescored_from_every_row_rank_as_int8(monkeypatch, dim):
+    # setup: 6 clusters of 20; 36 dims do not fill whole bytes of bits
+    rng = np.random.default_rng(1)
+    vecs = (rng.normal(size=(6, dim)) * 3)[np.repeat(np.arange(6), 20)] + rng.normal(size=(120, dim))
+    # execute
+    q, scale = int8_corpus(vecs)
+    got = index_recall(vecs, vecs, 10)
+    monkeypatch.setattr(retrieval, "RESCORE", 12)  # 12 x 10 candidates: every other row is rescored
+    every = index_recall(vecs, vecs, 10)
+    # assert: the int8 values round to within half a step; the byte counts; the binary search rescored over every row
+    # is the int8 index's ranking
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    assert q.dtype == np.int8 and np.abs(q * scale - unit).max() <= scale.max() / 2 + 1e-7
+    assert got["index_bytes_per_vector"] == {"float32": 4 * dim, "int8": dim, "binary": -(-dim // 8)}
+    assert binary_corpus(vecs).shape == (120, -(-dim // 8))
+    assert got["index_int8_recall_at_10"] > 0.9
+    assert every["index_binary_rescored_recall_at_10"] == pytest.approx(every["index_int8_recall_at_10"])
 
 
 def _embed_recipe(**over):

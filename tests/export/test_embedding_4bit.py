@@ -89,6 +89,11 @@ def test_plan_refuses_a_group_size_that_does_not_divide_a_tables_width():
         make_plan(parse_recipe(recipe))
     recipe["quantize"]["embedding_group_size"] = 64
     assert make_plan(parse_recipe(recipe)) is not None
+    # a fit search's candidates are tables too: a 288-wide one has no whole groups of 64
+    recipe["fit"] = {"widths": [192, 288], "depths": [2]}
+    with pytest.raises(UserInputError, match="does not divide the fit candidates' table width 288; pick a smaller "
+                                             "group or list fit.widths it divides"):
+        make_plan(parse_recipe(recipe))
 
 
 def test_every_format_accepts_4bit_tables():
