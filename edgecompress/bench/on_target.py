@@ -1,4 +1,5 @@
-"""`edgecompress verify`: does an exported file give the same labels on a target as on this host?
+"""`edgecompress verify`: does an exported file give the same labels (a sentence encoder: the same vectors) on a
+target as on this host?
 
 The packaged test split is tokenized here, pushed as one samples file, and run once through the on-device runner
 (run_agent with --predict); the same file then runs in the same runtime on the host, and, when the artifact's parent
@@ -73,8 +74,10 @@ def _torch_labels(model_dir: Path, samples: list[dict], num_labels: int) -> list
 
 def verify_labels(exp: ExportFiles, transport, *, threads: int = 1, limit: Optional[int] = None,
                   timeout_s: float = 3600, runner: Optional[str] = None) -> dict:
-    """Predict the packaged test split on `transport` and on this host; report label agreement with the same file
-    in the same runtime on the host, with the torch model it was exported from, and with the gold labels."""
+    """Predict the packaged test split on `transport` and on this host; report, for a classifier, label agreement
+    with the same file in the same runtime on the host, with the torch model it was exported from, and with the
+    gold labels; for a sentence encoder (output `embedding`), the share of vectors that agree (cosine >=
+    retrieval.AGREEING_COSINE) with the host runtime's and torch's, and recall@10 of the host file's neighbours."""
     from edgecompress.data import load_splits
     from edgecompress.modeling import load_tokenizer
     from edgecompress.recipe import DataCfg
@@ -95,28 +98,59 @@ def verify_labels(exp: ExportFiles, transport, *, threads: int = 1, limit: Optio
     target_s = time.perf_counter() - t0
     if not target.get("ok"):
         return {"ok": False, "error": target.get("error"), "target": target}
-    preds = target["predictions"]
     host_logits = _host_logits(exp, samples, threads)
-    host = [int(np.argmax(r)) for r in host_logits]
-    ref = _torch_labels(model_dir, samples, io.num_labels)
+    judged = (_vector_agreement(target["logits"], host_logits, _torch_vectors(model_dir, samples))
+              if io.output_name == "embedding" else _label_agreement(target, host_logits, model_dir, samples, io, gold))
     return {"ok": True, "artifact_id": exp.artifact.id, "n": len(samples), "runtime": runtime,
             "runner": target.get("runner", "python"), "machine": target.get("machine"),
             "emulated": target.get("emulated"), "emulator": target.get("emulator"),
             "runtime_version": target.get("runtime_version"), "transport": target.get("transport"),
-            "agreement_host_runtime": round(label_agreement(preds, host), 4),
+            **judged, "target_s": round(target_s, 1), "target_predict_s": target.get("predict_s")}
+
+
+def _label_agreement(target: dict, host_logits: list, model_dir: Path, samples: list[dict], io: IOSpec,
+                     gold: list[int]) -> dict:
+    preds = target["predictions"]
+    host = [int(np.argmax(r)) for r in host_logits]
+    ref = _torch_labels(model_dir, samples, io.num_labels)
+    return {"agreement_host_runtime": round(label_agreement(preds, host), 4),
             "max_abs_logit_diff_host_runtime": round(float(max(np.max(np.abs(np.asarray(a) - b))
                                                              for a, b in zip(target["logits"], host_logits))), 6),
             "accuracy_target": round(label_agreement(preds, gold), 4),
             "accuracy_host_runtime": round(label_agreement(host, gold), 4),
             "agreement_host_torch": round(label_agreement(preds, ref), 4),
             "host_torch_vs_host_runtime": round(label_agreement(host, ref), 4),
-            "accuracy_host_torch": round(label_agreement(ref, gold), 4),
-            "target_s": round(target_s, 1), "target_predict_s": target.get("predict_s")}
+            "accuracy_host_torch": round(label_agreement(ref, gold), 4)}
+
+
+def _torch_vectors(model_dir: Path, samples: list[dict]) -> np.ndarray:
+    import torch
+
+    from edgecompress.embedding import load_embedder
+    model = load_embedder(model_dir).eval()
+    with torch.no_grad():
+        return np.stack([model(input_ids=torch.tensor(s["input_ids"]),
+                               attention_mask=torch.tensor(s["attention_mask"])).logits[0].numpy() for s in samples])
+
+
+def _vector_agreement(target_rows: list, host_rows: list, torch_rows: np.ndarray) -> dict:
+    """A sentence encoder's vectors on the target beside the host runtime's and torch's: the share of rows that
+    agree (the exit code reads agreement_host_runtime, as a classifier's label agreement), the cosines, and how many
+    of the host file's ten nearest test sentences the target file finds."""
+    from edgecompress.retrieval import recall_at_k, row_cosine, vector_agreement
+    target, host = np.asarray(target_rows, dtype=np.float32), np.stack(host_rows).astype(np.float32)
+    cos = row_cosine(target, host)
+    return {"agreement_host_runtime": round(vector_agreement(target, host), 4),
+            "cosine_host_runtime_mean": round(float(cos.mean()), 6),
+            "cosine_host_runtime_min": round(float(cos.min()), 6),
+            "agreement_host_torch": round(vector_agreement(target, torch_rows), 4),
+            "cosine_host_torch_mean": round(float(row_cosine(target, torch_rows).mean()), 6),
+            "recall_at_10_host_runtime": round(recall_at_k(target, host, 10), 4) if len(target) > 10 else None}
 
 
 def register(sub) -> None:
-    v = sub.add_parser("verify", help="label agreement of an export artifact on a target (default: emulated arm64) "
-                                      "vs this host")
+    v = sub.add_parser("verify", help="label (sentence encoder: vector) agreement of an export artifact on a target "
+                                      "(default: emulated arm64) vs this host")
     v.add_argument("artifact", type=Path, help="an export artifact folder (manifest.json + model file + io.json)")
     v.add_argument("--target", default="qemu-arm64", help="qemu-arm64[?cpu=...] or any target URL (ssh://, adb://)")
     v.add_argument("--limit", type=int, help="first N test samples only")
@@ -139,9 +173,6 @@ def verify_command(args) -> int:
         raise UserInputError("--min-agreement must be within [0, 1]")
     exp = open_export(args.artifact)
     check_runner_option(exp.format, args.runner)
-    if IOSpec.read(exp.io_json).output_name == "embedding":  # vectors have no labels to agree on (not built yet)
-        raise UserInputError(f"{args.artifact}: a sentence encoder; verify on a target judges class labels, so it "
-                             f"does not apply yet: the run's verify step judges embedding files on this host")
     with make_transport(parse_target(args.target)) as t:
         res = verify_labels(exp, t, threads=args.threads, limit=args.limit, timeout_s=args.timeout_s,
                             runner=args.runner)

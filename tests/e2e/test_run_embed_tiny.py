@@ -122,16 +122,21 @@ def test_rank_on_a_classifier_bundle_is_refused(tmp_path):
     assert rank_corpus(args, IOSpec(vocab_size=10, num_labels=32, max_seq_len=8, output_name="embedding"), 1) == ["a line"]
 
 
-def test_verify_on_a_target_refuses_an_embedding_bundle_before_connecting(embed_run, capsys):
+@pytest.mark.parametrize("fmt", ["onnx", "pte"])
+def test_verify_on_a_target_compares_an_embedding_files_vectors(embed_run, capsys, fmt):
     # setup
     from edgecompress.cli import main
     tmp_path, proc = embed_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    bundle = tmp_path / "runs" / "tinyembed" / "artifacts" / "onnx-int8"
-    # execute: the default target (emulated arm64) is never reached
-    code = main(["verify", str(bundle), "--limit", "4"])
-    # assert
-    assert code == 2 and "a sentence encoder" in capsys.readouterr().err
+    export = tmp_path / "runs" / "tinyembed" / "artifacts" / f"{fmt}-int8"
+    # execute: the local target runs the file through the on-device runner (the .pte through the native one)
+    code = main(["verify", str(export), "--target", "local", "--limit", "12"])
+    # assert: the runner's vectors are the host runtime's; torch's within int8's reach
+    res = json.loads(capsys.readouterr().out)
+    assert code == 0 and res["ok"] and res["n"] == 12, res
+    assert res["agreement_host_runtime"] == 1.0 and res["cosine_host_runtime_min"] > 0.999
+    assert res["recall_at_10_host_runtime"] == pytest.approx(1.0) and res["agreement_host_torch"] == 1.0
+    assert "accuracy_target" not in res
 
 
 def test_a_run_on_unlabelled_text_reports_retrieval_without_label_probes(tmp_path):
