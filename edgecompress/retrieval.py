@@ -90,8 +90,8 @@ def index_recall(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> dict:
     cands = _top(signs @ signs.T, min(RESCORE * k, len(student) - 1))  # Hamming order: dim - 2 * distance
     rescored = np.take_along_axis(cands, np.argsort(-np.einsum("nd,nkd->nk", unit(student), deq[cands]), axis=1)[:, :k],
                                   axis=1)
-    return {"index_int8_recall_at_10": overlap(neighbours(student, k, corpus=deq), wanted),
-            "index_binary_rescored_recall_at_10": overlap(rescored, wanted),
+    return {f"index_int8_recall_at_{k}": overlap(neighbours(student, k, corpus=deq), wanted),
+            f"index_binary_rescored_recall_at_{k}": overlap(rescored, wanted),
             "index_bytes_per_vector": {"float32": 4 * student.shape[1], "int8": int(q.shape[1]),
                                        "binary": int(bits.shape[1])}}
 
