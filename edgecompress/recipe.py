@@ -73,6 +73,9 @@ class FallbackCfg(Cfg):
     samples: int = Field(256, ge=8, description="validation rows the drop is measured on")
 
 
+TABLE_GROUP = 32  # a 4-bit word-table row's values per scale + zero point (quantize.embedding_group_size)
+
+
 class QuantSpec(Cfg):
     """Quantization as an intent; each exporter realizes it with its own toolchain.
 
@@ -96,7 +99,7 @@ class QuantSpec(Cfg):
     # group's bytes at 4 bits, so 64 holds ~1.2x the rows in the same bytes (MiniLM's whole table as the teacher's
     # recall@10 of its own neighbours: 0.940 at 32, 0.929 at 64, 0.923 at 128). A power of 2 (onnxruntime's
     # GatherBlockQuantized) that divides the table's width.
-    embedding_group_size: Literal[16, 32, 64, 128] = 32
+    embedding_group_size: Literal[16, 32, 64, 128] = TABLE_GROUP
     calibration: CalibrationCfg = CalibrationCfg()
     qat: Optional[TrainCfg] = Field(None, description="fake-quant fine-tuning under distillation before export")
     fallback: Optional[FallbackCfg] = None
@@ -113,7 +116,7 @@ class QuantSpec(Cfg):
         if self.embedding_bits != 8 and (self.embeddings is False or self.weights == "codebook"):
             raise ValueError("embedding_bits: 4 quantizes the word-embedding table; it needs the table quantized "
                              "(drop embeddings: false) and linear weights (weights: codebook clusters the table)")
-        if self.embedding_group_size != 32 and self.embedding_bits != 4:
+        if self.embedding_group_size != TABLE_GROUP and self.embedding_bits != 4:
             raise ValueError("embedding_group_size groups the values of a 4-bit table row; set embedding_bits: 4 or "
                              "drop embedding_group_size")
         if self.weights == "codebook":

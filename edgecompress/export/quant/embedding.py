@@ -25,10 +25,10 @@ libexecutorch_kernels_quantized, which has both).
 from __future__ import annotations
 
 from edgecompress.export.quant.table import table_entry
+from edgecompress.recipe import TABLE_GROUP as GROUP4
 
 GRID = {8: (-128, 127), 4: (-8, 7)}
 OPS = {8: "quantized_decomposed.embedding_byte", 4: "quantized_decomposed.embedding_4bit"}  # as in edge targets
-GROUP4 = 32
 
 
 def group_size(dim: int, bits: int, group: int = GROUP4) -> int:
