@@ -46,7 +46,7 @@ def embedder_class(base: type) -> type:
         if dim:  # from_pretrained then fills the weight from the saved folder
             import torch
             from edgecompress.modeling import set_embedding_projection
-            set_embedding_projection(self, torch.zeros(int(dim), _width(config)))
+            set_embedding_projection(self, torch.zeros(int(dim), _width(self)))
 
     def forward(self, input_ids=None, attention_mask=None, output_hidden_states=None, output_attentions=None,
                 return_dict=None, **kw):
@@ -69,7 +69,7 @@ def embedder_class(base: type) -> type:
     def save_pretrained(self, save_directory, *args, **kw):
         base.save_pretrained(self, save_directory, *args, **kw)
         proj = getattr(self, "embedding_projection", None)
-        write_st_folder(Path(save_directory), pooling_of(self), _width(self.config),
+        write_st_folder(Path(save_directory), pooling_of(self), _width(self),
                         None if proj is None else proj.weight.detach().float().cpu().numpy())
 
     _CLASSES[base] = type(f"{base.__name__}Embedder", (base,), {
@@ -82,15 +82,15 @@ def pooling_of(model) -> Pooling:
     return Pooling(model.config.embedding_pooling, bool(model.config.embedding_normalize))
 
 
-def _width(config) -> int:
+def _width(model) -> int:
     """The encoder's hidden size: what pooling yields, before any projection."""
-    from edgecompress.families import family_for
-    return int(family_for(config.model_type).dims(config)["hidden_size"])
+    from edgecompress.compress.adaptor import hidden_width
+    return hidden_width(model)
 
 
 def output_dim(model) -> int:
     """The vector's width: embedding.dim where the model has a projection, else the encoder's."""
-    return int(getattr(model.config, "embedding_dim", None) or _width(model.config))
+    return int(getattr(model.config, "embedding_dim", None) or _width(model))
 
 
 def load_embedder(path: Path, pooling: Pooling | None = None):

@@ -137,9 +137,8 @@ def check_embedding_dim(recipe: Recipe, cfg: dict, train_rows: int) -> None:
     d = next((s for s in recipe.stages if s.kind == "distill"), None)
     if recipe.task != "embedding" or d is None:
         return
-    from edgecompress.modeling import derive_arch, teacher_dims
-    width = (derive_arch(cfg, d.student.config) if d.student.config is not None else teacher_dims(cfg))["hidden_size"]
-    t_width = teacher_dims(cfg)["hidden_size"]
+    from edgecompress.modeling import teacher_dims
+    width, t_width = _student_width(cfg, d), teacher_dims(cfg)["hidden_size"]
     dim = recipe.embedding.dim if recipe.embedding is not None else None
     if dim is None:
         if width != t_width:
@@ -155,6 +154,14 @@ def check_embedding_dim(recipe: Recipe, cfg: dict, train_rows: int) -> None:
                              f"lower embedding.dim or add train rows")
 
 
+def _student_width(cfg: dict, distill) -> int:
+    """A distill stage's student width: its config's (derive_arch), or the teacher's for a student sliced from
+    teacher layers."""
+    from edgecompress.modeling import derive_arch, teacher_dims
+    return (derive_arch(cfg, distill.student.config) if distill.student.config is not None
+            else teacher_dims(cfg))["hidden_size"]
+
+
 def check_embedding_group(recipe: Recipe, cfg: dict, fit_widths: set[int]) -> None:
     """A 4-bit table group the recipe names divides the width of every table it quantizes (the teacher's, each
     distilled student's and each fit candidate's word embeddings); the default 32 falls back per format where it does
@@ -162,12 +169,11 @@ def check_embedding_group(recipe: Recipe, cfg: dict, fit_widths: set[int]) -> No
     q = recipe.quantize
     if q.embedding_bits != 4 or "embedding_group_size" not in q.model_fields_set:
         return
-    from edgecompress.modeling import derive_arch, teacher_dims
+    from edgecompress.modeling import teacher_dims
     widths = {"the teacher's": cfg.get("embedding_size") or teacher_dims(cfg)["hidden_size"]}
     for st in recipe.stages:
-        if st.kind == "distill" and st.student.config is not None:
-            arch = derive_arch(cfg, st.student.config)
-            widths["the student's"] = cfg.get("embedding_size") or arch["hidden_size"]  # a factorized table keeps it
+        if st.kind == "distill":  # a factorized table keeps the teacher's embedding_size
+            widths["the student's"] = cfg.get("embedding_size") or _student_width(cfg, st)
     fits = [w for w in sorted(fit_widths) if (cfg.get("embedding_size") or w) % q.embedding_group_size]
     for who, width in widths.items():
         if width % q.embedding_group_size:

@@ -136,7 +136,7 @@ def embedding_table(report: dict) -> list[str]:
     """task: embedding: per file, what it keeps of the teacher's retrieval, beside its speed and size."""
     lines = ["| artifact | runtime | runner | dim | recall@10 of teacher's neighbours | int8 / binary index | cos to "
              "teacher | kNN label (teacher) | kNN domain (teacher) | rows agreeing with torch (min cos) | p50 ms | "
-             "speedup | peak RSS MiB | file MiB | smaller |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "speedup | peak RSS MiB | file MiB | smaller |", "|---" * 15 + "|"]
     for r in report["rows"]:
         lines.append(
             f"| {r['label']} | {r['runtime']} | {r.get('runner', 'python')} | {r.get('dim', '—')} | "
@@ -153,8 +153,7 @@ def embedding_table(report: dict) -> list[str]:
                     "among the file's ten; int8 / binary index: the same with the file's corpus vectors stored in "
                     f"int8 (a scale per dimension) / in sign bits, the top {RESCORE * 10} by Hamming distance "
                     "re-ranked against the int8 vectors (queries in float); kNN: leave-one-out 10-NN vote of the "
-                    "label/domain, the teacher's own in "
-                    "brackets; (PCA): an embedding.dim file's cosine to the teacher's vectors through the PCA "
+                    "label/domain, the teacher's own in brackets; (PCA): an embedding.dim file's cosine to the teacher's vectors through the PCA "
                     "map. Student after compression (torch fp32): cos to teacher on test "
                     f"{fmt_value(s.get('test_cosine_to_teacher'), '{:.4f}')}."]
 

@@ -24,9 +24,14 @@ def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 AGREEING_COSINE = 0.95
 
 
-def vector_agreement(a: np.ndarray, b: np.ndarray, min_cosine: float = AGREEING_COSINE) -> float:
-    """The share of rows whose vectors are at cosine >= min_cosine."""
-    return float(np.mean(row_cosine(a, b) >= min_cosine))
+def vector_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of rows whose vectors are at cosine >= AGREEING_COSINE."""
+    return agreeing(row_cosine(a, b))
+
+
+def agreeing(cosines: np.ndarray) -> float:
+    """The share of row cosines (row_cosine's) at AGREEING_COSINE or more."""
+    return float(np.mean(np.asarray(cosines) >= AGREEING_COSINE))
 
 
 def neighbours(vectors: np.ndarray, k: int, corpus: np.ndarray | None = None) -> np.ndarray:
@@ -37,8 +42,9 @@ def neighbours(vectors: np.ndarray, k: int, corpus: np.ndarray | None = None) ->
 
 
 def _top(sim: np.ndarray, k: int) -> np.ndarray:
-    """[n, k] column ids of each row's k largest similarities, the diagonal (the row itself) left out."""
-    sim = np.array(sim, dtype=np.float64)
+    """[n, k] column ids of each row's k largest similarities, the diagonal (the row itself) left out. Overwrites
+    sim's diagonal: callers pass a matrix they just computed."""
+    sim = np.asarray(sim, dtype=np.float64)
     np.fill_diagonal(sim, -np.inf)
     k = min(k, len(sim) - 1)
     top = np.argpartition(-sim, k - 1, axis=1)[:, :k]

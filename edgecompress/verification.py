@@ -88,18 +88,19 @@ def verify_embedding_file(infer, io, model, tokenizer, test_split, *, shapes, se
     rows, against the teacher's vectors (reference(): [rows, teacher width], the same rows): recall@10 of the teacher's
     ten nearest neighbours among the file's ten (corpus and queries both embedded by the file) and leave-one-out
     kNN@10 accuracy of the label and the domain beside the teacher's own: both compare neighbour sets, so they hold at
-    any width. recall@10 again with the file's corpus vectors stored as an int8 and as a binary (rescored) index. A cosine to the teacher needs equal widths: cosine_to_teacher_mean where the file keeps the teacher's
-    width; with embedding.dim, cosine_to_pca_teacher_mean instead, against target() (the teacher's vectors through the
+    any width. recall@10 again with the file's corpus vectors stored as an int8 and as a binary (rescored) index. A
+    cosine to the teacher needs equal widths: cosine_to_teacher_mean where the file keeps the teacher's width; with
+    embedding.dim, cosine_to_pca_teacher_mean instead, against target() (the teacher's vectors through the
     fixed PCA map the student was distilled toward), never mixed under one key."""
     from edgecompress.export import parity
-    from edgecompress.retrieval import index_recall, knn_accuracy, recall_at_k, row_cosine, vector_agreement
+    from edgecompress.retrieval import agreeing, index_recall, knn_accuracy, recall_at_k, row_cosine
     par = parity.compare(model, infer, io, shapes=shapes, seed=seed)
     vecs, torch_vecs = file_outputs(infer, tokenizer, test_split, io.max_seq_len, model)
     teacher = np.asarray(reference(), dtype=np.float32)
     to_torch = row_cosine(vecs, torch_vecs)
     out = {"parity": par, "test_samples": len(test_split), "dim": int(vecs.shape[1]),
            "cosine_to_torch_mean": float(to_torch.mean()), "cosine_to_torch_min": float(to_torch.min()),
-           "vector_agreement_vs_torch": vector_agreement(vecs, torch_vecs),
+           "vector_agreement_vs_torch": agreeing(to_torch),
            "recall_at_10": recall_at_k(vecs, teacher, 10), **index_recall(vecs, teacher, 10)}
     if test_split.label_names:  # unlabelled text has no label to probe
         out["knn_label_accuracy"] = knn_accuracy(vecs, test_split.labels)

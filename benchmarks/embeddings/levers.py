@@ -102,12 +102,9 @@ def quantized_scores(student, tok, split, teacher_vecs, group: int, remap=None) 
     import copy
 
     import torch
-    import edgecompress.export.quant.embedding as qe
+    from edgecompress.export.quant.embedding import unpacked_4bit_embedding
     q = copy.deepcopy(student).eval()
-    emb = q.get_input_embeddings().weight
-    packed, scale, zero = qe.quantize_rows(emb, 4, group)
-    nib = torch.stack(((packed >> 4).int(), (packed & 15).int()), -1).reshape(emb.shape[0], -1, group).float() - 8
-    emb.data.copy_(((nib - zero[..., None]) * scale[..., None]).reshape(emb.shape))
+    q.set_input_embeddings(unpacked_4bit_embedding(q.get_input_embeddings(), group))  # the .ptl's lookup, same grid
     q = torch.ao.quantization.quantize_dynamic(q, {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig})
     return {f"int8_{k}": v for k, v in scores(q, tok, split, teacher_vecs, remap).items()}
 

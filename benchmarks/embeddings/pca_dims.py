@@ -25,20 +25,15 @@ def teacher_vectors(cache: Path, split_name: str) -> np.ndarray:
         return np.load(f)
     import torch
     from edgecompress import zoo
-    from edgecompress.data import batches, load_splits
+    from edgecompress.data import load_splits
     from edgecompress.embedding import load_embedder
     from edgecompress.modeling import load_tokenizer
     from edgecompress.pooling import Pooling
     from edgecompress.recipe import DataCfg
+    from levers import embed  # this folder's teacher pass over a split (run as a script: its folder is on the path)
     torch.set_num_threads(1)
     d = zoo.minilm_dir()
-    model, tok = load_embedder(d, Pooling("mean", True)), load_tokenizer(d)
-    split = load_splits(DataCfg())[split_name]
-    out = np.zeros((len(split), model.config.hidden_size), np.float32)
-    with torch.no_grad():
-        for inputs, _, idx in batches(tok, split, 64, 128, shuffle=False):
-            out[idx] = model(input_ids=torch.from_numpy(inputs["input_ids"]),
-                             attention_mask=torch.from_numpy(inputs["attention_mask"])).logits.numpy()
+    out = embed(load_embedder(d, Pooling("mean", True)), load_tokenizer(d), load_splits(DataCfg())[split_name])
     cache.mkdir(parents=True, exist_ok=True)
     np.save(f, out)
     return out

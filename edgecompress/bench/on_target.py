@@ -62,14 +62,18 @@ def _host_logits(exp: ExportFiles, samples: list[dict], threads: int) -> list[np
                               if k in ("input_ids", "attention_mask")}))[0] for s in samples]
 
 
-def _torch_labels(model_dir: Path, samples: list[dict], num_labels: int) -> list[int]:
+def _torch_rows(model, samples: list[dict]) -> np.ndarray:
+    """The torch model's output row (logits or vector) for each batch-of-one sample, [samples, width]."""
     import torch
-
-    from edgecompress.modeling import load_classifier
-    model = load_classifier(model_dir, num_labels).eval()
     with torch.no_grad():
-        return [int(model(input_ids=torch.tensor(s["input_ids"]),
-                          attention_mask=torch.tensor(s["attention_mask"])).logits.argmax(-1)[0]) for s in samples]
+        return np.stack([model.eval()(input_ids=torch.tensor(s["input_ids"]),
+                                      attention_mask=torch.tensor(s["attention_mask"])).logits[0].numpy()
+                         for s in samples])
+
+
+def _torch_labels(model_dir: Path, samples: list[dict], num_labels: int) -> list[int]:
+    from edgecompress.modeling import load_classifier
+    return [int(r) for r in _torch_rows(load_classifier(model_dir, num_labels), samples).argmax(-1)]
 
 
 def verify_labels(exp: ExportFiles, transport, *, threads: int = 1, limit: Optional[int] = None,
@@ -124,27 +128,22 @@ def _label_agreement(target: dict, host_logits: list, model_dir: Path, samples: 
 
 
 def _torch_vectors(model_dir: Path, samples: list[dict]) -> np.ndarray:
-    import torch
-
     from edgecompress.embedding import load_embedder
-    model = load_embedder(model_dir).eval()
-    with torch.no_grad():
-        return np.stack([model(input_ids=torch.tensor(s["input_ids"]),
-                               attention_mask=torch.tensor(s["attention_mask"])).logits[0].numpy() for s in samples])
+    return _torch_rows(load_embedder(model_dir), samples)
 
 
 def _vector_agreement(target_rows: list, host_rows: list, torch_rows: np.ndarray) -> dict:
     """A sentence encoder's vectors on the target beside the host runtime's and torch's: the share of rows that
     agree (the exit code reads agreement_host_runtime, as a classifier's label agreement), the cosines, and how many
     of the host file's ten nearest test sentences the target file finds."""
-    from edgecompress.retrieval import recall_at_k, row_cosine, vector_agreement
+    from edgecompress.retrieval import agreeing, recall_at_k, row_cosine
     target, host = np.asarray(target_rows, dtype=np.float32), np.stack(host_rows).astype(np.float32)
-    cos = row_cosine(target, host)
-    return {"agreement_host_runtime": round(vector_agreement(target, host), 4),
+    cos, to_torch = row_cosine(target, host), row_cosine(target, torch_rows)
+    return {"agreement_host_runtime": round(agreeing(cos), 4),
             "cosine_host_runtime_mean": round(float(cos.mean()), 6),
             "cosine_host_runtime_min": round(float(cos.min()), 6),
-            "agreement_host_torch": round(vector_agreement(target, torch_rows), 4),
-            "cosine_host_torch_mean": round(float(row_cosine(target, torch_rows).mean()), 6),
+            "agreement_host_torch": round(agreeing(to_torch), 4),
+            "cosine_host_torch_mean": round(float(to_torch.mean()), 6),
             "recall_at_10_host_runtime": round(recall_at_k(target, host, 10), 4) if len(target) > 10 else None}
 
 
